@@ -1,0 +1,246 @@
+"""The ZIP of an export: entry names, the download plan and its bytes.
+
+Blocking code, run off the event loop by the caller. The archive is stored
+(no compression) and sized, so its exact length is known before the first
+byte. Files are not read by zipstream-ng's ``add_path`` (which reopens by name
+with 64 KiB reads) but by :func:`_read_entry`, which reopens each file without
+following links, checks it is the very file that was planned and still inside
+its root, and reads it in large chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import stat
+import struct
+import time
+import unicodedata
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from zipstream import ZipStream
+
+from .errors import SourceChanged
+from .manifest import ExportedFile, Step
+
+log = logging.getLogger(__name__)
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DROPPED_CATEGORIES = frozenset({"Cc", "Cs"})
+_ZIP_MIN_DATE = (1980, 1, 1, 0, 0, 0)
+_ZIP_MAX_DATE = (2107, 12, 31, 23, 59, 58)
+
+
+# -- entry names ---------------------------------------------------------------
+
+
+def sanitize_arcname(name: str) -> str:
+    """A safe relative entry name: ``/`` separators only, no empty, ``.`` or
+    ``..`` segments, no control characters; ``file`` when nothing is left."""
+    segments = []
+    for segment in name.replace("\\", "/").split("/"):
+        cleaned = "".join(
+            char for char in segment if unicodedata.category(char) not in _DROPPED_CATEGORIES
+        )
+        if cleaned not in {"", ".", ".."}:
+            segments.append(cleaned)
+    return "/".join(segments) or "file"
+
+
+class ArcnameAllocator:
+    """Hands out unique names: ``a.wav``, ``a__1.wav``, ``a__2.wav``, ``b``, ``b__1``."""
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+        self._next_suffix: dict[str, int] = {}
+
+    def allocate(self, name: str) -> str:
+        candidate = name
+        if candidate in self._used:
+            stem, extension = posixpath.splitext(name)
+            suffix = self._next_suffix.get(name, 1)
+            while (candidate := f"{stem}__{suffix}{extension}") in self._used:
+                suffix += 1
+            self._next_suffix[name] = suffix + 1
+        self._used.add(candidate)
+        return candidate
+
+
+# -- the plan ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedEntry:
+    """A file as it was when the download was planned; reading checks it still is."""
+
+    arcname: str
+    rel_path: str
+    path: str
+    root_real: str
+    size: int
+    mtime_ns: int
+    dev: int
+    ino: int
+
+
+def _fd_within(fd: int, root_real: str, fallback_path: str) -> bool:
+    """Whether the open file's real path lies inside the root.
+
+    Asked of the open descriptor (``/proc/self/fd``), so a link swapped in
+    between the scan and the open cannot lead outside.
+    """
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        real = os.path.realpath(fallback_path)
+    prefix = root_real if root_real.endswith(os.sep) else root_real + os.sep
+    return real.startswith(prefix)
+
+
+def _open_checked(path: str, root_real: str) -> tuple[int, os.stat_result]:
+    """Open a planned path read-only without following links or blocking (a
+    FIFO swapped in must not hang); refuse anything but a regular file inside
+    the root."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SourceChanged("is no longer a regular file")
+        if not _fd_within(fd, root_real, path):
+            raise SourceChanged("resolves outside its root")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def _dos_date_time(mtime_ns: int) -> tuple[int, int, int, int, int, int]:
+    """The file's mtime in UTC, clamped to what a ZIP can hold."""
+    stamp = time.gmtime(mtime_ns // 1_000_000_000)[:6]
+    return min(max(_ZIP_MIN_DATE, stamp), _ZIP_MAX_DATE)  # type: ignore[return-value]
+
+
+class _UtcStampedZipStream(ZipStream):  # type: ignore[misc]
+    """A ZipStream whose entries carry their file's mtime in UTC.
+
+    zipstream-ng stamps entries added from an iterable with the current local
+    time, and offers no option for it (pR0Ps/zipstream-ng#27). The local
+    header's DOS time and date sit at bytes 10-13; the central directory reads
+    the entry's ``date_time``. tests/test_archive.py checks both, so an
+    upstream change that breaks this shows up there.
+    """
+
+    def add_stamped(
+        self, data: Iterator[bytes], arcname: str, size: int, date_time: tuple[int, ...]
+    ) -> None:
+        self.add(data, arcname, size=size)
+        self._queue[-1]["date_time"] = date_time
+
+    def _gen_file_entry(
+        self, *, date_time: tuple[int, ...] | None = None, **kwargs: Any
+    ) -> Iterator[bytes]:
+        parts = super()._gen_file_entry(**kwargs)
+        if date_time is None:
+            yield from parts
+            return
+        header = next(parts)
+        year, month, day, hour, minute, second = date_time
+        dos = struct.pack(
+            "<HH", hour << 11 | minute << 5 | second // 2, (year - 1980) << 9 | month << 5 | day
+        )
+        yield header[:10] + dos + header[14:]
+        yield from parts
+        self._filelist[-1].date_time = date_time
+
+
+def _read_entry(entry: PlannedEntry, chunk_bytes: int) -> Iterator[bytes]:
+    """The bytes of a planned file; :class:`SourceChanged` when it is no longer
+    the planned file, cannot be read, or its size changed while it was read."""
+    try:
+        fd, info = _open_checked(entry.path, entry.root_real)
+    except OSError as error:
+        raise SourceChanged(f"{entry.rel_path}: cannot be opened ({error.strerror})") from error
+    except SourceChanged as error:
+        raise SourceChanged(f"{entry.rel_path}: {error.message}") from error
+    with open(fd, "rb", buffering=0, closefd=True) as handle:
+        if (info.st_dev, info.st_ino, info.st_size) != (entry.dev, entry.ino, entry.size):
+            raise SourceChanged(f"{entry.rel_path}: was replaced or changed size")
+        remaining = entry.size
+        try:
+            while remaining:
+                chunk = handle.read(min(chunk_bytes, remaining))
+                if not chunk:
+                    raise SourceChanged(f"{entry.rel_path}: shrank while being read")
+                remaining -= len(chunk)
+                yield chunk
+            grown = os.fstat(fd).st_size != entry.size
+        except OSError as error:
+            raise SourceChanged(f"{entry.rel_path}: read failed ({error.strerror})") from error
+        if grown:
+            raise SourceChanged(f"{entry.rel_path}: changed size while being read")
+
+
+class ExportArchive:
+    """A planned download: its entries, exact size, and (once) its bytes."""
+
+    def __init__(self, entries: list[PlannedEntry], skipped: list[str], chunk_bytes: int):
+        self.entries = entries
+        self.skipped = skipped
+        self._readers = [_read_entry(entry, chunk_bytes) for entry in entries]
+        self._stream = _UtcStampedZipStream(sized=True)
+        for entry, reader in zip(entries, self._readers, strict=True):
+            self._stream.add_stamped(
+                reader, entry.arcname, entry.size, _dos_date_time(entry.mtime_ns)
+            )
+        self.size: int = len(self._stream)
+
+    @property
+    def last_modified(self) -> datetime | None:
+        if not self.entries:
+            return None
+        newest = max(entry.mtime_ns for entry in self.entries)
+        return datetime.fromtimestamp(newest // 1_000_000_000, UTC)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The archive's bytes; single use. Closing it closes any open file."""
+        try:
+            yield from self._stream
+        finally:
+            for reader in self._readers:
+                reader.close()
+
+
+def plan_archive(
+    files: list[ExportedFile], root_reals: Mapping[Step, str], chunk_bytes: int
+) -> ExportArchive:
+    """Name every file of the export and check it can be opened now (blocking).
+
+    A file that cannot be opened is left out and logged; its rel_path is
+    listed in ``skipped``.
+    """
+    allocator = ArcnameAllocator()
+    entries: list[PlannedEntry] = []
+    skipped: list[str] = []
+    for item in files:
+        step, rel_path, source = item.entry.step, item.entry.rel_path, item.source
+        root_real = root_reals[step]
+        try:
+            fd, info = _open_checked(source.path, root_real)
+            os.close(fd)
+        except (OSError, SourceChanged) as error:
+            reason = error.strerror if isinstance(error, OSError) else error.message
+            log.warning("leaving %s/%s out of the ZIP: %s", step, rel_path, reason)
+            skipped.append(f"{step}/{rel_path}")
+            continue
+        arcname = allocator.allocate(sanitize_arcname(f"{step}/{rel_path}"))
+        entries.append(
+            PlannedEntry(
+                arcname, rel_path, source.path, root_real,
+                info.st_size, info.st_mtime_ns, info.st_dev, info.st_ino,
+            )
+        )
+    return ExportArchive(entries, skipped, chunk_bytes)

@@ -1,0 +1,79 @@
+"""Command line: ``export-service serve [--config PATH]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from .app import create_app
+from .config import CONFIG_ENV_VAR, Settings, config_path_from_env, load_settings
+from .config import settings_from_mapping
+from .errors import ConfigError
+from .sample import SAMPLE_RENDER_RUN_ID, create_sample_tree
+
+log = logging.getLogger("export_service")
+
+EXIT_CONFIG_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="export-service",
+        description="Serve an AIR project's artifacts as a JSON manifest or one streamed ZIP.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="start the HTTP service",
+        description="Start the HTTP service. Without --config (or "
+        f"{CONFIG_ENV_VAR}) it serves a built-in sample tree on 127.0.0.1:8080.",
+    )
+    serve.add_argument("--config", type=Path, help=f"TOML config file (default: ${CONFIG_ENV_VAR})")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+    return parser
+
+
+def _serve(settings: Settings, host: str | None, port: int | None) -> None:
+    server = settings.server
+    web.run_app(
+        create_app(settings),
+        host=host or server.host,
+        port=port if port is not None else server.port,
+        print=None,
+        access_log=log.getChild("access"),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config_path = arguments.config or config_path_from_env()
+    try:
+        if config_path is not None:
+            settings = load_settings(config_path)
+            log.info("serving with config %s on %s:%s", config_path,
+                     arguments.host or settings.server.host,
+                     arguments.port or settings.server.port)
+            _serve(settings, arguments.host, arguments.port)
+            return 0
+        with tempfile.TemporaryDirectory(prefix="export-service-sample-") as sample_dir:
+            settings = settings_from_mapping(create_sample_tree(Path(sample_dir)))
+            host = arguments.host or settings.server.host
+            port = arguments.port if arguments.port is not None else settings.server.port
+            log.info(
+                "no config given: serving the sample tree in %s; try "
+                "curl http://%s:%s/api/air/export/list/%s",
+                sample_dir, host, port, SAMPLE_RENDER_RUN_ID,
+            )
+            _serve(settings, host, port)
+        return 0
+    except ConfigError as error:
+        print(f"export-service: config error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR

@@ -1,0 +1,64 @@
+"""The one error hierarchy of the service.
+
+Every error a client can see is an :class:`ExportServiceError`; the middleware in
+``app.py`` turns it into ``{"detail": {"error": code, "message": text}}`` with its
+status. The shape is the original AIR module's, whose front end reads
+``detail.error``.
+"""
+
+from __future__ import annotations
+
+
+class ExportServiceError(Exception):
+    """Base of every error the service reports to a client."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRunId(ExportServiceError):
+    status = 422
+    code = "invalid_run_id"
+
+
+class InvalidParamRunId(ExportServiceError):
+    status = 422
+    code = "invalid_param_run_id"
+
+
+class InvalidRequestBody(ExportServiceError):
+    status = 422
+    code = "invalid_body"
+
+
+class NotFound(ExportServiceError):
+    status = 404
+    code = "not_found"
+
+
+class LinkNotFound(ExportServiceError):
+    status = 404
+    code = "link_not_found"
+
+
+class LinksFileCorrupt(ExportServiceError):
+    status = 503
+    code = "links_file_corrupt"
+
+
+class SourceChanged(ExportServiceError):
+    """A file changed or failed after the ZIP's headers went out.
+
+    Never rendered as a response (the status line is already sent): the
+    download is cut short instead, so the client sees an incomplete transfer.
+    """
+
+    code = "source_changed"
+
+
+class ConfigError(Exception):
+    """The configuration file is missing or invalid; the message names the key."""

@@ -1,0 +1,122 @@
+"""The export manifest: which files of a project exist, with their URLs.
+
+``build_export`` is one blocking function (link lookup, folder lookups, three
+scans) that callers run off the event loop in one hop. The JSON is byte for
+byte the original AIR export module's: same field order, compact separators,
+UTF-8 (pydantic's ``model_dump_json``, as FastAPI renders it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel
+
+from .config import Settings
+from .links import LinkStore
+from .scanning import (
+    ScannedFile,
+    exact_run_folder,
+    pick_run_folder,
+    run_folder_names,
+    scan_run_folder,
+)
+
+Step = Literal["param_generation", "midi_generation", "render"]
+
+
+class ExportFile(BaseModel):
+    step: Step
+    rel_path: str
+    url: str
+    bytes: int | None
+
+
+class ExportManifest(BaseModel):
+    render_run_id: str
+    midi_run_id: str | None
+    param_run_id: str | None
+    files: list[ExportFile]
+    missing: list[Step]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedFile:
+    """A manifest entry together with what the service knows of it on disk."""
+
+    entry: ExportFile
+    source: ScannedFile
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    manifest: ExportManifest
+    files: list[ExportedFile]  # in manifest order
+
+
+def display_name(segment: str) -> str:
+    """A file name as valid Unicode text: undecodable bytes become U+FFFD."""
+    if segment.isascii():
+        return segment
+    return os.fsencode(segment).decode("utf-8", "replace")
+
+
+def file_url(base: str, prefix: str, folder: str, parts: tuple[str, ...]) -> str:
+    """``base + prefix + /folder/parts...``, each segment percent-encoded from its bytes."""
+    segments = (quote(os.fsencode(segment), safe="") for segment in (folder, *parts))
+    return f"{base}{prefix}/{'/'.join(segments)}"
+
+
+def _step_files(
+    step: Step, root: str, folder: str, base: str, prefix: str
+) -> list[ExportedFile]:
+    exported = []
+    for source in scan_run_folder(root, folder):
+        rel_path = "/".join(display_name(segment) for segment in (folder, *source.parts))
+        url = file_url(base, prefix, folder, source.parts)
+        exported.append(ExportedFile(ExportFile(step=step, rel_path=rel_path, url=url,
+                                                bytes=source.size), source))
+    return exported
+
+
+def build_export(
+    settings: Settings, links: LinkStore, render_run_id: str, param_run_id: str | None
+) -> Export:
+    """Collect one project's files from the three roots (blocking).
+
+    Both ids must already be validated. ``param_run_id`` None means: take it
+    from the links file.
+    """
+    roots, urls = settings.roots, settings.urls
+    if param_run_id is None:
+        param_run_id = links.param_run_id_for(render_run_id)
+
+    def newest(root: str, run_id: str | None) -> str | None:
+        return pick_run_folder(root, run_folder_names(root), run_id) if run_id else None
+
+    render_root, midi_root = str(roots.render), str(roots.midi_generation)
+    param_root = str(roots.param_generation)
+    lookups: list[tuple[Step, str, str, str | None]] = [
+        ("render", render_root, urls.render, exact_run_folder(render_root, render_run_id)),
+        ("midi_generation", midi_root, urls.midi_generation, newest(midi_root, render_run_id)),
+        ("param_generation", param_root, urls.param_generation, newest(param_root, param_run_id)),
+    ]
+    found: dict[Step, list[ExportedFile]] = {
+        step: _step_files(step, root, folder, urls.base, prefix) if folder else []
+        for step, root, prefix, folder in lookups
+    }
+    files = sorted(
+        (item for step_files in found.values() for item in step_files),
+        key=lambda item: (item.entry.step, item.entry.rel_path),
+    )
+    manifest = ExportManifest(
+        render_run_id=render_run_id,
+        midi_run_id=render_run_id if found["midi_generation"] else None,
+        param_run_id=param_run_id if found["param_generation"] else None,
+        files=[item.entry for item in files],
+        missing=[step for step, *_ in lookups if not found[step]],
+    )
+    return Export(manifest, files)

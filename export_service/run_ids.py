@@ -1,0 +1,47 @@
+"""Validation of run ids taken from URLs, query strings, bodies and the links file.
+
+A run id names one folder directly below a root, so anything that could step
+outside it (separators, dot segments, control characters) is refused.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from .errors import ExportServiceError, InvalidParamRunId, InvalidRunId
+
+MAX_RUN_ID_LENGTH = 200
+
+# Cc: C0/C1 controls, NUL and DEL. Cs: lone surrogates, which percent-decoding
+# of invalid UTF-8 can produce and which no JSON encoder or file name accepts.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs"})
+
+
+def run_id_problem(value: str) -> str | None:
+    """Why ``value`` is not a usable run id, or None when it is."""
+    if not value.strip():
+        return "must not be empty or blank"
+    if len(value) > MAX_RUN_ID_LENGTH:
+        return f"must be at most {MAX_RUN_ID_LENGTH} characters"
+    if value in {".", ".."}:
+        return "must not be '.' or '..'"
+    if "/" in value or "\\" in value:
+        return "must not contain '/' or '\\'"
+    if any(unicodedata.category(char) in _FORBIDDEN_CATEGORIES for char in value):
+        return "must not contain control characters"
+    return None
+
+
+def _checked(value: str, name: str, error: type[ExportServiceError]) -> str:
+    problem = run_id_problem(value)
+    if problem is not None:
+        raise error(f"{name} {problem}")
+    return value
+
+
+def check_render_run_id(value: str) -> str:
+    return _checked(value, "render_run_id", InvalidRunId)
+
+
+def check_param_run_id(value: str) -> str:
+    return _checked(value, "param_run_id", InvalidParamRunId)

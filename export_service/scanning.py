@@ -1,0 +1,133 @@
+"""Finding run folders and listing their files.
+
+Plain blocking functions: callers run a whole lookup and scan off the event
+loop in one hop. Nothing here ever yields a path outside its root: run folders
+are matched only against names listed in the root, and a symbolic link is
+followed only when its real target lies inside the root's real path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedFile:
+    """One regular file of a run folder, as seen when it was scanned."""
+
+    path: str  # resolved absolute path; never leaves the service
+    parts: tuple[str, ...]  # its path inside the run folder, as named on disk
+    size: int | None  # None when the file could not be stat'ed
+    mtime_ns: int
+    dev: int
+    ino: int
+
+
+def is_within(root_real: str, path_real: str) -> bool:
+    """True when ``path_real`` lies strictly below ``root_real`` (both resolved)."""
+    prefix = root_real if root_real.endswith(os.sep) else root_real + os.sep
+    return path_real.startswith(prefix)
+
+
+def _folder_inside(root_real: str, path: str) -> str | None:
+    """The resolved path of ``path`` when it is a folder inside the root."""
+    resolved = os.path.realpath(path)
+    if not is_within(root_real, resolved):
+        return None
+    try:
+        return resolved if stat.S_ISDIR(os.stat(resolved).st_mode) else None
+    except OSError:
+        return None
+
+
+def run_folder_names(root: str) -> list[str]:
+    """Names directly inside ``root``; empty when it cannot be listed."""
+    try:
+        with os.scandir(root) as entries:
+            return [entry.name for entry in entries]
+    except OSError as error:
+        log.warning("cannot list root %s: %s", root, error.strerror)
+        return []
+
+
+def pick_run_folder(root: str, names: list[str], run_id: str) -> str | None:
+    """The greatest (newest) name that is ``run_id`` or ends with ``_<run_id>``.
+
+    Only names that are folders inside the root count, so a stray file or a
+    link out of the root never shadows a real run.
+    """
+    suffix = "_" + run_id
+    candidates = sorted(
+        (name for name in names if name == run_id or name.endswith(suffix)), reverse=True
+    )
+    root_real = os.path.realpath(root)
+    for name in candidates:
+        if _folder_inside(root_real, os.path.join(root, name)) is not None:
+            return name
+    return None
+
+
+def exact_run_folder(root: str, run_id: str) -> str | None:
+    """``run_id`` when ``<root>/<run_id>`` is a folder inside the root.
+
+    ``run_id`` must already be validated (no separators, not ``.``/``..``).
+    """
+    root_real = os.path.realpath(root)
+    return run_id if _folder_inside(root_real, os.path.join(root, run_id)) else None
+
+
+def scan_run_folder(root: str, folder: str) -> list[ScannedFile]:
+    """Every regular file below ``<root>/<folder>``, recursively, in no set order.
+
+    Symbolic links (to files or folders) are followed only into the root;
+    folder cycles are cut; FIFOs, sockets and devices are left out.
+    """
+    root_real = os.path.realpath(root)
+    top = _folder_inside(root_real, os.path.join(root, folder))
+    if top is None:
+        return []
+    top_stat = os.stat(top)
+    visited = {(top_stat.st_dev, top_stat.st_ino)}
+    pending: list[tuple[str, tuple[str, ...]]] = [(top, ())]
+    files: list[ScannedFile] = []
+    while pending:
+        folder_path, folder_parts = pending.pop()
+        try:
+            with os.scandir(folder_path) as listing:
+                entries = list(listing)
+        except OSError as error:
+            log.warning("cannot list %s: %s", folder_path, error.strerror)
+            continue
+        for entry in entries:
+            parts = (*folder_parts, entry.name)
+            path = entry.path
+            try:
+                if entry.is_symlink():
+                    path = os.path.realpath(path)
+                    if not is_within(root_real, path):
+                        log.warning("skipping %s: its link points outside the root", entry.path)
+                        continue
+                    info = os.stat(path)
+                else:
+                    info = entry.stat(follow_symlinks=False)
+            except OSError:
+                if entry.is_file(follow_symlinks=False):
+                    files.append(ScannedFile(path, parts, None, 0, 0, 0))
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                key = (info.st_dev, info.st_ino)
+                if key not in visited:
+                    visited.add(key)
+                    pending.append((path, parts))
+            elif stat.S_ISREG(info.st_mode):
+                files.append(
+                    ScannedFile(
+                        path, parts, info.st_size, info.st_mtime_ns, info.st_dev, info.st_ino
+                    )
+                )
+    return files

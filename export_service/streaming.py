@@ -1,0 +1,49 @@
+"""Pulling a blocking byte iterator off the event loop, about 1 MiB per hop.
+
+One thread hop per 64 KiB chunk costs as much as the data, so chunks are
+gathered into batches in the worker thread. Closing releases the iterator at
+once: right away when no batch is in flight, else as soon as the running batch
+returns (a running generator cannot be closed from outside).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Generator
+from concurrent.futures import Executor
+
+
+def _next_batch(chunks: Generator[bytes, None, None], batch_bytes: int) -> list[bytes]:
+    batch: list[bytes] = []
+    gathered = 0
+    for chunk in chunks:
+        batch.append(chunk)
+        gathered += len(chunk)
+        if gathered >= batch_bytes:
+            break
+    return batch
+
+
+class OffloadedChunks:
+    def __init__(
+        self, chunks: Generator[bytes, None, None], executor: Executor, batch_bytes: int
+    ) -> None:
+        self._chunks = chunks
+        self._executor = executor
+        self._batch_bytes = batch_bytes
+        self._in_flight: concurrent.futures.Future[list[bytes]] | None = None
+
+    async def next_batch(self) -> list[bytes]:
+        """The next chunks, about ``batch_bytes`` together; empty at the end."""
+        self._in_flight = self._executor.submit(_next_batch, self._chunks, self._batch_bytes)
+        batch = await asyncio.wrap_future(self._in_flight)
+        self._in_flight = None
+        return batch
+
+    def close(self) -> None:
+        in_flight = self._in_flight
+        if in_flight is not None and not in_flight.done():
+            in_flight.add_done_callback(lambda _: self._chunks.close())
+        else:
+            self._chunks.close()

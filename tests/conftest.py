@@ -1,0 +1,79 @@
+"""Shared fixtures: an AIR output tree under tmp_path, and a client for it."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from export_service.app import create_app
+from export_service.config import Settings, settings_from_mapping
+
+CANARY = b"CANARY-outside-the-roots"
+
+
+@dataclass
+class AirTree:
+    base: Path
+    render: Path
+    midi: Path
+    param: Path
+    links: Path
+    canary: Path  # beside the roots: must never be served
+
+    def settings(self, **sections: dict[str, Any]) -> Settings:
+        data: dict[str, Any] = {
+            "roots": {
+                "render": str(self.render),
+                "midi_generation": str(self.midi),
+                "param_generation": str(self.param),
+            },
+            "links": {"file": str(self.links)},
+        }
+        data.update(sections)
+        return settings_from_mapping(data)
+
+    def link(self, records: dict[str, Any]) -> None:
+        self.links.parent.mkdir(parents=True, exist_ok=True)
+        self.links.write_text(json.dumps(records))
+
+
+def write(path: Path, content: bytes = b"", mtime: int | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> AirTree:
+    base = tmp_path / "air"
+    roots = [base / step / "output" for step in ("render", "midi_generation", "param_generation")]
+    for root in roots:
+        root.mkdir(parents=True)
+    canary = write(base / "secret.txt", CANARY)
+    return AirTree(base, *roots, base / "projects" / "output" / "step_links.json", canary)
+
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, tree: AirTree) -> ClientFactory:
+    async def factory(**sections: dict[str, Any]) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = await aiohttp_client(create_app(tree.settings(**sections)))
+        return client
+
+    return factory
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory) -> TestClient[Any, Any]:
+    return await make_client()

@@ -1,0 +1,159 @@
+import json
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import AirTree, ClientFactory, write
+
+# Hand-written: what the original AIR export module returns for the tree built
+# by _every_case(), in its compact FastAPI rendering.
+EXPECTED_RUN_1 = """
+{"render_run_id": "run_1", "midi_run_id": "run_1", "param_run_id": "prm_a",
+ "files": [
+  {"step": "midi_generation", "rel_path": "20261102_090000_run_1/track.mid",
+   "url": "/api/midi-generation/output/20261102_090000_run_1/track.mid", "bytes": 4},
+  {"step": "param_generation", "rel_path": "20261101_101200_prm_a/params.json",
+   "url": "/api/param-generation/output/20261101_101200_prm_a/params.json", "bytes": 2},
+  {"step": "render", "rel_path": "run_1/a/b.wav", "url": "/api/audio/run_1/a/b.wav", "bytes": 2},
+  {"step": "render", "rel_path": "run_1/a\\\\b.wav", "url": "/api/audio/run_1/a%5Cb.wav", "bytes": 1},
+  {"step": "render", "rel_path": "run_1/empty.txt", "url": "/api/audio/run_1/empty.txt", "bytes": 0},
+  {"step": "render", "rel_path": "run_1/mix.wav", "url": "/api/audio/run_1/mix.wav", "bytes": 4},
+  {"step": "render", "rel_path": "run_1/naïve #1 100%.wav",
+   "url": "/api/audio/run_1/na%C3%AFve%20%231%20100%25.wav", "bytes": 5},
+  {"step": "render", "rel_path": "run_1/stems/deep/kick.wav",
+   "url": "/api/audio/run_1/stems/deep/kick.wav", "bytes": 3}
+ ],
+ "missing": []}
+"""
+
+
+def _compact(text: str) -> bytes:
+    return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _every_case(tree: AirTree) -> None:
+    run = tree.render / "run_1"
+    write(run / "mix.wav", b"RIFF")
+    write(run / "empty.txt")
+    write(run / "stems" / "deep" / "kick.wav", b"kkk")
+    write(run / "a\\b.wav", b"x")
+    write(run / "a" / "b.wav", b"yy")
+    write(run / "naïve #1 100%.wav", b"nnnnn")
+    write(tree.midi / "20261101_100000_run_1" / "old.mid", b"o")
+    write(tree.midi / "20261102_090000_run_1" / "track.mid", b"MThd")
+    write(tree.midi / "run_10" / "x.mid", b"x")
+    write(tree.midi / "20261103_run_1x" / "y.mid", b"y")
+    write(tree.param / "20261101_101200_prm_a" / "params.json", b"{}")
+    write(tree.param / "20261101_101300_prm_b" / "params.json", b'{"b":1}')
+    write(tree.render / "run_2" / "mix.wav", b"2")
+    tree.link({
+        "run_1": {"param_run_id": "prm_a", "updated_at": 1.5, "note": "kept"},
+        "run_bad": {"param_run_id": "../../etc", "updated_at": 1.0},
+    })
+
+
+async def _manifest(client: TestClient[Any, Any], path: str) -> Any:
+    response = await client.get(path)
+    assert response.status == 200, await response.text()
+    assert response.content_type == "application/json"
+    return await response.read()
+
+
+async def test_manifest_is_byte_for_byte_the_original(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    _every_case(tree)
+    body = await _manifest(client, "/api/air/export/list/run_1")
+    assert body == _compact(EXPECTED_RUN_1)
+
+
+async def test_query_param_run_id_wins_over_the_link(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    _every_case(tree)
+    manifest = json.loads(await _manifest(client, "/api/air/export/list/run_1?param_run_id=prm_b"))
+    assert manifest["param_run_id"] == "prm_b"
+    params = [f for f in manifest["files"] if f["step"] == "param_generation"]
+    assert params == [{
+        "step": "param_generation", "rel_path": "20261101_101300_prm_b/params.json",
+        "url": "/api/param-generation/output/20261101_101300_prm_b/params.json", "bytes": 7,
+    }]
+
+
+async def test_missing_steps_are_listed_in_order(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    _every_case(tree)
+    manifest = json.loads(await _manifest(client, "/api/air/export/list/run_2"))
+    assert manifest["midi_run_id"] is None
+    assert manifest["param_run_id"] is None
+    assert manifest["missing"] == ["midi_generation", "param_generation"]
+
+    nothing = await _manifest(client, "/api/air/export/list/never_rendered")
+    assert nothing == (
+        b'{"render_run_id":"never_rendered","midi_run_id":null,"param_run_id":null,'
+        b'"files":[],"missing":["render","midi_generation","param_generation"]}'
+    )
+
+
+async def test_param_run_that_does_not_exist_is_missing(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    _every_case(tree)
+    manifest = json.loads(await _manifest(client, "/api/air/export/list/run_1?param_run_id=prm_z"))
+    assert manifest["param_run_id"] is None
+    assert manifest["missing"] == ["param_generation"]
+
+
+async def test_an_empty_param_run_id_query_falls_back_to_the_link(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    _every_case(tree)
+    manifest = json.loads(await _manifest(client, "/api/air/export/list/run_1?param_run_id="))
+    assert manifest["param_run_id"] == "prm_a"
+
+
+async def test_a_hostile_link_value_is_ignored(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    _every_case(tree)
+    write(tree.render / "run_bad" / "mix.wav", b"m")
+    manifest = json.loads(await _manifest(client, "/api/air/export/list/run_bad"))
+    assert manifest["param_run_id"] is None
+    assert "param_generation" in manifest["missing"]
+
+
+async def test_empty_run_folder_counts_as_missing(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    (tree.render / "hollow" / "sub").mkdir(parents=True)
+    (tree.midi / "20261101_hollow").mkdir()
+    manifest = json.loads(await _manifest(client, "/api/air/export/list/hollow"))
+    assert manifest["missing"] == ["render", "midi_generation", "param_generation"]
+    assert manifest["midi_run_id"] is None
+
+
+async def test_url_base_and_prefixes_are_configurable(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    write(tree.render / "r" / "a b.wav", b"1")
+    client = await make_client(urls={"base": "https://air.example.com/", "render": "/files/"})
+    manifest = json.loads(await _manifest(client, "/api/air/export/list/r"))
+    assert manifest["files"][0]["url"] == "https://air.example.com/files/r/a%20b.wav"
+
+
+async def test_undecodable_names_give_valid_json_and_a_byte_exact_url(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    run = tree.render / "r"
+    run.mkdir()
+    (run / "bad\udcff.wav").write_bytes(b"1")  # the name on disk is b"bad\xff.wav"
+    manifest = json.loads(await _manifest(client, "/api/air/export/list/r"))
+    assert manifest["files"][0]["rel_path"] == "r/bad\ufffd.wav"
+    assert manifest["files"][0]["url"] == "/api/audio/r/bad%FF.wav"
+
+
+async def test_no_absolute_path_appears(tree: AirTree, client: TestClient[Any, Any]) -> None:
+    _every_case(tree)
+    body = await _manifest(client, "/api/air/export/list/run_1")
+    assert str(tree.base).encode() not in body

@@ -1,0 +1,26 @@
+import pytest
+
+from export_service.errors import InvalidParamRunId, InvalidRunId
+from export_service.run_ids import check_param_run_id, check_render_run_id, run_id_problem
+
+VALID = ["rnd_7f3a9c", "20261101_101200_prm_51be02", "a" * 200, "ünïcode-ид", "%2e%2e", "a.b", "..."]
+INVALID = ["", " ", "\t\n", ".", "..", "a/b", "a\\b", "/abs", "a\x00b", "a\x1fb", "a\x7fb",
+           "a\x85b", "a\udcffb", "a" * 201]
+
+
+@pytest.mark.parametrize("value", VALID)
+def test_valid_ids_pass(value: str) -> None:
+    assert run_id_problem(value) is None
+    assert check_render_run_id(value) == value
+
+
+@pytest.mark.parametrize("value", INVALID)
+def test_ids_that_could_leave_a_root_are_refused(value: str) -> None:
+    assert run_id_problem(value) is not None
+    with pytest.raises(InvalidRunId) as render_error:
+        check_render_run_id(value)
+    assert render_error.value.code == "invalid_run_id"
+    assert render_error.value.status == 422
+    with pytest.raises(InvalidParamRunId) as param_error:
+        check_param_run_id(value)
+    assert param_error.value.code == "invalid_param_run_id"
