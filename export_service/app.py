@@ -49,6 +49,8 @@ async def json_errors(
         if "Allow" in error.headers:
             response.headers["Allow"] = error.headers["Allow"]
         return response
+    except ConnectionError:
+        raise  # the client is gone: there is no one to answer
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(500, "internal_error", "internal error; see the service log")

@@ -17,15 +17,17 @@ import stat
 import struct
 import time
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from zipstream import ZipStream
 
+from .config import Settings
 from .errors import SourceChanged
-from .manifest import ExportedFile, Step
+from .links import LinkStore
+from .manifest import ExportedFile, Step, build_export
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,14 @@ class PlannedEntry:
     dev: int
     ino: int
 
+    @property
+    def snapshot(self) -> tuple[int, int, int, int]:
+        return (self.dev, self.ino, self.size, self.mtime_ns)
+
+
+def _snapshot(info: os.stat_result) -> tuple[int, int, int, int]:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
 
 def _fd_within(fd: int, root_real: str, fallback_path: str) -> bool:
     """Whether the open file's real path lies inside the root.
@@ -121,7 +131,7 @@ def _open_checked(path: str, root_real: str) -> tuple[int, os.stat_result]:
 def _dos_date_time(mtime_ns: int) -> tuple[int, int, int, int, int, int]:
     """The file's mtime in UTC, clamped to what a ZIP can hold."""
     stamp = time.gmtime(mtime_ns // 1_000_000_000)[:6]
-    return min(max(_ZIP_MIN_DATE, stamp), _ZIP_MAX_DATE)  # type: ignore[return-value]
+    return min(max(_ZIP_MIN_DATE, stamp), _ZIP_MAX_DATE)
 
 
 class _UtcStampedZipStream(ZipStream):  # type: ignore[misc]
@@ -157,9 +167,10 @@ class _UtcStampedZipStream(ZipStream):  # type: ignore[misc]
         self._filelist[-1].date_time = date_time
 
 
-def _read_entry(entry: PlannedEntry, chunk_bytes: int) -> Iterator[bytes]:
+def _read_entry(entry: PlannedEntry, chunk_bytes: int) -> Generator[bytes, None, None]:
     """The bytes of a planned file; :class:`SourceChanged` when it is no longer
-    the planned file, cannot be read, or its size changed while it was read."""
+    the planned file (device, inode, size, mtime), cannot be read, or is
+    modified while it is read."""
     try:
         fd, info = _open_checked(entry.path, entry.root_real)
     except OSError as error:
@@ -167,8 +178,8 @@ def _read_entry(entry: PlannedEntry, chunk_bytes: int) -> Iterator[bytes]:
     except SourceChanged as error:
         raise SourceChanged(f"{entry.rel_path}: {error.message}") from error
     with open(fd, "rb", buffering=0, closefd=True) as handle:
-        if (info.st_dev, info.st_ino, info.st_size) != (entry.dev, entry.ino, entry.size):
-            raise SourceChanged(f"{entry.rel_path}: was replaced or changed size")
+        if _snapshot(info) != entry.snapshot:
+            raise SourceChanged(f"{entry.rel_path}: was replaced or modified")
         remaining = entry.size
         try:
             while remaining:
@@ -177,11 +188,11 @@ def _read_entry(entry: PlannedEntry, chunk_bytes: int) -> Iterator[bytes]:
                     raise SourceChanged(f"{entry.rel_path}: shrank while being read")
                 remaining -= len(chunk)
                 yield chunk
-            grown = os.fstat(fd).st_size != entry.size
+            modified = _snapshot(os.fstat(fd)) != entry.snapshot
         except OSError as error:
             raise SourceChanged(f"{entry.rel_path}: read failed ({error.strerror})") from error
-        if grown:
-            raise SourceChanged(f"{entry.rel_path}: changed size while being read")
+        if modified:
+            raise SourceChanged(f"{entry.rel_path}: was modified while being read")
 
 
 class ExportArchive:
@@ -205,7 +216,7 @@ class ExportArchive:
         newest = max(entry.mtime_ns for entry in self.entries)
         return datetime.fromtimestamp(newest // 1_000_000_000, UTC)
 
-    def chunks(self) -> Iterator[bytes]:
+    def chunks(self) -> Generator[bytes, None, None]:
         """The archive's bytes; single use. Closing it closes any open file."""
         try:
             yield from self._stream
@@ -239,8 +250,25 @@ def plan_archive(
         arcname = allocator.allocate(sanitize_arcname(f"{step}/{rel_path}"))
         entries.append(
             PlannedEntry(
-                arcname, rel_path, source.path, root_real,
-                info.st_size, info.st_mtime_ns, info.st_dev, info.st_ino,
+                arcname,
+                rel_path,
+                source.path,
+                root_real,
+                info.st_size,
+                info.st_mtime_ns,
+                info.st_dev,
+                info.st_ino,
             )
         )
     return ExportArchive(entries, skipped, chunk_bytes)
+
+
+def plan_export_archive(
+    settings: Settings, links: LinkStore, render_run_id: str, param_run_id: str | None
+) -> ExportArchive:
+    """The manifest's files, planned as one download (blocking, one hop)."""
+    export = build_export(settings, links, render_run_id, param_run_id)
+    root_reals: dict[Step, str] = {
+        step: os.path.realpath(getattr(settings.roots, step)) for step in get_args(Step)
+    }
+    return plan_archive(export.files, root_reals, settings.limits.read_chunk_bytes)

@@ -12,8 +12,13 @@ from pathlib import Path
 from aiohttp import web
 
 from .app import create_app
-from .config import CONFIG_ENV_VAR, Settings, config_path_from_env, load_settings
-from .config import settings_from_mapping
+from .config import (
+    CONFIG_ENV_VAR,
+    Settings,
+    config_path_from_env,
+    load_settings,
+    settings_from_mapping,
+)
 from .errors import ConfigError
 from .sample import SAMPLE_RENDER_RUN_ID, create_sample_tree
 
@@ -48,6 +53,9 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         port=port if port is not None else server.port,
         print=None,
         access_log=log.getChild("access"),
+        # A client that hangs up cancels its handler at once, so a download in
+        # flight closes its files without waiting for its next write to fail.
+        handler_cancellation=True,
     )
 
 
@@ -58,9 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if config_path is not None:
             settings = load_settings(config_path)
-            log.info("serving with config %s on %s:%s", config_path,
-                     arguments.host or settings.server.host,
-                     arguments.port or settings.server.port)
+            log.info(
+                "serving with config %s on %s:%s",
+                config_path,
+                arguments.host or settings.server.host,
+                arguments.port or settings.server.port,
+            )
             _serve(settings, arguments.host, arguments.port)
             return 0
         with tempfile.TemporaryDirectory(prefix="export-service-sample-") as sample_dir:
@@ -70,7 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info(
                 "no config given: serving the sample tree in %s; try "
                 "curl http://%s:%s/api/air/export/list/%s",
-                sample_dir, host, port, SAMPLE_RENDER_RUN_ID,
+                sample_dir,
+                host,
+                port,
+                SAMPLE_RENDER_RUN_ID,
             )
             _serve(settings, host, port)
         return 0

@@ -108,7 +108,6 @@ class Settings(_Section):
     limits: LimitsSettings = LimitsSettings()
 
 
-
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():

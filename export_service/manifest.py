@@ -70,15 +70,16 @@ def file_url(base: str, prefix: str, folder: str, parts: tuple[str, ...]) -> str
     return f"{base}{prefix}/{'/'.join(segments)}"
 
 
-def _step_files(
-    step: Step, root: str, folder: str, base: str, prefix: str
-) -> list[ExportedFile]:
+def _step_files(step: Step, root: str, folder: str, base: str, prefix: str) -> list[ExportedFile]:
     exported = []
     for source in scan_run_folder(root, folder):
         rel_path = "/".join(display_name(segment) for segment in (folder, *source.parts))
         url = file_url(base, prefix, folder, source.parts)
-        exported.append(ExportedFile(ExportFile(step=step, rel_path=rel_path, url=url,
-                                                bytes=source.size), source))
+        exported.append(
+            ExportedFile(
+                ExportFile(step=step, rel_path=rel_path, url=url, bytes=source.size), source
+            )
+        )
     return exported
 
 

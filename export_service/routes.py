@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
-from typing import get_args
 from urllib.parse import quote
 
 from aiohttp import hdrs, web
 
-from .archive import ExportArchive, plan_archive
-from .config import Settings
+from .archive import plan_export_archive
 from .errors import SourceChanged
-from .links import LinkStore
-from .manifest import Step, build_export
+from .manifest import build_export
 from .run_ids import check_param_run_id, check_render_run_id
 from .state import IO_EXECUTOR, LINKS, SETTINGS, run_blocking
 from .streaming import OffloadedChunks
@@ -37,17 +34,6 @@ def _run_ids(request: web.Request) -> tuple[str, str | None]:
     return render_run_id, param_run_id
 
 
-def _plan_download(
-    settings: Settings, links: LinkStore, render_run_id: str, param_run_id: str | None
-) -> ExportArchive:
-    export = build_export(settings, links, render_run_id, param_run_id)
-    roots = settings.roots
-    root_reals: dict[Step, str] = {
-        step: os.path.realpath(getattr(roots, step)) for step in get_args(Step)
-    }
-    return plan_archive(export.files, root_reals, settings.limits.read_chunk_bytes)
-
-
 def content_disposition(render_run_id: str) -> str:
     """``attachment`` with an ASCII ``filename`` and, where that had to change
     the name, the exact one as RFC 6266 ``filename*``."""
@@ -65,8 +51,12 @@ def content_disposition(render_run_id: str) -> str:
 async def export_manifest(request: web.Request) -> web.Response:
     render_run_id, param_run_id = _run_ids(request)
     export = await run_blocking(
-        request, build_export, request.app[SETTINGS], request.app[LINKS],
-        render_run_id, param_run_id,
+        request,
+        build_export,
+        request.app[SETTINGS],
+        request.app[LINKS],
+        render_run_id,
+        param_run_id,
     )
     return web.Response(
         body=export.manifest.model_dump_json().encode(), content_type="application/json"
@@ -78,7 +68,7 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
     render_run_id, param_run_id = _run_ids(request)
     settings = request.app[SETTINGS]
     archive = await run_blocking(
-        request, _plan_download, settings, request.app[LINKS], render_run_id, param_run_id
+        request, plan_export_archive, settings, request.app[LINKS], render_run_id, param_run_id
     )
     response = web.StreamResponse(
         headers={
@@ -106,6 +96,9 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
         response.force_close()
         return response
     except ConnectionError:
+        log.info("ZIP of %s: the client went away", render_run_id)
+        return response
+    except asyncio.CancelledError:
         log.info("ZIP of %s: the client went away", render_run_id)
         raise
     finally:

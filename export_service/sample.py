@@ -87,7 +87,10 @@ def create_sample_tree(base: Path) -> dict[str, Any]:
         os.utime(path, (_SAMPLE_MTIME, _SAMPLE_MTIME))
     return {
         "server": {"host": "127.0.0.1", "port": 8080},
-        "roots": {"render": str(render), "midi_generation": str(midi),
-                  "param_generation": str(param)},
+        "roots": {
+            "render": str(render),
+            "midi_generation": str(midi),
+            "param_generation": str(param),
+        },
         "links": {"file": str(links)},
     }

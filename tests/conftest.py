@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -52,14 +53,29 @@ def write(path: Path, content: bytes = b"", mtime: int | None = None) -> Path:
     return path
 
 
+def open_paths_under(folder: Path) -> list[str]:
+    """Files below ``folder`` that this process holds open (from /proc/self/fd)."""
+    prefix = str(folder.resolve())
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(prefix):
+                found.append(target)
+    return found
+
+
 @pytest.fixture
 def tree(tmp_path: Path) -> AirTree:
     base = tmp_path / "air"
-    roots = [base / step / "output" for step in ("render", "midi_generation", "param_generation")]
-    for root in roots:
+    render, midi, param = (
+        base / step / "output" for step in ("render", "midi_generation", "param_generation")
+    )
+    for root in (render, midi, param):
         root.mkdir(parents=True)
     canary = write(base / "secret.txt", CANARY)
-    return AirTree(base, *roots, base / "projects" / "output" / "step_links.json", canary)
+    links = base / "projects" / "output" / "step_links.json"
+    return AirTree(base, render, midi, param, links, canary)
 
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]

@@ -40,7 +40,7 @@ def test_contract_keys_load_into_frozen_settings(tree: AirTree, tmp_path: Path) 
     assert settings.links.file == tree.links
     assert settings.urls.render == "/api/audio"
     with pytest.raises(ValueError, match="frozen"):
-        settings.server.port = 1  # type: ignore[misc]
+        settings.server.port = 1
 
 
 def test_example_config_documents_only_valid_keys(tree: AirTree, tmp_path: Path) -> None:
@@ -62,7 +62,10 @@ def test_example_config_documents_only_valid_keys(tree: AirTree, tmp_path: Path)
         ({"extra": "hots = 'x'"}, "server.hots: unknown key"),
         ({"extra": "port = 'eighty'"}, "server.port"),
         ({"render": "relative/render"}, "roots.render: must be an absolute path"),
-        ({"midi_generation": "/nonexistent/midi"}, "roots.midi_generation: '/nonexistent/midi' does not exist"),
+        (
+            {"midi_generation": "/nonexistent/midi"},
+            "roots.midi_generation: '/nonexistent/midi' does not exist",
+        ),
         ({"links": "step_links.json"}, "links.file: must be an absolute path"),
     ],
 )
@@ -87,16 +90,16 @@ def test_missing_section_and_bad_toml(tree: AirTree, tmp_path: Path) -> None:
         load_settings(tmp_path / "absent.toml")
 
 
-def test_serve_with_a_bad_config_prints_one_line_and_exits_2(
-    tree: AirTree, tmp_path: Path
-) -> None:
+def test_serve_with_a_bad_config_prints_one_line_and_exits_2(tree: AirTree, tmp_path: Path) -> None:
     import subprocess
 
     path = tmp_path / "config.toml"
     path.write_text(_toml(tree, render="/nonexistent/render"))
     result = subprocess.run(
         [sys.executable, "-m", "export_service", "serve", "--config", str(path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr

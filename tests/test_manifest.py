@@ -15,8 +15,10 @@ EXPECTED_RUN_1 = """
   {"step": "param_generation", "rel_path": "20261101_101200_prm_a/params.json",
    "url": "/api/param-generation/output/20261101_101200_prm_a/params.json", "bytes": 2},
   {"step": "render", "rel_path": "run_1/a/b.wav", "url": "/api/audio/run_1/a/b.wav", "bytes": 2},
-  {"step": "render", "rel_path": "run_1/a\\\\b.wav", "url": "/api/audio/run_1/a%5Cb.wav", "bytes": 1},
-  {"step": "render", "rel_path": "run_1/empty.txt", "url": "/api/audio/run_1/empty.txt", "bytes": 0},
+  {"step": "render", "rel_path": "run_1/a\\\\b.wav", "url": "/api/audio/run_1/a%5Cb.wav",
+   "bytes": 1},
+  {"step": "render", "rel_path": "run_1/empty.txt", "url": "/api/audio/run_1/empty.txt",
+   "bytes": 0},
   {"step": "render", "rel_path": "run_1/mix.wav", "url": "/api/audio/run_1/mix.wav", "bytes": 4},
   {"step": "render", "rel_path": "run_1/naïve #1 100%.wav",
    "url": "/api/audio/run_1/na%C3%AFve%20%231%20100%25.wav", "bytes": 5},
@@ -46,10 +48,12 @@ def _every_case(tree: AirTree) -> None:
     write(tree.param / "20261101_101200_prm_a" / "params.json", b"{}")
     write(tree.param / "20261101_101300_prm_b" / "params.json", b'{"b":1}')
     write(tree.render / "run_2" / "mix.wav", b"2")
-    tree.link({
-        "run_1": {"param_run_id": "prm_a", "updated_at": 1.5, "note": "kept"},
-        "run_bad": {"param_run_id": "../../etc", "updated_at": 1.0},
-    })
+    tree.link(
+        {
+            "run_1": {"param_run_id": "prm_a", "updated_at": 1.5, "note": "kept"},
+            "run_bad": {"param_run_id": "../../etc", "updated_at": 1.0},
+        }
+    )
 
 
 async def _manifest(client: TestClient[Any, Any], path: str) -> Any:
@@ -74,10 +78,14 @@ async def test_query_param_run_id_wins_over_the_link(
     manifest = json.loads(await _manifest(client, "/api/air/export/list/run_1?param_run_id=prm_b"))
     assert manifest["param_run_id"] == "prm_b"
     params = [f for f in manifest["files"] if f["step"] == "param_generation"]
-    assert params == [{
-        "step": "param_generation", "rel_path": "20261101_101300_prm_b/params.json",
-        "url": "/api/param-generation/output/20261101_101300_prm_b/params.json", "bytes": 7,
-    }]
+    assert params == [
+        {
+            "step": "param_generation",
+            "rel_path": "20261101_101300_prm_b/params.json",
+            "url": "/api/param-generation/output/20261101_101300_prm_b/params.json",
+            "bytes": 7,
+        }
+    ]
 
 
 async def test_missing_steps_are_listed_in_order(
@@ -113,9 +121,7 @@ async def test_an_empty_param_run_id_query_falls_back_to_the_link(
     assert manifest["param_run_id"] == "prm_a"
 
 
-async def test_a_hostile_link_value_is_ignored(
-    tree: AirTree, client: TestClient[Any, Any]
-) -> None:
+async def test_a_hostile_link_value_is_ignored(tree: AirTree, client: TestClient[Any, Any]) -> None:
     _every_case(tree)
     write(tree.render / "run_bad" / "mix.wav", b"m")
     manifest = json.loads(await _manifest(client, "/api/air/export/list/run_bad"))

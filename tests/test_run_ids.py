@@ -3,9 +3,31 @@ import pytest
 from export_service.errors import InvalidParamRunId, InvalidRunId
 from export_service.run_ids import check_param_run_id, check_render_run_id, run_id_problem
 
-VALID = ["rnd_7f3a9c", "20261101_101200_prm_51be02", "a" * 200, "ünïcode-ид", "%2e%2e", "a.b", "..."]
-INVALID = ["", " ", "\t\n", ".", "..", "a/b", "a\\b", "/abs", "a\x00b", "a\x1fb", "a\x7fb",
-           "a\x85b", "a\udcffb", "a" * 201]
+VALID = [
+    "rnd_7f3a9c",
+    "20261101_101200_prm_51be02",
+    "a" * 200,
+    "ünïcode-ид",
+    "%2e%2e",
+    "a.b",
+    "...",
+]
+INVALID = [
+    "",
+    " ",
+    "\t\n",
+    ".",
+    "..",
+    "a/b",
+    "a\\b",
+    "/abs",
+    "a\x00b",
+    "a\x1fb",
+    "a\x7fb",
+    "a\x85b",
+    "a\udcffb",
+    "a" * 201,
+]
 
 
 @pytest.mark.parametrize("value", VALID)

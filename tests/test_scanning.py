@@ -33,7 +33,9 @@ def test_links_are_followed_only_inside_the_root(tree: AirTree) -> None:
     (run / "dangling").symlink_to(tree.render / "gone")
     (run / "loop").symlink_to(run)
     assert _listed(tree.render, "r") == {
-        "own.wav": 1, "inside.wav": 6, "inside_dir/shared.wav": 6,
+        "own.wav": 1,
+        "inside.wav": 6,
+        "inside_dir/shared.wav": 6,
     }
 
 

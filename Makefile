@@ -1,0 +1,30 @@
+# The two Quick-start commands (make run, make test) set themselves up: they
+# create .venv and install the package into it on first use, and again
+# whenever pyproject.toml changes.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: start the service (the built-in sample tree unless CONFIG=path/to/config.toml)
+run: $(STAMP)
+	$(BIN)/export-service serve $(if $(CONFIG),--config $(CONFIG))
+
+## test: run the whole test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## lint: ruff and mypy, as CI runs them
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy

@@ -1,0 +1,106 @@
+"""Hostile ids and paths: nothing outside the three roots ever comes back."""
+
+import asyncio
+import os
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import CANARY, AirTree, write
+from tests.zips import read_zip
+
+HOSTILE_IDS = [
+    "..",
+    "%2e%2e",
+    "%2E%2E",
+    ".%2e",
+    "%252e%252e",
+    "..%2f..",
+    "..%2F..%2Fsecret.txt",
+    "%2fetc%2fpasswd",
+    "..%5c..",
+    "..\\..",
+    "%00",
+    "a%00b",
+    "%0a",
+    "%c0%ae%c0%ae",
+    "....//",
+    "%252f",
+    "/",
+    "//",
+    "r%2f..%2f..%2fsecret.txt",
+    "~",
+    "*",
+    "%ff",
+]
+
+
+async def _raw_get(client: TestClient[Any, Any], path: str) -> tuple[int, bytes]:
+    """GET exactly this path (no client-side normalization)."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    data = await asyncio.wait_for(reader.read(-1), 10)
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.fixture
+def hostile_tree(tree: AirTree) -> AirTree:
+    write(tree.render / "r" / "mix.wav", b"ok")
+    (tree.render / "r" / "leak.txt").symlink_to(tree.canary)
+    (tree.render / "r" / "leak_dir").symlink_to(tree.base)
+    (tree.render / "escape").symlink_to(tree.base)
+    (tree.midi / "20261101_r").symlink_to(tree.base)
+    (tree.param / "20261101_p").mkdir()
+    (tree.param / "20261101_p" / "up").symlink_to(tree.base / "secret.txt")
+    tree.link({"r": {"param_run_id": "p"}, "x": {"param_run_id": "../.."}})
+    return tree
+
+
+@pytest.mark.parametrize("run_id", HOSTILE_IDS)
+@pytest.mark.parametrize("endpoint", ["list", "zip"])
+async def test_hostile_ids_never_reach_outside(
+    hostile_tree: AirTree, client: TestClient[Any, Any], endpoint: str, run_id: str
+) -> None:
+    for query in ("", "?param_run_id=" + run_id):
+        status, body = await _raw_get(client, f"/api/air/export/{endpoint}/r{query}")
+        assert status in (200, 422)
+        assert CANARY not in body
+        status, body = await _raw_get(client, f"/api/air/export/{endpoint}/{run_id}{query}")
+        assert status in (200, 404, 422), (status, body)
+        assert CANARY not in body
+        assert str(hostile_tree.base).encode() not in body
+
+
+async def test_links_out_of_the_root_are_skipped_in_list_and_zip(
+    hostile_tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    manifest = await (await client.get("/api/air/export/list/r")).json()
+    assert [f["rel_path"] for f in manifest["files"]] == ["r/mix.wav"]
+    assert manifest["missing"] == ["midi_generation", "param_generation"]
+    body = await (await client.get("/api/air/export/zip/r")).read()
+    assert read_zip(body) == {"render/r/mix.wav": b"ok"}
+    escape = await (await client.get("/api/air/export/list/escape")).json()
+    assert escape["files"] == []
+
+
+async def test_a_root_that_is_itself_a_link_still_works(tree: AirTree, aiohttp_client: Any) -> None:
+    from export_service.app import create_app
+
+    real = tree.base / "real_render"
+    write(real / "r" / "mix.wav", b"ok")
+    linked = tree.base / "linked_render"
+    os.symlink(real, linked)
+    settings = tree.settings(
+        roots={
+            "render": str(linked),
+            "midi_generation": str(tree.midi),
+            "param_generation": str(tree.param),
+        }
+    )
+    client = await aiohttp_client(create_app(settings))
+    body = await (await client.get("/api/air/export/zip/r")).read()
+    assert read_zip(body) == {"render/r/mix.wav": b"ok"}

@@ -1,0 +1,127 @@
+import asyncio
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from export_service.routes import content_disposition
+from tests.conftest import AirTree, ClientFactory, open_paths_under, write
+from tests.zips import read_zip, unzip_test
+
+SMALL_BATCHES = {"limits": {"read_chunk_bytes": 65536, "batch_bytes": 65536}}
+
+
+async def _raw_request(client: TestClient[Any, Any], request: bytes) -> tuple[bytes, bytes]:
+    """Send one raw HTTP/1.1 request with Connection: close; (head, body) as received."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(request)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(-1), 10)
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def test_zip_download_headers_and_body(
+    tree: AirTree, client: TestClient[Any, Any], tmp_path: Path
+) -> None:
+    write(tree.render / "r" / "mix.wav", os.urandom(300_000), mtime=1_700_000_000)
+    write(tree.render / "r" / "stems" / "bass.wav", b"bass", mtime=1_600_000_000)
+    write(tree.param / "20261101_p1" / "params.json", b"{}", mtime=1_500_000_000)
+    tree.link({"r": {"param_run_id": "p1", "updated_at": 1.0}})
+    response = await client.get("/api/air/export/zip/r")
+    body = await response.read()
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/zip"
+    assert int(response.headers["Content-Length"]) == len(body)
+    assert response.headers["Content-Disposition"] == 'attachment; filename="export_r.zip"'
+    assert response.headers["Last-Modified"] == "Tue, 14 Nov 2023 22:13:20 GMT"
+    assert list(read_zip(body)) == [
+        "param_generation/20261101_p1/params.json",
+        "render/r/mix.wav",
+        "render/r/stems/bass.wav",
+    ]
+    assert read_zip(body)["render/r/mix.wav"] == (tree.render / "r" / "mix.wav").read_bytes()
+    unzip_test(body, tmp_path)
+
+
+async def test_zip_of_a_run_with_nothing_is_an_empty_valid_zip(
+    client: TestClient[Any, Any],
+) -> None:
+    response = await client.get("/api/air/export/zip/nothing_here")
+    body = await response.read()
+    assert response.status == 200
+    assert read_zip(body) == {}
+    assert "Last-Modified" not in response.headers
+
+
+async def test_head_sends_the_headers_of_get_and_no_body(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    write(tree.render / "r" / "mix.wav", b"m" * 100_000)
+    get = await client.get("/api/air/export/zip/r")
+    await get.read()
+    head, body = await _raw_request(
+        client, b"HEAD /api/air/export/zip/r HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == b""
+    assert f"Content-Length: {get.headers['Content-Length']}".encode() in head
+    assert b"Content-Type: application/zip" in head
+
+
+def test_content_disposition_for_non_ascii_ids() -> None:
+    assert content_disposition("r1") == 'attachment; filename="export_r1.zip"'
+    assert content_disposition("nuta_é") == (
+        "attachment; filename=\"export_nuta__.zip\"; filename*=UTF-8''export_nuta_%C3%A9.zip"
+    )
+    assert content_disposition('a"b') == (
+        "attachment; filename=\"export_a_b.zip\"; filename*=UTF-8''export_a%22b.zip"
+    )
+
+
+async def test_first_bytes_leave_before_the_last_file_is_read_and_a_late_change_cuts_the_download(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    write(tree.render / "r" / "a.wav", os.urandom(256 * 1024))
+    last = write(tree.render / "r" / "z.wav", os.urandom(32 * 1024 * 1024))
+    client = await make_client(**SMALL_BATCHES)
+    response = await client.get("/api/air/export/zip/r")
+    expected = int(response.headers["Content-Length"])
+    first = await response.content.readexactly(1024)
+    assert first.startswith(b"PK\x03\x04")
+    os.truncate(last, 1024)  # the last file has not been read yet: its change must show
+    received = len(first)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        while chunk := await response.content.read(1 << 20):
+            received += len(chunk)
+    assert received < expected
+
+
+async def test_clients_that_hang_up_leave_no_file_open(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    write(tree.render / "r" / "big.wav", os.urandom(16 * 1024 * 1024))
+    client = await make_client(**SMALL_BATCHES)
+    for _ in range(5):
+        sock = socket.create_connection((client.server.host, client.server.port))
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"GET /api/air/export/zip/r HTTP/1.1\r\nHost: t\r\n\r\n")
+        await reader.readexactly(256 * 1024)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()  # RST: the client is gone mid-download
+    for _ in range(200):
+        if not open_paths_under(tree.base):
+            break
+        await asyncio.sleep(0.02)
+    assert open_paths_under(tree.base) == []
+    # ...and the service answers the next request at once.
+    response = await client.get("/api/air/export/list/r")
+    assert response.status == 200
