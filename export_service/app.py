@@ -13,7 +13,7 @@ from aiohttp import web
 from .config import Settings
 from .errors import ExportServiceError
 from .links import LinkStore
-from .routes import routes
+from .routes import file_route, routes
 from .state import IO_EXECUTOR, LINKS, SETTINGS
 
 log = logging.getLogger(__name__)
@@ -71,4 +71,12 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(io_executor)
     app.add_routes(routes)
+    urls = settings.urls
+    app.add_routes(
+        [
+            file_route("render", urls.render),
+            file_route("midi_generation", urls.midi_generation),
+            file_route("param_generation", urls.param_generation),
+        ]
+    )
     return app

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-import stat
 import struct
 import time
 import unicodedata
@@ -26,12 +25,12 @@ from zipstream import ZipStream
 
 from .config import Settings
 from .errors import SourceChanged
+from .files import open_checked
 from .links import LinkStore
 from .manifest import ExportedFile, Step, build_export
 
 log = logging.getLogger(__name__)
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DROPPED_CATEGORIES = frozenset({"Cc", "Cs"})
 _ZIP_MIN_DATE = (1980, 1, 1, 0, 0, 0)
 _ZIP_MAX_DATE = (2107, 12, 31, 23, 59, 58)
@@ -97,37 +96,6 @@ def _snapshot(info: os.stat_result) -> tuple[int, int, int, int]:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
-def _fd_within(fd: int, root_real: str, fallback_path: str) -> bool:
-    """Whether the open file's real path lies inside the root.
-
-    Asked of the open descriptor (``/proc/self/fd``), so a link swapped in
-    between the scan and the open cannot lead outside.
-    """
-    try:
-        real = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        real = os.path.realpath(fallback_path)
-    prefix = root_real if root_real.endswith(os.sep) else root_real + os.sep
-    return real.startswith(prefix)
-
-
-def _open_checked(path: str, root_real: str) -> tuple[int, os.stat_result]:
-    """Open a planned path read-only without following links or blocking (a
-    FIFO swapped in must not hang); refuse anything but a regular file inside
-    the root."""
-    fd = os.open(path, _OPEN_FLAGS)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SourceChanged("is no longer a regular file")
-        if not _fd_within(fd, root_real, path):
-            raise SourceChanged("resolves outside its root")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, info
-
-
 def _dos_date_time(mtime_ns: int) -> tuple[int, int, int, int, int, int]:
     """The file's mtime in UTC, clamped to what a ZIP can hold."""
     stamp = time.gmtime(mtime_ns // 1_000_000_000)[:6]
@@ -172,7 +140,7 @@ def _read_entry(entry: PlannedEntry, chunk_bytes: int) -> Generator[bytes, None,
     the planned file (device, inode, size, mtime), cannot be read, or is
     modified while it is read."""
     try:
-        fd, info = _open_checked(entry.path, entry.root_real)
+        fd, info = open_checked(entry.path, entry.root_real)
     except OSError as error:
         raise SourceChanged(f"{entry.rel_path}: cannot be opened ({error.strerror})") from error
     except SourceChanged as error:
@@ -240,7 +208,7 @@ def plan_archive(
         step, rel_path, source = item.entry.step, item.entry.rel_path, item.source
         root_real = root_reals[step]
         try:
-            fd, info = _open_checked(source.path, root_real)
+            fd, info = open_checked(source.path, root_real)
             os.close(fd)
         except (OSError, SourceChanged) as error:
             reason = error.strerror if isinstance(error, OSError) else error.message

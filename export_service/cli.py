@@ -1,8 +1,9 @@
-"""Command line: ``export-service serve [--config PATH]``."""
+"""Command line: ``export-service serve [--config PATH]``, ``export-service link RID PID``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -19,7 +20,9 @@ from .config import (
     load_settings,
     settings_from_mapping,
 )
-from .errors import ConfigError
+from .errors import ConfigError, ExportServiceError
+from .links import LinkStore
+from .run_ids import check_param_run_id, check_render_run_id
 from .sample import SAMPLE_RENDER_RUN_ID, create_sample_tree
 
 log = logging.getLogger("export_service")
@@ -42,7 +45,31 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help=f"TOML config file (default: ${CONFIG_ENV_VAR})")
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
+    link = commands.add_parser(
+        "link",
+        help="link a render run to its param run in the links file",
+        description="Set render_run_id -> param_run_id in the configured step_links.json, "
+        "with the same locking as the service (safe while it runs).",
+    )
+    link.add_argument("render_run_id")
+    link.add_argument("param_run_id")
+    link.add_argument("--config", type=Path, help=f"TOML config file (default: ${CONFIG_ENV_VAR})")
     return parser
+
+
+def _link(config_path: Path | None, render_run_id: str, param_run_id: str) -> int:
+    if config_path is None:
+        raise ConfigError(f"link needs --config or {CONFIG_ENV_VAR}")
+    settings = load_settings(config_path)
+    try:
+        check_render_run_id(render_run_id)
+        check_param_run_id(param_run_id)
+        record = LinkStore(settings.links.file).link(render_run_id, param_run_id)
+    except ExportServiceError as error:
+        print(f"export-service: {error.code}: {error.message}", file=sys.stderr)
+        return 1
+    print(json.dumps({"render_run_id": render_run_id, **record}, ensure_ascii=False))
+    return 0
 
 
 def _serve(settings: Settings, host: str | None, port: int | None) -> None:
@@ -64,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config_path = arguments.config or config_path_from_env()
     try:
+        if arguments.command == "link":
+            return _link(config_path, arguments.render_run_id, arguments.param_run_id)
         if config_path is not None:
             settings = load_settings(config_path)
             log.info(

@@ -1,16 +1,21 @@
-"""HTTP handlers: the manifest and the streamed ZIP."""
+"""HTTP handlers: manifest, streamed ZIP, links, and the manifest's file URLs."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .archive import plan_export_archive
-from .errors import SourceChanged
-from .manifest import build_export
+from .errors import InvalidRequestBody, LinkNotFound, SourceChanged
+from .files import content_type, open_root_file, reopenable_path
+from .manifest import Step, build_export
 from .run_ids import check_param_run_id, check_render_run_id
 from .state import IO_EXECUTOR, LINKS, SETTINGS, run_blocking
 from .streaming import OffloadedChunks
@@ -105,3 +110,92 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
         chunks.close()
     await response.write_eof()
     return response
+
+
+class LinkUpdate(BaseModel):
+    """The body of ``PUT /api/air/export/links/{render_run_id}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    param_run_id: str
+
+
+class Link(BaseModel):
+    render_run_id: str
+    param_run_id: str
+    updated_at: float | None
+
+
+def _link(render_run_id: str, record: dict[str, Any]) -> web.Response:
+    updated_at = record.get("updated_at")
+    link = Link(
+        render_run_id=render_run_id,
+        param_run_id=record["param_run_id"],
+        updated_at=updated_at if isinstance(updated_at, int | float) else None,
+    )
+    return web.Response(body=link.model_dump_json().encode(), content_type="application/json")
+
+
+@routes.get(EXPORT_PREFIX + "/links/{render_run_id:.*}")
+async def get_link(request: web.Request) -> web.Response:
+    render_run_id = check_render_run_id(request.match_info["render_run_id"])
+    links = request.app[LINKS]
+    record = await run_blocking(request, links.record, render_run_id)
+    if record is None or not isinstance(record.get("param_run_id"), str):
+        raise LinkNotFound(f"no param run is linked to render run {render_run_id!r}")
+    return _link(render_run_id, record)
+
+
+@routes.put(EXPORT_PREFIX + "/links/{render_run_id:.*}")
+async def put_link(request: web.Request) -> web.Response:
+    render_run_id = check_render_run_id(request.match_info["render_run_id"])
+    try:
+        update = LinkUpdate.model_validate_json(await request.read())
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, item['loc'])) or 'body'}: {item['msg']}" for item in error.errors()
+        )
+        raise InvalidRequestBody(
+            'the body must be JSON {"param_run_id": "<id>"}; ' + problems
+        ) from None
+    param_run_id = check_param_run_id(update.param_run_id)
+    links = request.app[LINKS]
+    record = await run_blocking(request, links.link, render_run_id, param_run_id)
+    return _link(render_run_id, record)
+
+
+class _VerifiedFileResponse(web.FileResponse):
+    """A FileResponse of a file already opened and checked by this service.
+
+    It re-opens exactly that file through its descriptor (``/proc/self/fd/N``),
+    so a link swapped in after the check cannot redirect it, and there is no
+    ``.gz``/``.br`` sibling for it to pick instead. The descriptor is closed
+    once the response has been sent; aiohttp prepares a returned response
+    right after the handler, so the close always runs.
+    """
+
+    def __init__(self, fd: int, real_path: str) -> None:
+        super().__init__(
+            reopenable_path(fd, real_path), headers={hdrs.CONTENT_TYPE: content_type(real_path)}
+        )
+        self._fd: int | None = fd
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        try:
+            return await super().prepare(request)
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def file_route(step: Step, prefix: str) -> web.RouteDef:
+    """``GET|HEAD <prefix>/<run folder>/<path>``: one file of a root, the
+    manifest's URL, with Range, ETag and Last-Modified."""
+
+    async def serve_file(request: web.Request) -> web.StreamResponse:
+        raw_tail = request.rel_url.raw_path[len(prefix) + 1 :]
+        root = str(getattr(request.app[SETTINGS].roots, step))
+        fd, _, real_path = await run_blocking(request, open_root_file, root, raw_tail)
+        return _VerifiedFileResponse(fd, real_path)
+
+    return web.get(prefix + "/{tail:.+}", serve_file, name=f"file_{step}")

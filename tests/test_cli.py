@@ -57,3 +57,29 @@ def test_serve_without_config_serves_the_sample_and_stops_on_sigterm(tmp_path: P
         output = process.communicate(timeout=30)[0]
     assert process.returncode == 0, output
     assert "Traceback" not in output
+
+
+def test_link_command_writes_the_links_file(tmp_path: Path) -> None:
+    roots = {step: tmp_path / step for step in ("render", "midi", "param")}
+    for root in roots.values():
+        root.mkdir()
+    links = tmp_path / "projects" / "step_links.json"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[roots]\nrender = "{roots["render"]}"\nmidi_generation = "{roots["midi"]}"\n'
+        f'param_generation = "{roots["param"]}"\n[links]\nfile = "{links}"\n'
+    )
+    command = [sys.executable, "-m", "export_service", "link", "r1", "p1", "--config", str(config)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["param_run_id"] == "p1"
+    assert json.loads(links.read_text())["r1"]["param_run_id"] == "p1"
+
+    bad = subprocess.run(
+        [*command[:4], "r1", "..", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1
+    assert "invalid_param_run_id" in bad.stderr

@@ -1,0 +1,163 @@
+import json
+import logging
+import multiprocessing
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+import export_service.links as links_module
+from export_service.errors import LinksFileCorrupt
+from export_service.links import LinkStore
+from tests.conftest import AirTree, write
+
+PROCESSES, THREADS, LINKS_PER_THREAD = 2, 4, 60
+
+
+def _write_links(path: str, process: int) -> None:
+    """Run in a separate process: several threads, each writing distinct links."""
+    store = LinkStore(Path(path))
+
+    def writer(thread: int) -> None:
+        for index in range(LINKS_PER_THREAD):
+            store.link(f"r_{process}_{thread}_{index}", f"p_{process}_{thread}_{index}")
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_processes_and_threads_writing_at_once_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "links" / "step_links.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"kept": {"param_run_id": "p", "updated_at": 1.0, "x": [1]}}))
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_links, args=(str(path), p)) for p in range(PROCESSES)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    records = json.loads(path.read_text())
+    assert len(records) == PROCESSES * THREADS * LINKS_PER_THREAD + 1
+    assert records["kept"] == {"param_run_id": "p", "updated_at": 1.0, "x": [1]}
+    for p in range(PROCESSES):
+        for t in range(THREADS):
+            for i in range(LINKS_PER_THREAD):
+                assert records[f"r_{p}_{t}_{i}"]["param_run_id"] == f"p_{p}_{t}_{i}"
+    assert sorted(f.name for f in path.parent.iterdir()) == [
+        "step_links.json",
+        "step_links.json.lock",
+    ]
+
+
+def test_first_write_creates_the_file_and_its_folder(tmp_path: Path) -> None:
+    store = LinkStore(tmp_path / "a" / "b" / "step_links.json")
+    assert store.param_run_id_for("r") is None
+    record = store.link("r", "p")
+    assert record["param_run_id"] == "p"
+    assert isinstance(record["updated_at"], float)
+    assert store.param_run_id_for("r") == "p"
+    assert oct((tmp_path / "a" / "b" / "step_links.json").stat().st_mode & 0o777) == "0o644"
+
+
+def test_unknown_keys_of_a_record_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "step_links.json"
+    path.write_text(json.dumps({"r": {"param_run_id": "old", "updated_at": 1.0, "by": "ui"}}))
+    LinkStore(path).link("r", "new")
+    assert json.loads(path.read_text())["r"]["by"] == "ui"
+    assert json.loads(path.read_text())["r"]["param_run_id"] == "new"
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe", b""])
+def test_a_corrupt_file_is_never_overwritten(
+    tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "step_links.json", content)
+    store = LinkStore(path)
+    with caplog.at_level(logging.ERROR):
+        assert store.param_run_id_for("r") is None
+        assert store.param_run_id_for("r") is None
+        assert store.problem() is not None
+    assert len([r for r in caplog.records if "unusable" in r.message]) == 1  # once per change
+    with pytest.raises(LinksFileCorrupt):
+        store.link("r", "p")
+    assert path.read_bytes() == content
+
+
+def test_a_large_file_is_parsed_once_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "step_links.json"
+    records = {f"r{i}": {"param_run_id": f"p{i}", "updated_at": 1.0} for i in range(100_000)}
+    path.write_text(json.dumps(records))
+    parses = 0
+    real_parse = links_module._parse
+
+    def counting_parse(raw: bytes) -> Any:
+        nonlocal parses
+        parses += 1
+        return real_parse(raw)
+
+    monkeypatch.setattr(links_module, "_parse", counting_parse)
+    store = LinkStore(path)
+    assert [store.param_run_id_for(f"r{i}") for i in (0, 5, 99_999)] == ["p0", "p5", "p99999"]
+    assert parses == 1
+    store.link("r0", "changed")
+    assert store.param_run_id_for("r0") == "changed"
+    assert parses == 2
+
+
+async def test_link_endpoints(tree: AirTree, client: TestClient[Any, Any]) -> None:
+    write(tree.render / "r" / "mix.wav", b"m")
+    write(tree.param / "20261101_101200_p9" / "params.json", b"{}")
+    missing = await client.get("/api/air/export/links/r")
+    assert missing.status == 404
+    assert (await missing.json())["detail"]["error"] == "link_not_found"
+
+    put = await client.put("/api/air/export/links/r", json={"param_run_id": "p9"})
+    assert put.status == 200
+    body = await put.json()
+    assert body["render_run_id"] == "r" and body["param_run_id"] == "p9"
+    assert isinstance(body["updated_at"], float)
+    assert await (await client.get("/api/air/export/links/r")).json() == body
+
+    manifest = await (await client.get("/api/air/export/list/r")).json()
+    assert manifest["param_run_id"] == "p9"
+    assert manifest["missing"] == ["midi_generation"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"not json", "invalid_body"),
+        (b"[]", "invalid_body"),
+        (b"{}", "invalid_body"),
+        (b'{"param_run_id": 5}', "invalid_body"),
+        (b'{"param_run_id": "p", "extra": 1}', "invalid_body"),
+        (b'{"param_run_id": ".."}', "invalid_param_run_id"),
+        (b'{"param_run_id": "a/b"}', "invalid_param_run_id"),
+    ],
+)
+async def test_bad_link_bodies_are_422(
+    tree: AirTree, client: TestClient[Any, Any], body: bytes, code: str
+) -> None:
+    response = await client.put("/api/air/export/links/r", data=body)
+    assert response.status == 422
+    assert (await response.json())["detail"]["error"] == code
+    assert not tree.links.exists()
+
+
+async def test_put_on_a_corrupt_file_is_503_and_keeps_it(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    write(tree.links, b"{broken")
+    response = await client.put("/api/air/export/links/r", json={"param_run_id": "p"})
+    assert response.status == 503
+    assert (await response.json())["detail"]["error"] == "links_file_corrupt"
+    assert tree.links.read_bytes() == b"{broken"
+    assert (await client.get("/api/air/export/links/r")).status == 404
