@@ -1,30 +1,51 @@
-"""The application factory, its typed state, and the one error middleware."""
+"""The application factory, its middlewares, and what runs at start and stop."""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import logging
+import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
+from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
+from . import ops
 from .config import Settings
-from .errors import ExportServiceError
+from .errors import ExportServiceError, Unauthorized
 from .links import LinkStore
+from .logs import AccessLog, request_id
+from .metrics import Metrics
+from .openapi import openapi_route
 from .routes import file_route, routes
-from .state import IO_EXECUTOR, LINKS, SETTINGS
+from .state import IO_EXECUTOR, LINKS, METRICS, SETTINGS, SHUTTING_DOWN, ZIP_SLOTS, DownloadSlots
 
 log = logging.getLogger(__name__)
 
-_HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Passed to the server runner (run_app, tests): the access log is also where
+# request metrics are counted.
+RUNNER_OPTIONS: dict[str, Any] = {"access_log_class": AccessLog}
+
+_HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
     """The original's error shape, rendered compactly as FastAPI renders it."""
     body = {"detail": {"error": code, "message": message}}
-    return web.json_response(body, status=status, dumps=_compact_json)
+    response = web.json_response(body, status=status, dumps=_compact_json)
+    response.headers.update(headers or {})
+    return response
 
 
 def _compact_json(value: object) -> str:
@@ -32,23 +53,33 @@ def _compact_json(value: object) -> str:
 
 
 @web.middleware
-async def json_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Takes the client's ``X-Request-ID`` (when it is a sane token) or makes one."""
+    given = request.headers.get("X-Request-ID", "")
+    request_id.set(given if _CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex)
+    return await handler(request)
+
+
+async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    current = request_id.get()
+    if current:
+        response.headers["X-Request-ID"] = current
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error leaves as ``{"detail": {"error": ..., "message": ...}}``."""
     try:
         return await handler(request)
     except ExportServiceError as error:
-        return error_response(error.status, error.code, error.message)
+        return error_response(error.status, error.code, error.message, error.headers)
     except web.HTTPException as error:
         if error.status < 400:
             raise
         code = _HTTP_ERROR_CODES.get(error.status, HTTPStatus(error.status).name.lower())
         message = f"{error.reason}: {request.method} {request.path}"
-        response = error_response(error.status, code, message)
-        if "Allow" in error.headers:
-            response.headers["Allow"] = error.headers["Allow"]
-        return response
+        headers = {name: error.headers[name] for name in ("Allow",) if name in error.headers}
+        return error_response(error.status, code, message, headers)
     except ConnectionError:
         raise  # the client is gone: there is no one to answer
     except Exception:
@@ -56,27 +87,63 @@ async def json_errors(
         return error_response(500, "internal_error", "internal error; see the service log")
 
 
+def bearer_auth(token: str) -> Middleware:
+    """Every request but health and metrics needs ``Authorization: Bearer <token>``."""
+    expected = token.encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in ops.OPEN_PATHS:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
+                raise Unauthorized(
+                    "a valid 'Authorization: Bearer <token>' header is required",
+                    headers={"WWW-Authenticate": 'Bearer realm="export-service"'},
+                )
+        return await handler(request)
+
+    return check
+
+
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[json_errors])
+    middlewares: list[Middleware] = [request_context, json_errors]
+    if settings.auth.token:
+        middlewares.append(bearer_auth(settings.auth.token))
+    app = web.Application(middlewares=middlewares)
     app[SETTINGS] = settings
     app[LINKS] = LinkStore(settings.links.file)
+    app[METRICS] = Metrics()
+    app[ZIP_SLOTS] = DownloadSlots(settings.limits.max_concurrent_zips)
+    app[SHUTTING_DOWN] = asyncio.Event()
 
     async def io_executor(app: web.Application) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(
             max_workers=settings.limits.io_threads, thread_name_prefix="export-io"
         )
         app[IO_EXECUTOR] = executor
+        problems = await asyncio.get_running_loop().run_in_executor(
+            executor, ops.readiness_problems, settings, app[LINKS]
+        )
+        for problem in problems:
+            log.warning("not ready yet: %s", problem)
         yield
         executor.shutdown(wait=True, cancel_futures=True)
 
+    async def mark_shutting_down(app: web.Application) -> None:
+        app[SHUTTING_DOWN].set()
+
     app.cleanup_ctx.append(io_executor)
+    app.on_shutdown.append(mark_shutting_down)
+    app.on_response_prepare.append(_echo_request_id)
     app.add_routes(routes)
+    app.add_routes(ops.routes)
     urls = settings.urls
     app.add_routes(
         [
             file_route("render", urls.render),
             file_route("midi_generation", urls.midi_generation),
             file_route("param_generation", urls.param_generation),
+            openapi_route(settings),
         ]
     )
     return app

@@ -1,75 +1,104 @@
-"""Command line: ``export-service serve [--config PATH]``, ``export-service link RID PID``."""
+"""Command line: serve, and the same exports offline (manifest, zip, link),
+and check-config."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
-from .app import create_app
-from .config import (
-    CONFIG_ENV_VAR,
-    Settings,
-    config_path_from_env,
-    load_settings,
-    settings_from_mapping,
-)
+from .app import RUNNER_OPTIONS, create_app
+from .archive import plan_export_archive
+from .config import CONFIG_ENV_VAR, ENV_PREFIX, Settings, resolve_settings, settings_from_mapping
 from .errors import ConfigError, ExportServiceError
 from .links import LinkStore
+from .logs import setup_logging
+from .manifest import build_export
 from .run_ids import check_param_run_id, check_render_run_id
 from .sample import SAMPLE_RENDER_RUN_ID, create_sample_tree
 
 log = logging.getLogger("export_service")
 
+EXIT_FAILED = 1
 EXIT_CONFIG_ERROR = 2
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="export-service",
-        description="Serve an AIR project's artifacts as a JSON manifest or one streamed ZIP.",
+        description="An AIR project's artifacts as a JSON manifest or one streamed ZIP.",
+        epilog=f"The config file comes from --config or ${CONFIG_ENV_VAR}; any key can be "
+        f"overridden as {ENV_PREFIX}<SECTION>_<KEY> (e.g. {ENV_PREFIX}ROOTS_RENDER).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = commands.add_parser(
+
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=description)
+        sub.add_argument(
+            "--config", type=Path, help=f"TOML config file (default: ${CONFIG_ENV_VAR})"
+        )
+        return sub
+
+    serve = command(
         "serve",
-        help="start the HTTP service",
-        description="Start the HTTP service. Without --config (or "
-        f"{CONFIG_ENV_VAR}) it serves a built-in sample tree on 127.0.0.1:8080.",
+        "start the HTTP service",
+        "Start the HTTP service. Without a config file (and without "
+        f"{ENV_PREFIX}* settings) it serves a built-in sample tree on 127.0.0.1:8080.",
     )
-    serve.add_argument("--config", type=Path, help=f"TOML config file (default: ${CONFIG_ENV_VAR})")
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
-    link = commands.add_parser(
+
+    manifest = command(
+        "manifest",
+        "print a project's manifest JSON",
+        "Print the manifest of RENDER_RUN_ID, the same JSON the list endpoint returns.",
+    )
+    manifest.add_argument("render_run_id")
+    manifest.add_argument("--param-run-id", help="param run to include (default: the link)")
+
+    archive = command(
+        "zip",
+        "write a project's ZIP",
+        "Write the ZIP of RENDER_RUN_ID, the same bytes the zip endpoint streams.",
+    )
+    archive.add_argument("render_run_id")
+    archive.add_argument("--param-run-id", help="param run to include (default: the link)")
+    archive.add_argument(
+        "-o", "--output", type=Path, required=True, help="file to write ('-' for standard output)"
+    )
+
+    link = command(
         "link",
-        help="link a render run to its param run in the links file",
-        description="Set render_run_id -> param_run_id in the configured step_links.json, "
+        "link a render run to its param run",
+        "Set RENDER_RUN_ID -> PARAM_RUN_ID in the configured step_links.json, "
         "with the same locking as the service (safe while it runs).",
     )
     link.add_argument("render_run_id")
     link.add_argument("param_run_id")
-    link.add_argument("--config", type=Path, help=f"TOML config file (default: ${CONFIG_ENV_VAR})")
+
+    command(
+        "check-config",
+        "validate a config and print the resolved settings",
+        "Validate the config (file plus environment overrides) and print the settings "
+        "it resolves to, as JSON (the auth token redacted). Exit code 2 when invalid.",
+    )
     return parser
 
 
-def _link(config_path: Path | None, render_run_id: str, param_run_id: str) -> int:
-    if config_path is None:
-        raise ConfigError(f"link needs --config or {CONFIG_ENV_VAR}")
-    settings = load_settings(config_path)
-    try:
-        check_render_run_id(render_run_id)
-        check_param_run_id(param_run_id)
-        record = LinkStore(settings.links.file).link(render_run_id, param_run_id)
-    except ExportServiceError as error:
-        print(f"export-service: {error.code}: {error.message}", file=sys.stderr)
-        return 1
-    print(json.dumps({"render_run_id": render_run_id, **record}, ensure_ascii=False))
-    return 0
+def _required_settings(config_path: Path | None) -> Settings:
+    settings = resolve_settings(config_path, os.environ)
+    if settings is None:
+        raise ConfigError(f"this command needs --config, ${CONFIG_ENV_VAR} or {ENV_PREFIX}* keys")
+    return settings
 
 
 def _serve(settings: Settings, host: str | None, port: int | None) -> None:
@@ -79,44 +108,98 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         host=host or server.host,
         port=port if port is not None else server.port,
         print=None,
-        access_log=log.getChild("access"),
+        access_log=logging.getLogger("export_service.access"),
+        shutdown_timeout=server.shutdown_grace_seconds,
         # A client that hangs up cancels its handler at once, so a download in
         # flight closes its files without waiting for its next write to fail.
         handler_cancellation=True,
+        **RUNNER_OPTIONS,
     )
+
+
+def _run_serve(arguments: argparse.Namespace) -> int:
+    settings = resolve_settings(arguments.config, os.environ)
+    if settings is not None:
+        setup_logging(settings.logging.level, settings.logging.format)
+        _serve(settings, arguments.host, arguments.port)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="export-service-sample-") as sample_dir:
+        settings = settings_from_mapping(create_sample_tree(Path(sample_dir)))
+        setup_logging(settings.logging.level, settings.logging.format)
+        host = arguments.host or settings.server.host
+        port = arguments.port if arguments.port is not None else settings.server.port
+        log.info(
+            "no config given: serving the sample tree in %s; try "
+            "curl http://%s:%s/api/air/export/list/%s",
+            sample_dir,
+            host,
+            port,
+            SAMPLE_RENDER_RUN_ID,
+        )
+        _serve(settings, host, port)
+    return 0
+
+
+@contextlib.contextmanager
+def _output(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to write, or stdout for '-'; a failed file is removed."""
+    if str(path) == "-":
+        yield sys.stdout.buffer
+        return
+    temp = path.with_name(f".{path.name}.part")
+    try:
+        with temp.open("wb") as handle:
+            yield handle
+        temp.replace(path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _run_offline(arguments: argparse.Namespace) -> int:
+    settings = _required_settings(arguments.config)
+    setup_logging("WARNING", settings.logging.format)
+    links = LinkStore(settings.links.file)
+    render_run_id = check_render_run_id(arguments.render_run_id)
+    if arguments.command == "link":
+        record = links.link(render_run_id, check_param_run_id(arguments.param_run_id))
+        print(json.dumps({"render_run_id": render_run_id, **record}, ensure_ascii=False))
+        return 0
+    param_run_id = arguments.param_run_id or None
+    if param_run_id is not None:
+        check_param_run_id(param_run_id)
+    if arguments.command == "manifest":
+        export = build_export(settings, links, render_run_id, param_run_id)
+        print(export.manifest.model_dump_json())
+        return 0
+    archive = plan_export_archive(settings, links, render_run_id, param_run_id)
+    with _output(arguments.output) as handle:
+        for chunk in archive.chunks():
+            handle.write(chunk)
+    for skipped in archive.skipped:
+        print(f"export-service: left out (cannot be opened): {skipped}", file=sys.stderr)
+    return 0
+
+
+def _run_check_config(arguments: argparse.Namespace) -> int:
+    settings = _required_settings(arguments.config)
+    resolved = settings.model_dump(mode="json")
+    if resolved["auth"]["token"]:
+        resolved["auth"]["token"] = "<redacted>"
+    print(json.dumps(resolved, indent=2))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    config_path = arguments.config or config_path_from_env()
     try:
-        if arguments.command == "link":
-            return _link(config_path, arguments.render_run_id, arguments.param_run_id)
-        if config_path is not None:
-            settings = load_settings(config_path)
-            log.info(
-                "serving with config %s on %s:%s",
-                config_path,
-                arguments.host or settings.server.host,
-                arguments.port or settings.server.port,
-            )
-            _serve(settings, arguments.host, arguments.port)
-            return 0
-        with tempfile.TemporaryDirectory(prefix="export-service-sample-") as sample_dir:
-            settings = settings_from_mapping(create_sample_tree(Path(sample_dir)))
-            host = arguments.host or settings.server.host
-            port = arguments.port if arguments.port is not None else settings.server.port
-            log.info(
-                "no config given: serving the sample tree in %s; try "
-                "curl http://%s:%s/api/air/export/list/%s",
-                sample_dir,
-                host,
-                port,
-                SAMPLE_RENDER_RUN_ID,
-            )
-            _serve(settings, host, port)
-        return 0
+        if arguments.command == "serve":
+            return _run_serve(arguments)
+        if arguments.command == "check-config":
+            return _run_check_config(arguments)
+        return _run_offline(arguments)
     except ConfigError as error:
         print(f"export-service: config error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except ExportServiceError as error:
+        print(f"export-service: {error.code}: {error.message}", file=sys.stderr)
+        return EXIT_FAILED

@@ -1,15 +1,17 @@
 """Settings: one TOML file, loaded into a frozen pydantic model.
 
 Errors name the offending key (``roots.render: ...``) so that ops can fix a
-file from one line of output.
+file from one line of output. Every key can also come from the environment as
+``EXPORT_SERVICE_<SECTION>_<KEY>`` (``EXPORT_SERVICE_ROOTS_RENDER``), which
+wins over the file.
 """
 
 from __future__ import annotations
 
-import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -17,11 +19,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    model_validator,
 )
 
 from .errors import ConfigError
 
-CONFIG_ENV_VAR = "EXPORT_SERVICE_CONFIG"
+ENV_PREFIX = "EXPORT_SERVICE_"
+CONFIG_ENV_VAR = ENV_PREFIX + "CONFIG"
 MIB = 1024 * 1024
 
 
@@ -31,11 +35,12 @@ def _absolute(path: Path) -> Path:
     return path
 
 
-def _existing_folder(path: Path) -> Path:
+def _folder(path: Path) -> Path:
+    """Absolute, and a folder if it exists (whether it must exist is
+    ``server.require_roots``)."""
     _absolute(path)
-    if not path.is_dir():
-        what = "is not a folder" if path.exists() else "does not exist"
-        raise ValueError(f"{str(path)!r} {what}")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{str(path)!r} is not a folder")
     return path
 
 
@@ -58,7 +63,7 @@ def _url_base(base: str) -> str:
     return base.rstrip("/")
 
 
-ExistingFolder = Annotated[Path, AfterValidator(_existing_folder)]
+Folder = Annotated[Path, AfterValidator(_folder)]
 UrlPrefix = Annotated[str, AfterValidator(_url_prefix)]
 
 
@@ -69,14 +74,19 @@ class _Section(BaseModel):
 class ServerSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
+    # False: start even when a root does not exist yet; /readyz answers 503
+    # until it appears.
+    require_roots: bool = True
+    # On SIGTERM/SIGINT: how long downloads in flight may take to finish.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=3600)
 
 
 class RootsSettings(_Section):
     """The three output roots the service reads; it never writes to them."""
 
-    render: ExistingFolder
-    midi_generation: ExistingFolder
-    param_generation: ExistingFolder
+    render: Folder
+    midi_generation: Folder
+    param_generation: Folder
 
 
 class LinksSettings(_Section):
@@ -98,6 +108,19 @@ class LimitsSettings(_Section):
     io_threads: int = Field(default=8, ge=1, le=256)
     read_chunk_bytes: int = Field(default=MIB, ge=4096, le=64 * MIB)
     batch_bytes: int = Field(default=MIB, ge=4096, le=64 * MIB)
+    # ZIP downloads streaming at once; one more is answered 503 + Retry-After.
+    max_concurrent_zips: int = Field(default=16, ge=1, le=10_000)
+
+
+class AuthSettings(_Section):
+    # When set, every request but /healthz, /readyz and /metrics needs
+    # "Authorization: Bearer <token>". Best given as EXPORT_SERVICE_AUTH_TOKEN.
+    token: str = Field(default="", repr=False)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
 
 
 class Settings(_Section):
@@ -106,31 +129,66 @@ class Settings(_Section):
     links: LinksSettings
     urls: UrlSettings = UrlSettings()
     limits: LimitsSettings = LimitsSettings()
+    auth: AuthSettings = AuthSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="after")
+    def _roots_exist_when_required(self) -> Self:
+        if self.server.require_roots:
+            for key, path in self.roots:
+                if not path.is_dir():
+                    raise ValueError(
+                        f"roots.{key}: {str(path)!r} does not exist "
+                        "(set server.require_roots = false to start without it)"
+                    )
+        return self
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """``EXPORT_SERVICE_<SECTION>_<KEY>`` values, as a config mapping."""
+    found: dict[str, dict[str, str]] = {}
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        for key in model.model_fields:
+            value = environ.get(f"{ENV_PREFIX}{section}_{key}".upper())
+            if value is not None:
+                found.setdefault(section, {})[key] = value
+    return found
 
 
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        key = ".".join(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         elif item["type"] == "missing":
             message = "is required but missing"
         else:
             message = str(item["msg"]).removeprefix("Value error, ")
-        lines.append(f"{key}: {message}")
+        lines.append(f"{key}: {message}" if key else message)
     return "; ".join(lines)
 
 
-def settings_from_mapping(data: dict[str, Any]) -> Settings:
+def settings_from_mapping(
+    data: dict[str, Any], environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate a config mapping, with the environment's overrides on top."""
+    merged = {section: dict(values) for section, values in data.items()}
+    for section, values in env_overrides(environ or {}).items():
+        if not isinstance(merged.get(section, {}), dict):
+            raise ConfigError(f"{section}: must be a table")
+        merged.setdefault(section, {}).update(values)
     try:
-        return Settings.model_validate(data)
+        return Settings.model_validate(merged)
     except ValidationError as error:
         raise ConfigError(_describe(error)) from None
 
 
-def load_settings(path: Path) -> Settings:
-    """Read and validate one TOML file; :class:`ConfigError` on any problem."""
+def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate one TOML file (plus overrides from ``environ``);
+    :class:`ConfigError` on any problem."""
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
@@ -141,11 +199,18 @@ def load_settings(path: Path) -> Settings:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
     try:
-        return settings_from_mapping(data)
+        return settings_from_mapping(data, environ)
     except ConfigError as error:
         raise ConfigError(f"config file {str(path)!r}: {error}") from None
 
 
-def config_path_from_env() -> Path | None:
-    value = os.environ.get(CONFIG_ENV_VAR, "").strip()
-    return Path(value) if value else None
+def resolve_settings(config_path: Path | None, environ: Mapping[str, str]) -> Settings | None:
+    """The settings to run with: the file (``--config`` or
+    ``EXPORT_SERVICE_CONFIG``) with environment overrides; or, with no file,
+    the environment alone when it sets any key; else None (the sample tree)."""
+    path = config_path or Path(environ.get(CONFIG_ENV_VAR, "").strip() or ".")
+    if path != Path("."):
+        return load_settings(path, environ)
+    if env_overrides(environ):
+        return settings_from_mapping({}, environ)
+    return None

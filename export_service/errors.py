@@ -15,9 +15,10 @@ class ExportServiceError(Exception):
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
 
 
 class InvalidRunId(ExportServiceError):
@@ -48,6 +49,21 @@ class LinkNotFound(ExportServiceError):
 class LinksFileCorrupt(ExportServiceError):
     status = 503
     code = "links_file_corrupt"
+
+
+class Unauthorized(ExportServiceError):
+    status = 401
+    code = "unauthorized"
+
+
+class TooManyDownloads(ExportServiceError):
+    status = 503
+    code = "too_many_downloads"
+
+
+class NotReady(ExportServiceError):
+    status = 503
+    code = "not_ready"
 
 
 class SourceChanged(ExportServiceError):

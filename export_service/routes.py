@@ -13,11 +13,19 @@ from aiohttp.abc import AbstractStreamWriter
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .archive import plan_export_archive
-from .errors import InvalidRequestBody, LinkNotFound, SourceChanged
+from .errors import InvalidRequestBody, LinkNotFound, SourceChanged, TooManyDownloads
 from .files import content_type, open_root_file, reopenable_path
 from .manifest import Step, build_export
 from .run_ids import check_param_run_id, check_render_run_id
-from .state import IO_EXECUTOR, LINKS, SETTINGS, run_blocking
+from .state import (
+    IO_EXECUTOR,
+    LINKS,
+    METRICS,
+    SETTINGS,
+    SHUTTING_DOWN,
+    ZIP_SLOTS,
+    run_blocking,
+)
 from .streaming import OffloadedChunks
 
 log = logging.getLogger(__name__)
@@ -25,6 +33,7 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 EXPORT_PREFIX = "/api/air/export"
+RETRY_AFTER_SECONDS = 5
 
 
 def _run_ids(request: web.Request) -> tuple[str, str | None]:
@@ -71,7 +80,25 @@ async def export_manifest(request: web.Request) -> web.Response:
 @routes.get(EXPORT_PREFIX + "/zip/{render_run_id:.*}")
 async def export_zip(request: web.Request) -> web.StreamResponse:
     render_run_id, param_run_id = _run_ids(request)
-    settings = request.app[SETTINGS]
+    streams = request.method != hdrs.METH_HEAD
+    slots, metrics = request.app[ZIP_SLOTS], request.app[METRICS]
+    if streams and not slots.try_acquire():
+        metrics.zips_refused.inc()
+        raise TooManyDownloads(
+            f"{slots.limit} ZIP downloads are streaming; try again shortly",
+            headers={hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)},
+        )
+    try:
+        return await _send_zip(request, render_run_id, param_run_id, streams)
+    finally:
+        if streams:
+            slots.release()
+
+
+async def _send_zip(
+    request: web.Request, render_run_id: str, param_run_id: str | None, streams: bool
+) -> web.StreamResponse:
+    settings, metrics = request.app[SETTINGS], request.app[METRICS]
     archive = await run_blocking(
         request, plan_export_archive, settings, request.app[LINKS], render_run_id, param_run_id
     )
@@ -80,15 +107,19 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
             hdrs.CONTENT_DISPOSITION: content_disposition(render_run_id),
             "X-Export-Files": str(len(archive.entries)),
             "X-Export-Skipped-Files": str(len(archive.skipped)),
+            # Proxies (nginx) must pass the stream on as it comes, not buffer it.
+            "X-Accel-Buffering": "no",
         }
     )
     response.content_type = "application/zip"
     response.content_length = archive.size
     response.last_modified = archive.last_modified
     await response.prepare(request)
-    if request.method == hdrs.METH_HEAD:
+    if not streams:
         return response
 
+    metrics.files_skipped.inc(len(archive.skipped))
+    metrics.zips_in_flight.inc()
     chunks = OffloadedChunks(
         archive.chunks(), request.app[IO_EXECUTOR], settings.limits.batch_bytes
     )
@@ -96,18 +127,24 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
         while batch := await chunks.next_batch():
             for chunk in batch:
                 await response.write(chunk)
+                metrics.zip_bytes.inc(len(chunk))
     except SourceChanged as error:
         log.error("ZIP of %s cut short: %s", render_run_id, error.message)
+        metrics.zips_cut_short.labels("source_changed").inc()
         response.force_close()
         return response
     except ConnectionError:
         log.info("ZIP of %s: the client went away", render_run_id)
+        metrics.zips_cut_short.labels("client_gone").inc()
         return response
     except asyncio.CancelledError:
-        log.info("ZIP of %s: the client went away", render_run_id)
+        reason = "shutdown" if request.app[SHUTTING_DOWN].is_set() else "client_gone"
+        log.info("ZIP of %s cancelled (%s)", render_run_id, reason)
+        metrics.zips_cut_short.labels(reason).inc()
         raise
     finally:
         chunks.close()
+        metrics.zips_in_flight.dec()
     await response.write_eof()
     return response
 

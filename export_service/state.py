@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -11,10 +13,33 @@ from aiohttp import web
 
 from .config import Settings
 from .links import LinkStore
+from .metrics import Metrics
+
+
+class DownloadSlots:
+    """How many ZIPs stream at once; one beyond the limit is refused, not queued
+    (a queued download would hold its client's connection without progress)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+
+    def try_acquire(self) -> bool:
+        if self.in_use >= self.limit:
+            return False
+        self.in_use += 1
+        return True
+
+    def release(self) -> None:
+        self.in_use -= 1
+
 
 SETTINGS = web.AppKey("settings", Settings)
 LINKS = web.AppKey("links", LinkStore)
 IO_EXECUTOR = web.AppKey("io_executor", ThreadPoolExecutor)
+METRICS = web.AppKey("metrics", Metrics)
+ZIP_SLOTS = web.AppKey("zip_slots", DownloadSlots)
+SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -23,7 +48,7 @@ _T = TypeVar("_T")
 async def run_blocking(
     request: web.Request, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
 ) -> _T:
-    """Run a blocking function in the I/O pool, as one hop."""
-    return await asyncio.get_running_loop().run_in_executor(
-        request.app[IO_EXECUTOR], lambda: function(*args, **kwargs)
-    )
+    """Run a blocking function in the I/O pool, as one hop, in the request's
+    context (so its log lines carry the request id)."""
+    call = functools.partial(contextvars.copy_context().run, function, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(request.app[IO_EXECUTOR], call)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from export_service.app import create_app
+from export_service.app import RUNNER_OPTIONS, create_app
 from export_service.config import Settings, settings_from_mapping
 
 CANARY = b"CANARY-outside-the-roots"
@@ -84,7 +84,8 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 @pytest.fixture
 def make_client(aiohttp_client: Any, tree: AirTree) -> ClientFactory:
     async def factory(**sections: dict[str, Any]) -> TestClient[Any, Any]:
-        client: TestClient[Any, Any] = await aiohttp_client(create_app(tree.settings(**sections)))
+        app = create_app(tree.settings(**sections))
+        client: TestClient[Any, Any] = await aiohttp_client(app, server_kwargs=RUNNER_OPTIONS)
         return client
 
     return factory

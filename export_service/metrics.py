@@ -1,0 +1,61 @@
+"""Prometheus metrics, one registry per application (so apps never share counts)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # RSS, CPU, open fds
+        self.requests = Counter(
+            "export_http_requests",
+            "HTTP requests answered, by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "export_http_request_duration_seconds",
+            "Time from request to the last byte of the response, by route",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.zips_in_flight = Gauge(
+            "export_zip_streams_in_flight",
+            "ZIP downloads streaming now",
+            registry=self.registry,
+        )
+        self.zip_bytes = Counter(
+            "export_zip_bytes_sent", "ZIP bytes written to clients", registry=self.registry
+        )
+        self.zips_cut_short = Counter(
+            "export_zip_downloads_cut_short",
+            "ZIP downloads that ended before their last byte, by reason "
+            "(source_changed, client_gone, shutdown)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.files_skipped = Counter(
+            "export_zip_files_skipped",
+            "Files left out of a ZIP because they could not be opened when it was planned",
+            registry=self.registry,
+        )
+        self.zips_refused = Counter(
+            "export_zip_downloads_refused",
+            "ZIP downloads refused because max_concurrent_zips were streaming",
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,206 @@
+"""The OpenAPI 3.1 document, its schemas generated from the pydantic models."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from . import __version__
+from .config import Settings
+from .manifest import ExportManifest
+from .routes import EXPORT_PREFIX, Link, LinkUpdate
+
+OPENAPI_PATH = EXPORT_PREFIX + "/openapi.json"
+
+
+class ErrorDetail(BaseModel):
+    error: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response: the AIR export module's shape."""
+
+    detail: ErrorDetail
+
+
+class Status(BaseModel):
+    status: str
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    texts = {
+        401: "missing or wrong bearer token",
+        404: "not found",
+        413: "request body too large",
+        416: "range not satisfiable",
+        422: "invalid run id, param run id or body",
+        503: "links file unusable, too many downloads, or not ready",
+    }
+    return {str(status): _json(ErrorBody, texts[status]) for status in statuses}
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+_PARAM_RUN_ID = {
+    "name": "param_run_id",
+    "in": "query",
+    "required": False,
+    "description": "param run to include; default: the one linked in step_links.json",
+    "schema": {"type": "string"},
+}
+_RENDER_RUN_ID = _path_param("render_run_id", "the render run id (the project's id)")
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    auth = bool(settings.auth.token)
+    denied = (401,) if auth else ()
+    _, definitions = models_json_schema(
+        [(model, "serialization") for model in (ExportManifest, Link, ErrorBody, Status)]
+        + [(LinkUpdate, "validation")],
+        ref_template="#/components/schemas/{model}",
+    )
+    zip_operation = {
+        "parameters": [_RENDER_RUN_ID, _PARAM_RUN_ID],
+        "responses": {
+            "200": {
+                "description": "the export as one stored ZIP, streamed, with exact Content-Length",
+                "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            **_errors(*denied, 422, 503),
+        },
+    }
+    file_operation = {
+        "parameters": [
+            _path_param("run_folder", "run folder name, as in the manifest URL"),
+            _path_param("file_path", "path inside the run folder (segments percent-encoded)"),
+        ],
+        "responses": {
+            "200": {"description": "the file", "content": {"*/*": {"schema": {}}}},
+            "206": {"description": "the requested range", "content": {"*/*": {"schema": {}}}},
+            "304": {"description": "not modified"},
+            **_errors(*denied, 404, 416),
+        },
+    }
+    paths: dict[str, Any] = {
+        f"{EXPORT_PREFIX}/list/{{render_run_id}}": {
+            "get": {
+                "summary": "The export manifest of one project",
+                "parameters": [_RENDER_RUN_ID, _PARAM_RUN_ID],
+                "responses": {
+                    "200": _json(ExportManifest, "the manifest"),
+                    **_errors(*denied, 422),
+                },
+            }
+        },
+        f"{EXPORT_PREFIX}/zip/{{render_run_id}}": {
+            "get": {"summary": "All files of the manifest as one ZIP", **zip_operation},
+            "head": {"summary": "The ZIP's headers, no body", **zip_operation},
+        },
+        f"{EXPORT_PREFIX}/links/{{render_run_id}}": {
+            "get": {
+                "summary": "The param run linked to a render run",
+                "parameters": [_RENDER_RUN_ID],
+                "responses": {"200": _json(Link, "the link"), **_errors(*denied, 404, 422)},
+            },
+            "put": {
+                "summary": "Link a param run to a render run",
+                "parameters": [_RENDER_RUN_ID],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref(LinkUpdate)}},
+                },
+                "responses": {
+                    "200": _json(Link, "the link as stored"),
+                    **_errors(*denied, 413, 422, 503),
+                },
+            },
+        },
+        OPENAPI_PATH: {
+            "get": {
+                "summary": "This document",
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    **_errors(*denied),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness",
+                "security": [],
+                "responses": {"200": _json(Status, "the process is up")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: roots readable, links file absent or parsing",
+                "security": [],
+                "responses": {"200": _json(Status, "ready"), **_errors(503)},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
+    for step, prefix in settings.urls:
+        if step != "base":
+            paths[f"{prefix}/{{run_folder}}/{{file_path}}"] = {
+                "get": {"summary": f"One {step} file, as linked by the manifest", **file_operation},
+                "head": {"summary": f"One {step} file's headers", **file_operation},
+            }
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "export-service",
+            "version": __version__,
+            "description": "An AIR project's artifacts as a JSON manifest or one ZIP.",
+        },
+        "paths": paths,
+        "components": {"schemas": definitions["$defs"]},
+    }
+    if auth:
+        document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        document["security"] = [{"bearer": []}]
+    return document
+
+
+def openapi_route(settings: Settings) -> web.RouteDef:
+    body = json.dumps(openapi_document(settings)).encode()
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    return web.get(OPENAPI_PATH, openapi)

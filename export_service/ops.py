@@ -1,0 +1,56 @@
+"""What ops need beside the API: liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+import os
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from .config import Settings
+from .errors import NotReady
+from .links import LinkStore
+from .state import LINKS, METRICS, SETTINGS, run_blocking
+
+routes = web.RouteTableDef()
+
+# Open even when auth is on: orchestrators and scrapers carry no token.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def readiness_problems(settings: Settings, links: LinkStore) -> list[str]:
+    """What keeps the service from serving exports (blocking)."""
+    problems = []
+    for key, path in settings.roots:
+        if not path.is_dir():
+            problems.append(f"roots.{key}: {str(path)!r} does not exist or is not a folder")
+        elif not os.access(path, os.R_OK | os.X_OK):
+            problems.append(f"roots.{key}: {str(path)!r} is not readable")
+    links_problem = links.problem()
+    if links_problem:
+        problems.append(f"links.file: {links_problem}")
+    return problems
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """The process is up and its event loop answers."""
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """200 when the roots are readable folders and the links file is absent or
+    parses; otherwise 503 naming each problem."""
+    problems = await run_blocking(
+        request, readiness_problems, request.app[SETTINGS], request.app[LINKS]
+    )
+    if problems:
+        raise NotReady("; ".join(problems))
+    return web.json_response({"status": "ready"})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
