@@ -3,12 +3,20 @@
 The request id (``X-Request-ID`` from the client, else generated) lives in a
 context variable, so every log line written while serving a request carries
 it, also from the I/O threads (``state.run_blocking`` copies the context).
+
+Records are handed to a listener thread through a bounded queue, so a slow
+log reader (a full pipe, a stalled collector) never blocks the event loop;
+when the queue is full, records are dropped and counted instead.
 """
 
 from __future__ import annotations
 
+import atexit
+import copy
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -22,7 +30,7 @@ from .state import METRICS
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 
-class _RequestIdFilter(logging.Filter):
+class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
         return True
@@ -42,22 +50,67 @@ class JsonFormatter(logging.Formatter):
         if current_request_id := getattr(record, "request_id", None):
             entry["request_id"] = current_request_id
         entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def setup_logging(level: str, format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_RequestIdFilter())
-    handler.setFormatter(
+class _DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Enqueues without ever waiting; a record that does not fit is dropped."""
+
+    dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        """Freeze the message and the traceback's text in the caller's thread,
+        leaving the formatting (JSON or text) to the writer."""
+        record = copy.copy(record)
+        record.msg = record.getMessage()
+        record.args = None
+        if record.exc_info:
+            record.exc_text = record.exc_text or _TRACEBACKS.formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            _DroppingQueueHandler.dropped += 1
+
+
+_TRACEBACKS = logging.Formatter()
+_listener: logging.handlers.QueueListener | None = None
+
+
+def setup_logging(level: str, format: str, queue_size: int = 10_000) -> None:
+    """Root logging to stderr, written by a background thread."""
+    global _listener
+    stop_logging()
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(
         JsonFormatter()
         if format == "json"
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     )
+    records: queue.Queue[logging.LogRecord] = queue.Queue(queue_size)
+    handler = _DroppingQueueHandler(records)
+    handler.addFilter(RequestIdFilter())  # runs in the caller, where the request's context is
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)
+    _listener = logging.handlers.QueueListener(records, writer)
+    _listener.start()
+
+
+@atexit.register
+def stop_logging() -> None:
+    """Write out what is queued and stop the logging thread (idempotent)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
 
 
 def route_name(request: web.BaseRequest) -> str:

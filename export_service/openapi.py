@@ -13,6 +13,7 @@ from . import __version__
 from .config import Settings
 from .manifest import ExportManifest
 from .routes import EXPORT_PREFIX, Link, LinkUpdate
+from .run_ids import RUN_ID_JSON_SCHEMA
 
 OPENAPI_PATH = EXPORT_PREFIX + "/openapi.json"
 
@@ -52,13 +53,15 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): _json(ErrorBody, texts[status]) for status in statuses}
 
 
-def _path_param(name: str, description: str) -> dict[str, Any]:
+def _path_param(
+    name: str, description: str, schema: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "name": name,
         "in": "path",
         "required": True,
         "description": description,
-        "schema": {"type": "string"},
+        "schema": schema or {"type": "string"},
     }
 
 
@@ -66,10 +69,12 @@ _PARAM_RUN_ID = {
     "name": "param_run_id",
     "in": "query",
     "required": False,
-    "description": "param run to include; default: the one linked in step_links.json",
-    "schema": {"type": "string"},
+    "description": "param run to include; empty or absent: the one linked in step_links.json",
+    "schema": {"anyOf": [{"const": ""}, RUN_ID_JSON_SCHEMA]},
 }
-_RENDER_RUN_ID = _path_param("render_run_id", "the render run id (the project's id)")
+_RENDER_RUN_ID = _path_param(
+    "render_run_id", "the render run id (the project's id)", RUN_ID_JSON_SCHEMA
+)
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
@@ -203,4 +208,4 @@ def openapi_route(settings: Settings) -> web.RouteDef:
     async def openapi(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json")
 
-    return web.get(OPENAPI_PATH, openapi)
+    return web.get(OPENAPI_PATH, openapi, allow_head=False)

@@ -32,13 +32,13 @@ def readiness_problems(settings: Settings, links: LinkStore) -> list[str]:
     return problems
 
 
-@routes.get("/healthz")
+@routes.get("/healthz", allow_head=False)
 async def healthz(request: web.Request) -> web.Response:
     """The process is up and its event loop answers."""
     return web.json_response({"status": "ok"})
 
 
-@routes.get("/readyz")
+@routes.get("/readyz", allow_head=False)
 async def readyz(request: web.Request) -> web.Response:
     """200 when the roots are readable folders and the links file is absent or
     parses; otherwise 503 naming each problem."""
@@ -50,7 +50,7 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-@routes.get("/metrics")
+@routes.get("/metrics", allow_head=False)
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[METRICS].exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

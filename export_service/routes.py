@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
 
 from .archive import plan_export_archive
 from .errors import InvalidRequestBody, LinkNotFound, SourceChanged, TooManyDownloads
 from .files import content_type, open_root_file, reopenable_path
 from .manifest import Step, build_export
-from .run_ids import check_param_run_id, check_render_run_id
+from .run_ids import RUN_ID_JSON_SCHEMA, check_param_run_id, check_render_run_id
 from .state import (
     IO_EXECUTOR,
     LINKS,
@@ -61,7 +61,7 @@ def content_disposition(render_run_id: str) -> str:
     return value
 
 
-@routes.get(EXPORT_PREFIX + "/list/{render_run_id:.*}")
+@routes.get(EXPORT_PREFIX + "/list/{render_run_id:.*}", allow_head=False)
 async def export_manifest(request: web.Request) -> web.Response:
     render_run_id, param_run_id = _run_ids(request)
     export = await run_blocking(
@@ -153,7 +153,9 @@ class LinkUpdate(BaseModel):
     """The body of ``PUT /api/air/export/links/{render_run_id}``."""
 
     model_config = ConfigDict(extra="forbid")
-    param_run_id: str
+    # Checked by check_param_run_id (so a bad id is invalid_param_run_id, not
+    # invalid_body); the schema only documents the rule.
+    param_run_id: Annotated[str, WithJsonSchema(RUN_ID_JSON_SCHEMA)]
 
 
 class Link(BaseModel):
@@ -172,7 +174,7 @@ def _link(render_run_id: str, record: dict[str, Any]) -> web.Response:
     return web.Response(body=link.model_dump_json().encode(), content_type="application/json")
 
 
-@routes.get(EXPORT_PREFIX + "/links/{render_run_id:.*}")
+@routes.get(EXPORT_PREFIX + "/links/{render_run_id:.*}", allow_head=False)
 async def get_link(request: web.Request) -> web.Response:
     render_run_id = check_render_run_id(request.match_info["render_run_id"])
     links = request.app[LINKS]

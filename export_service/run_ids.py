@@ -17,6 +17,18 @@ MAX_RUN_ID_LENGTH = 200
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs"})
 
 
+# The same rule as a JSON Schema, for the OpenAPI document: no separator or
+# control character, at least one non-space, not "." or "..", 1-200 characters.
+_ALLOWED = r"[^/\\\x00-\x1f\x7f-\x9f]"
+RUN_ID_JSON_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_RUN_ID_LENGTH,
+    "pattern": rf"^{_ALLOWED}*[^\s/\\\x00-\x1f\x7f-\x9f]{_ALLOWED}*$",
+    "not": {"enum": [".", ".."]},
+}
+
+
 def run_id_problem(value: str) -> str | None:
     """Why ``value`` is not a usable run id, or None when it is."""
     if not value.strip():

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from export_service.app import RUNNER_OPTIONS, create_app
 from export_service.config import Settings, settings_from_mapping
@@ -84,8 +84,11 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 @pytest.fixture
 def make_client(aiohttp_client: Any, tree: AirTree) -> ClientFactory:
     async def factory(**sections: dict[str, Any]) -> TestClient[Any, Any]:
-        app = create_app(tree.settings(**sections))
-        client: TestClient[Any, Any] = await aiohttp_client(app, server_kwargs=RUNNER_OPTIONS)
+        # The runner options go to start_server (TestServer() would drop them),
+        # so tests run with the production access log and its metrics.
+        server = TestServer(create_app(tree.settings(**sections)))
+        await server.start_server(**RUNNER_OPTIONS)
+        client: TestClient[Any, Any] = await aiohttp_client(server)
         return client
 
     return factory

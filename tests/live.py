@@ -1,0 +1,89 @@
+"""A real ``export-service serve`` process, for tests that need one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class LiveService:
+    process: subprocess.Popen[str]
+    base_url: str
+    log: IO[str]  # a file, not a pipe: a pipe nobody reads fills up and stalls the child
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self, timeout: float = 30) -> tuple[int, str]:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=timeout)
+        return self.process.returncode, self.output()
+
+
+@contextmanager
+def live_service(
+    arguments: Sequence[str] = (), env: dict[str, str] | None = None
+) -> Iterator[LiveService]:
+    port = free_port()
+    with tempfile.TemporaryFile("w+") as log:
+        yield from _run(arguments, env, port, log)
+
+
+def _run(
+    arguments: Sequence[str], env: dict[str, str] | None, port: int, log: IO[str]
+) -> Iterator[LiveService]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "export_service",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *arguments,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    service = LiveService(process, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{service.base_url}/healthz", timeout=5).close()
+                break
+            except OSError:
+                if process.poll() is not None:
+                    raise RuntimeError(service.output()) from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the service did not start") from None
+                time.sleep(0.05)
+        yield service
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

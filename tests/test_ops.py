@@ -1,0 +1,249 @@
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from export_service.logs import JsonFormatter, RequestIdFilter, request_id
+from tests.conftest import AirTree, ClientFactory, write
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    series = f"{name}{{{wanted}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_healthz_and_readyz(client: TestClient[Any, Any]) -> None:
+    assert await (await client.get("/healthz")).json() == {"status": "ok"}
+    assert await (await client.get("/readyz")).json() == {"status": "ready"}
+
+
+async def test_starts_without_a_root_and_becomes_ready_when_it_appears(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    later = tree.base / "later" / "render"
+    client = await make_client(
+        server={"require_roots": False},
+        roots={
+            "render": str(later),
+            "midi_generation": str(tree.midi),
+            "param_generation": str(tree.param),
+        },
+    )
+    response = await client.get("/readyz")
+    assert response.status == 503
+    detail = (await response.json())["detail"]
+    assert detail["error"] == "not_ready"
+    assert f"roots.render: '{later}' does not exist" in detail["message"]
+    later.mkdir(parents=True)
+    assert (await client.get("/readyz")).status == 200
+
+
+async def test_readyz_reports_a_corrupt_links_file(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    write(tree.links, b"[not an object]")
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert "links.file: " in (await response.json())["detail"]["message"]
+
+
+async def test_request_ids_are_taken_or_made_and_echoed(client: TestClient[Any, Any]) -> None:
+    given = await client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert given.headers["X-Request-ID"] == "abc-123"
+    made = await client.get("/api/air/export/list/r")
+    assert len(made.headers["X-Request-ID"]) == 32
+    hostile = await client.get("/healthz", headers={"X-Request-ID": "a b\tc" * 50})
+    assert hostile.headers["X-Request-ID"] != "a b\tc" * 50
+    error = await client.get("/nope", headers={"X-Request-ID": "err-1"})
+    assert error.headers["X-Request-ID"] == "err-1"
+
+
+async def test_one_json_access_line_per_request(
+    client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="aiohttp.access"):
+        await client.get("/api/air/export/list/r", headers={"X-Request-ID": "line-1"})
+        for _ in range(50):
+            if any(getattr(r, "fields", {}).get("request_id") == "line-1" for r in caplog.records):
+                break
+            await asyncio.sleep(0.01)
+    (record,) = [
+        r for r in caplog.records if getattr(r, "fields", {}).get("request_id") == "line-1"
+    ]
+    line = json.loads(JsonFormatter().format(record))
+    assert line["method"] == "GET" and line["path"] == "/api/air/export/list/r"
+    assert line["status"] == 200 and line["bytes"] > 0 and line["duration_ms"] >= 0
+    assert line["request_id"] == "line-1"
+
+
+def test_error_lines_are_json_with_the_request_id_and_exception() -> None:
+    token = request_id.set("req-9")
+    try:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            record = logging.getLogger("t").makeRecord(
+                "t", logging.ERROR, __file__, 1, "failed %s", ("x",), sys.exc_info()
+            )
+        assert RequestIdFilter().filter(record)
+    finally:
+        request_id.reset(token)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "failed x" and line["level"] == "ERROR"
+    assert line["request_id"] == "req-9"
+    assert "ValueError: boom" in line["exception"]
+
+
+async def test_metrics_count_requests_bytes_and_skips(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    write(tree.render / "r" / "mix.wav", os.urandom(100_000))
+    response = await client.get("/api/air/export/zip/r")
+    length = len(await response.read())
+    await client.get("/api/air/export/list/bad%2Fid")
+    await asyncio.sleep(0.05)  # the access log runs once the response is sent
+    text = await (await client.get("/metrics")).text()
+    assert _metric(text, "export_zip_bytes_sent_total") == length
+    assert (
+        _metric(
+            text,
+            "export_http_requests_total",
+            route="/api/air/export/zip/{render_run_id}",
+            method="GET",
+            status="200",
+        )
+        == 1
+    )
+    assert (
+        _metric(
+            text,
+            "export_http_requests_total",
+            route="/api/air/export/list/{render_run_id}",
+            method="GET",
+            status="422",
+        )
+        == 1
+    )
+    assert _metric(text, "export_zip_streams_in_flight") == 0
+    assert "export_http_request_duration_seconds_bucket" in text
+    assert "process_open_fds" in text
+
+
+async def test_a_download_beyond_the_cap_gets_503_with_retry_after(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    write(tree.render / "r" / "big.wav", os.urandom(32 * 1024 * 1024))
+    client = await make_client(
+        limits={"max_concurrent_zips": 1, "batch_bytes": 65536, "read_chunk_bytes": 65536}
+    )
+    first = await client.get("/api/air/export/zip/r")
+    await first.content.readexactly(1024)  # streaming, and stalled by us
+    refused = await client.get("/api/air/export/zip/r")
+    assert refused.status == 503
+    assert refused.headers["Retry-After"] == "5"
+    assert (await refused.json())["detail"]["error"] == "too_many_downloads"
+    assert (await client.head("/api/air/export/zip/r")).status == 200  # HEAD streams nothing
+    await first.read()
+    again = await client.get("/api/air/export/zip/r")
+    assert again.status == 200
+    await again.read()
+    text = await (await client.get("/metrics")).text()
+    assert _metric(text, "export_zip_downloads_refused_total") == 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/air/export/list/r",
+        "/api/air/export/zip/r",
+        "/api/audio/r/a.wav",
+        "/api/air/export/links/r",
+        "/api/air/export/openapi.json",
+        "/nope",
+    ],
+)
+async def test_auth_token_guards_everything_but_health_and_metrics(
+    tree: AirTree, make_client: ClientFactory, path: str
+) -> None:
+    write(tree.render / "r" / "a.wav", b"a")
+    client = await make_client(auth={"token": "s3cret"})
+    denied = await client.get(path)
+    assert denied.status == 401
+    assert denied.headers["WWW-Authenticate"].startswith("Bearer")
+    assert (await denied.json())["detail"]["error"] == "unauthorized"
+    wrong = await client.get(path, headers={"Authorization": "Bearer s3cre"})
+    assert wrong.status == 401
+    allowed = await client.get(path, headers={"Authorization": "Bearer s3cret"})
+    assert allowed.status in (200, 404)
+    for open_path in ("/healthz", "/readyz", "/metrics"):
+        assert (await client.get(open_path)).status == 200
+
+
+async def test_openapi_covers_every_route(client: TestClient[Any, Any]) -> None:
+    document = await (await client.get("/api/air/export/openapi.json")).json()
+    assert document["openapi"] == "3.1.0"
+    documented = {
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        for method in operations
+    }
+    served = set()
+    for route in client.app.router.routes():
+        path = route.resource.canonical.replace("{tail}", "{run_folder}/{file_path}")
+        for token in ("{render_run_id:.*}", "{render_run_id}"):
+            path = path.replace(token, "{render_run_id}")
+        served.add((route.method, path))
+    assert served == documented
+    schemas = document["components"]["schemas"]
+    assert list(schemas["ExportManifest"]["properties"]) == [
+        "render_run_id",
+        "midi_run_id",
+        "param_run_id",
+        "files",
+        "missing",
+    ]
+
+
+def test_zip_slots_cannot_go_beyond_the_limit(tmp_path: Path) -> None:
+    from export_service.state import DownloadSlots
+
+    slots = DownloadSlots(2)
+    assert slots.try_acquire() and slots.try_acquire()
+    assert not slots.try_acquire()
+    slots.release()
+    assert slots.try_acquire()
+
+
+def test_logging_goes_through_a_queue_and_keeps_tracebacks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import export_service.logs as logs
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    try:
+        logs.setup_logging("INFO", "json")
+        token = request_id.set("q-1")
+        try:
+            raise KeyError("lost")
+        except KeyError:
+            logging.getLogger("export_service.test").exception("failed %d", 7)
+        finally:
+            request_id.reset(token)
+        logs.stop_logging()  # writes out the queue
+    finally:
+        root.handlers, root.level = saved_handlers, saved_level
+    (line,) = [json.loads(text) for text in capsys.readouterr().err.splitlines()]
+    assert line["message"] == "failed 7"
+    assert line["request_id"] == "q-1"
+    assert "KeyError: 'lost'" in line["exception"]
