@@ -23,8 +23,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## lint: ruff and mypy, as CI runs them
+## lint: ruff, mypy and hadolint, as CI runs them
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/hadolint --failure-threshold error Dockerfile

@@ -28,14 +28,21 @@ class LiveService:
     process: subprocess.Popen[str]
     base_url: str
     log: IO[str]  # a file, not a pipe: a pipe nobody reads fills up and stalls the child
+    terminated: bool = False
 
     def output(self) -> str:
         self.log.seek(0)
         return self.log.read()
 
-    def stop(self, timeout: float = 30) -> tuple[int, str]:
-        if self.process.poll() is None:
+    def terminate(self) -> None:
+        """One SIGTERM, as an orchestrator sends it (a second one during the
+        shutdown would kill the process the default way)."""
+        if self.process.poll() is None and not self.terminated:
             self.process.send_signal(signal.SIGTERM)
+            self.terminated = True
+
+    def stop(self, timeout: float = 30) -> tuple[int, str]:
+        self.terminate()
         self.process.wait(timeout=timeout)
         return self.process.returncode, self.output()
 

@@ -1,7 +1,9 @@
-"""``export-service serve`` as a user starts it: a real process on a real port."""
+"""The command line as users run it: real processes, real ports."""
+
+from __future__ import annotations
 
 import json
-import signal
+import os
 import socket
 import subprocess
 import sys
@@ -9,15 +11,30 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from export_service.sample import SAMPLE_RENDER_RUN_ID
+from tests.conftest import AirTree, write
+from tests.live import live_service
 from tests.zips import read_zip, unzip_test
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _cli(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "export_service", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _config(tree: AirTree, path: Path, extra: str = "") -> Path:
+    path.write_text(
+        f'[roots]\nrender = "{tree.render}"\nmidi_generation = "{tree.midi}"\n'
+        f'param_generation = "{tree.param}"\n[links]\nfile = "{tree.links}"\n{extra}'
+    )
+    return path
 
 
 def _get(url: str) -> bytes:
@@ -27,24 +44,9 @@ def _get(url: str) -> bytes:
 
 
 def test_serve_without_config_serves_the_sample_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "export_service", "serve", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}/api/air/export"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                manifest = json.loads(_get(f"{base}/list/{SAMPLE_RENDER_RUN_ID}"))
-                break
-            except OSError:
-                assert process.poll() is None, process.communicate()[0]
-                assert time.monotonic() < deadline, "the service did not start"
-                time.sleep(0.1)
+    with live_service() as service:
+        base = f"{service.base_url}/api/air/export"
+        manifest = json.loads(_get(f"{base}/list/{SAMPLE_RENDER_RUN_ID}"))
         assert manifest["missing"] == []
         assert manifest["param_run_id"] == "prm_51be02"
         body = _get(f"{base}/zip/{SAMPLE_RENDER_RUN_ID}")
@@ -52,34 +54,156 @@ def test_serve_without_config_serves_the_sample_and_stops_on_sigterm(tmp_path: P
         assert "render/rnd_7f3a9c/stems/lead synth.wav" in entries
         assert entries["render/rnd_7f3a9c/mix.wav"].startswith(b"RIFF")
         unzip_test(body, tmp_path)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=30)[0]
-    assert process.returncode == 0, output
+        code, output = service.stop()
+    assert code == 0, output
     assert "Traceback" not in output
 
 
-def test_link_command_writes_the_links_file(tmp_path: Path) -> None:
-    roots = {step: tmp_path / step for step in ("render", "midi", "param")}
-    for root in roots.values():
-        root.mkdir()
-    links = tmp_path / "projects" / "step_links.json"
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'[roots]\nrender = "{roots["render"]}"\nmidi_generation = "{roots["midi"]}"\n'
-        f'param_generation = "{roots["param"]}"\n[links]\nfile = "{links}"\n'
-    )
-    command = [sys.executable, "-m", "export_service", "link", "r1", "p1", "--config", str(config)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("command", ["serve", "manifest", "zip", "link", "check-config"])
+def test_every_command_has_help(command: str) -> None:
+    result = _cli(command, "--help")
+    assert result.returncode == 0
+    assert "--config" in result.stdout
+
+
+def test_manifest_and_zip_commands_give_what_the_endpoints_give(
+    tree: AirTree, tmp_path: Path
+) -> None:
+    write(tree.render / "r" / "mix.wav", os.urandom(50_000))
+    write(tree.midi / "20261101_r" / "t.mid", b"MThd")
+    config = _config(tree, tmp_path / "config.toml")
+    with live_service(["--config", str(config)]) as service:
+        endpoint_manifest = _get(f"{service.base_url}/api/air/export/list/r")
+        endpoint_zip = _get(f"{service.base_url}/api/air/export/zip/r")
+    manifest = _cli("manifest", "r", "--config", str(config))
+    assert manifest.returncode == 0, manifest.stderr
+    assert manifest.stdout.encode() == endpoint_manifest + b"\n"
+    output = tmp_path / "out.zip"
+    archive = _cli("zip", "r", "-o", str(output), "--config", str(config))
+    assert archive.returncode == 0, archive.stderr
+    assert output.read_bytes() == endpoint_zip
+    bad = _cli("zip", "..", "-o", str(tmp_path / "bad.zip"), "--config", str(config))
+    assert bad.returncode == 1 and "invalid_run_id" in bad.stderr
+    assert not (tmp_path / "bad.zip").exists()
+
+
+def test_link_command_writes_the_links_file(tree: AirTree, tmp_path: Path) -> None:
+    config = _config(tree, tmp_path / "config.toml")
+    result = _cli("link", "r1", "p1", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["param_run_id"] == "p1"
-    assert json.loads(links.read_text())["r1"]["param_run_id"] == "p1"
-
-    bad = subprocess.run(
-        [*command[:4], "r1", "..", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    assert json.loads(tree.links.read_text())["r1"]["param_run_id"] == "p1"
+    bad = _cli("link", "r1", "..", "--config", str(config))
     assert bad.returncode == 1
     assert "invalid_param_run_id" in bad.stderr
+
+
+def test_check_config_prints_resolved_settings_with_env_overrides(
+    tree: AirTree, tmp_path: Path
+) -> None:
+    config = _config(tree, tmp_path / "config.toml", '[auth]\ntoken = "t0ken"\n')
+    result = _cli(
+        "check-config", "--config", str(config), env={"EXPORT_SERVICE_SERVER_PORT": "9123"}
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)
+    assert resolved["server"]["port"] == 9123
+    assert resolved["roots"]["render"] == str(tree.render)
+    assert resolved["auth"]["token"] == "<redacted>"
+    assert "t0ken" not in result.stdout
+
+    broken = _cli(
+        "check-config", "--config", str(config), env={"EXPORT_SERVICE_SERVER_PORT": "eighty"}
+    )
+    assert broken.returncode == 2
+    assert broken.stderr.startswith("export-service: config error:")
+    assert "server.port" in broken.stderr
+
+
+def test_environment_alone_configures_the_service(tree: AirTree) -> None:
+    write(tree.render / "r" / "mix.wav", b"env")
+    env = {
+        "EXPORT_SERVICE_ROOTS_RENDER": str(tree.render),
+        "EXPORT_SERVICE_ROOTS_MIDI_GENERATION": str(tree.midi),
+        "EXPORT_SERVICE_ROOTS_PARAM_GENERATION": str(tree.param),
+        "EXPORT_SERVICE_LINKS_FILE": str(tree.links),
+    }
+    with live_service(env=env) as service:
+        assert _get(f"{service.base_url}/api/audio/r/mix.wav") == b"env"
+
+
+def test_serve_with_a_bad_config_prints_one_line_and_exits_2(tree: AirTree, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(_config(tree, config).read_text().replace(str(tree.render), "/nonexistent"))
+    result = _cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "roots.render: '/nonexistent' does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _start_download(base_url: str, path: str) -> tuple[socket.socket, int, bytes]:
+    host, port = base_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(
+            line.split(b":")[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+    )
+    return sock, length, body
+
+
+def _refuses_connections(base_url: str) -> bool:
+    host, port = base_url.removeprefix("http://").split(":")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigterm_lets_a_download_in_flight_finish(tree: AirTree, tmp_path: Path) -> None:
+    write(tree.render / "r" / "big.wav", os.urandom(16 * 1024 * 1024))
+    config = _config(tree, tmp_path / "c.toml", "[server]\nshutdown_grace_seconds = 30\n")
+    with live_service(["--config", str(config)]) as service:
+        sock, length, body = _start_download(service.base_url, "/api/air/export/zip/r")
+        service.terminate()
+        assert _refuses_connections(service.base_url)
+        received = len(body)
+        while chunk := sock.recv(65536):
+            received += len(chunk)
+            time.sleep(0.004)  # a slow reader: about 1.5 s for the whole download
+        sock.close()
+        code, output = service.stop()
+    assert received == length
+    assert code == 0, output
+
+
+def test_sigterm_cuts_a_download_that_outlives_the_grace_period(
+    tree: AirTree, tmp_path: Path
+) -> None:
+    write(tree.render / "r" / "big.wav", os.urandom(48 * 1024 * 1024))
+    config = _config(tree, tmp_path / "c.toml", "[server]\nshutdown_grace_seconds = 0.5\n")
+    with live_service(["--config", str(config)]) as service:
+        sock, length, body = _start_download(service.base_url, "/api/air/export/zip/r")
+        started = time.monotonic()
+        code, output = service.stop(timeout=20)  # the reader is stalled meanwhile
+        stopped_after = time.monotonic() - started
+        received = len(body)
+        while chunk := sock.recv(1 << 20):
+            received += len(chunk)
+        sock.close()
+    assert code == 0, output
+    assert stopped_after < 10
+    assert received < length
+    assert '"reason": "shutdown"' in output or "cancelled (shutdown)" in output

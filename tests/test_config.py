@@ -105,3 +105,14 @@ def test_serve_with_a_bad_config_prints_one_line_and_exits_2(tree: AirTree, tmp_
     assert result.stderr.count("\n") == 1, result.stderr
     assert "roots.render: '/nonexistent/render' does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_container_config_is_valid() -> None:
+    import tomllib
+
+    from export_service.config import settings_from_mapping
+
+    path = Path(__file__).parent.parent / "deploy" / "config.toml"
+    settings = settings_from_mapping(tomllib.loads(path.read_text()))
+    assert settings.server.require_roots is False  # the backend may create its folders later
+    assert str(settings.links.file) == "/data/air/projects/output/step_links.json"

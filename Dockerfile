@@ -1,0 +1,39 @@
+# export-service: an AIR project's artifacts as a JSON manifest or one streamed ZIP.
+# Build:  docker build -t export-service .
+# Run:    docker compose up   (see docker-compose.yml and the README's "Sidecar" section)
+
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    EXPORT_SERVICE_CONFIG=/etc/export-service/config.toml \
+    EXPORT_SERVICE_SERVER_PORT=8080
+
+WORKDIR /app
+
+# Dependencies in a layer of their own: it is rebuilt only when pyproject.toml
+# changes, not on every change of the code.
+COPY pyproject.toml README.md ./
+RUN mkdir export_service \
+    && touch export_service/__init__.py \
+    && pip install . \
+    && pip uninstall --yes export-service \
+    && rm -r export_service
+
+COPY export_service ./export_service
+RUN pip install --no-deps . \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin exporter
+
+USER 10001
+EXPOSE 8080
+
+# /healthz answers as long as the process and its event loop are alive.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('EXPORT_SERVICE_SERVER_PORT', '8080') + '/healthz', timeout=2)"]
+
+# SIGTERM: stop accepting, let downloads finish (server.shutdown_grace_seconds), exit 0.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["export-service"]
+CMD ["serve"]
