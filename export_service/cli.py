@@ -124,7 +124,7 @@ def _run_serve(arguments: argparse.Namespace) -> int:
         _serve(settings, arguments.host, arguments.port)
         return 0
     with tempfile.TemporaryDirectory(prefix="export-service-sample-") as sample_dir:
-        settings = settings_from_mapping(create_sample_tree(Path(sample_dir)))
+        settings = settings_from_mapping(create_sample_tree(Path(sample_dir)), os.environ)
         setup_logging(settings.logging.level, settings.logging.format)
         host = arguments.host or settings.server.host
         port = arguments.port if arguments.port is not None else settings.server.port

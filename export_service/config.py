@@ -207,10 +207,12 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
 def resolve_settings(config_path: Path | None, environ: Mapping[str, str]) -> Settings | None:
     """The settings to run with: the file (``--config`` or
     ``EXPORT_SERVICE_CONFIG``) with environment overrides; or, with no file,
-    the environment alone when it sets any key; else None (the sample tree)."""
+    the environment alone when it names a root or the links file; else None
+    (then ``serve`` runs the sample tree, other overrides applied)."""
     path = config_path or Path(environ.get(CONFIG_ENV_VAR, "").strip() or ".")
     if path != Path("."):
         return load_settings(path, environ)
-    if env_overrides(environ):
+    overrides = env_overrides(environ)
+    if "roots" in overrides or "links" in overrides:
         return settings_from_mapping({}, environ)
     return None

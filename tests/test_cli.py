@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -207,3 +208,14 @@ def test_sigterm_cuts_a_download_that_outlives_the_grace_period(
     assert stopped_after < 10
     assert received < length
     assert '"reason": "shutdown"' in output or "cancelled (shutdown)" in output
+
+
+def test_sample_tree_takes_the_environments_other_keys() -> None:
+    with live_service(env={"EXPORT_SERVICE_AUTH_TOKEN": "s3cret"}) as service:
+        url = f"{service.base_url}/api/air/export/list/{SAMPLE_RENDER_RUN_ID}"
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            _get(url)
+        assert denied.value.code == 401
+        request = urllib.request.Request(url, headers={"Authorization": "Bearer s3cret"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read())["missing"] == []
