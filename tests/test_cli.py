@@ -215,6 +215,7 @@ def test_sample_tree_takes_the_environments_other_keys() -> None:
         url = f"{service.base_url}/api/air/export/list/{SAMPLE_RENDER_RUN_ID}"
         with pytest.raises(urllib.error.HTTPError) as denied:
             _get(url)
+        denied.value.close()
         assert denied.value.code == 401
         request = urllib.request.Request(url, headers={"Authorization": "Bearer s3cret"})
         with urllib.request.urlopen(request, timeout=10) as response:
