@@ -19,12 +19,12 @@ from aiohttp.typedefs import Middleware
 from . import ops
 from .config import Settings
 from .errors import ExportServiceError, Unauthorized
-from .links import LinkStore
 from .logs import AccessLog, request_id
+from .manifest import ExportSources
 from .metrics import Metrics
 from .openapi import openapi_route
 from .routes import file_route, routes
-from .state import IO_EXECUTOR, LINKS, METRICS, SETTINGS, SHUTTING_DOWN, ZIP_SLOTS, DownloadSlots
+from .state import IO_EXECUTOR, METRICS, SETTINGS, SHUTTING_DOWN, SOURCES, ZIP_SLOTS, DownloadSlots
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares.append(bearer_auth(settings.auth.token))
     app = web.Application(middlewares=middlewares)
     app[SETTINGS] = settings
-    app[LINKS] = LinkStore(settings.links.file)
+    app[SOURCES] = ExportSources.from_settings(settings)
     app[METRICS] = Metrics()
     app[ZIP_SLOTS] = DownloadSlots(settings.limits.max_concurrent_zips)
     app[SHUTTING_DOWN] = asyncio.Event()
@@ -122,7 +122,7 @@ def create_app(settings: Settings) -> web.Application:
         )
         app[IO_EXECUTOR] = executor
         problems = await asyncio.get_running_loop().run_in_executor(
-            executor, ops.readiness_problems, settings, app[LINKS]
+            executor, ops.readiness_problems, settings, app[SOURCES].links
         )
         for problem in problems:
             log.warning("not ready yet: %s", problem)

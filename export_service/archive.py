@@ -21,15 +21,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, get_args
 
+import zipstream.ng
+from isal import isal_zlib
 from zipstream import ZipStream
 
-from .config import Settings
 from .errors import SourceChanged
 from .files import open_checked
-from .links import LinkStore
-from .manifest import ExportedFile, Step, build_export
+from .manifest import ExportedFile, ExportSources, Step, build_export
 
 log = logging.getLogger(__name__)
+
+# zipstream-ng computes each entry's CRC-32 with the ``crc32`` it imported from
+# zipfile (zlib's, about 4 GB/s here), which made the CRC most of the cost of a
+# download. ISA-L's is the same function at about 28 GB/s (bench/crc32.py).
+# tests/test_archive.py checks that zipstream-ng still calls this name.
+zipstream.ng.crc32 = isal_zlib.crc32
 
 _DROPPED_CATEGORIES = frozenset({"Cc", "Cs"})
 _ZIP_MIN_DATE = (1980, 1, 1, 0, 0, 0)
@@ -232,11 +238,11 @@ def plan_archive(
 
 
 def plan_export_archive(
-    settings: Settings, links: LinkStore, render_run_id: str, param_run_id: str | None
+    sources: ExportSources, render_run_id: str, param_run_id: str | None
 ) -> ExportArchive:
     """The manifest's files, planned as one download (blocking, one hop)."""
-    export = build_export(settings, links, render_run_id, param_run_id)
+    export = build_export(sources, render_run_id, param_run_id)
     root_reals: dict[Step, str] = {
-        step: os.path.realpath(getattr(settings.roots, step)) for step in get_args(Step)
+        step: os.path.realpath(getattr(sources.settings.roots, step)) for step in get_args(Step)
     }
-    return plan_archive(export.files, root_reals, settings.limits.read_chunk_bytes)
+    return plan_archive(export.files, root_reals, sources.settings.limits.read_chunk_bytes)

@@ -20,9 +20,8 @@ from .app import RUNNER_OPTIONS, create_app
 from .archive import plan_export_archive
 from .config import CONFIG_ENV_VAR, ENV_PREFIX, Settings, resolve_settings, settings_from_mapping
 from .errors import ConfigError, ExportServiceError
-from .links import LinkStore
 from .logs import setup_logging
-from .manifest import build_export
+from .manifest import ExportSources, build_export
 from .run_ids import check_param_run_id, check_render_run_id
 from .sample import SAMPLE_RENDER_RUN_ID, create_sample_tree
 
@@ -158,20 +157,20 @@ def _output(path: Path) -> Iterator[BinaryIO]:
 def _run_offline(arguments: argparse.Namespace) -> int:
     settings = _required_settings(arguments.config)
     setup_logging("WARNING", settings.logging.format)
-    links = LinkStore(settings.links.file)
+    sources = ExportSources.from_settings(settings)
     render_run_id = check_render_run_id(arguments.render_run_id)
     if arguments.command == "link":
-        record = links.link(render_run_id, check_param_run_id(arguments.param_run_id))
+        record = sources.links.link(render_run_id, check_param_run_id(arguments.param_run_id))
         print(json.dumps({"render_run_id": render_run_id, **record}, ensure_ascii=False))
         return 0
     param_run_id = arguments.param_run_id or None
     if param_run_id is not None:
         check_param_run_id(param_run_id)
     if arguments.command == "manifest":
-        export = build_export(settings, links, render_run_id, param_run_id)
+        export = build_export(sources, render_run_id, param_run_id)
         print(export.manifest.model_dump_json())
         return 0
-    archive = plan_export_archive(settings, links, render_run_id, param_run_id)
+    archive = plan_export_archive(sources, render_run_id, param_run_id)
     with _output(arguments.output) as handle:
         for chunk in archive.chunks():
             handle.write(chunk)

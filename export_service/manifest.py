@@ -17,13 +17,7 @@ from pydantic import BaseModel
 
 from .config import Settings
 from .links import LinkStore
-from .scanning import (
-    ScannedFile,
-    exact_run_folder,
-    pick_run_folder,
-    run_folder_names,
-    scan_run_folder,
-)
+from .scanning import RunFolderIndex, ScannedFile, exact_run_folder, scan_run_folder
 
 Step = Literal["param_generation", "midi_generation", "render"]
 
@@ -41,6 +35,27 @@ class ExportManifest(BaseModel):
     param_run_id: str | None
     files: list[ExportFile]
     missing: list[Step]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSources:
+    """Where exports come from: the settings, the links file, and the indexes
+    of the run folders in the MIDI and param roots (kept for the app's life)."""
+
+    settings: Settings
+    links: LinkStore
+    midi_folders: RunFolderIndex
+    param_folders: RunFolderIndex
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ExportSources:
+        roots = settings.roots
+        return cls(
+            settings,
+            LinkStore(settings.links.file),
+            RunFolderIndex(str(roots.midi_generation)),
+            RunFolderIndex(str(roots.param_generation)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,27 +98,31 @@ def _step_files(step: Step, root: str, folder: str, base: str, prefix: str) -> l
     return exported
 
 
-def build_export(
-    settings: Settings, links: LinkStore, render_run_id: str, param_run_id: str | None
-) -> Export:
+def build_export(sources: ExportSources, render_run_id: str, param_run_id: str | None) -> Export:
     """Collect one project's files from the three roots (blocking).
 
     Both ids must already be validated. ``param_run_id`` None means: take it
     from the links file.
     """
-    roots, urls = settings.roots, settings.urls
+    roots, urls = sources.settings.roots, sources.settings.urls
     if param_run_id is None:
-        param_run_id = links.param_run_id_for(render_run_id)
+        param_run_id = sources.links.param_run_id_for(render_run_id)
 
-    def newest(root: str, run_id: str | None) -> str | None:
-        return pick_run_folder(root, run_folder_names(root), run_id) if run_id else None
-
-    render_root, midi_root = str(roots.render), str(roots.midi_generation)
-    param_root = str(roots.param_generation)
+    render_root = str(roots.render)
     lookups: list[tuple[Step, str, str, str | None]] = [
         ("render", render_root, urls.render, exact_run_folder(render_root, render_run_id)),
-        ("midi_generation", midi_root, urls.midi_generation, newest(midi_root, render_run_id)),
-        ("param_generation", param_root, urls.param_generation, newest(param_root, param_run_id)),
+        (
+            "midi_generation",
+            sources.midi_folders.root,
+            urls.midi_generation,
+            sources.midi_folders.newest(render_run_id),
+        ),
+        (
+            "param_generation",
+            sources.param_folders.root,
+            urls.param_generation,
+            sources.param_folders.newest(param_run_id) if param_run_id else None,
+        ),
     ]
     found: dict[Step, list[ExportedFile]] = {
         step: _step_files(step, root, folder, urls.base, prefix) if folder else []

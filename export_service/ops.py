@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from .config import Settings
 from .errors import NotReady
 from .links import LinkStore
-from .state import LINKS, METRICS, SETTINGS, run_blocking
+from .state import METRICS, SETTINGS, SOURCES, run_blocking
 
 routes = web.RouteTableDef()
 
@@ -43,7 +43,7 @@ async def readyz(request: web.Request) -> web.Response:
     """200 when the roots are readable folders and the links file is absent or
     parses; otherwise 503 naming each problem."""
     problems = await run_blocking(
-        request, readiness_problems, request.app[SETTINGS], request.app[LINKS]
+        request, readiness_problems, request.app[SETTINGS], request.app[SOURCES].links
     )
     if problems:
         raise NotReady("; ".join(problems))

@@ -19,10 +19,10 @@ from .manifest import Step, build_export
 from .run_ids import RUN_ID_JSON_SCHEMA, check_param_run_id, check_render_run_id
 from .state import (
     IO_EXECUTOR,
-    LINKS,
     METRICS,
     SETTINGS,
     SHUTTING_DOWN,
+    SOURCES,
     ZIP_SLOTS,
     run_blocking,
 )
@@ -65,12 +65,7 @@ def content_disposition(render_run_id: str) -> str:
 async def export_manifest(request: web.Request) -> web.Response:
     render_run_id, param_run_id = _run_ids(request)
     export = await run_blocking(
-        request,
-        build_export,
-        request.app[SETTINGS],
-        request.app[LINKS],
-        render_run_id,
-        param_run_id,
+        request, build_export, request.app[SOURCES], render_run_id, param_run_id
     )
     return web.Response(
         body=export.manifest.model_dump_json().encode(), content_type="application/json"
@@ -100,7 +95,7 @@ async def _send_zip(
 ) -> web.StreamResponse:
     settings, metrics = request.app[SETTINGS], request.app[METRICS]
     archive = await run_blocking(
-        request, plan_export_archive, settings, request.app[LINKS], render_run_id, param_run_id
+        request, plan_export_archive, request.app[SOURCES], render_run_id, param_run_id
     )
     response = web.StreamResponse(
         headers={
@@ -177,7 +172,7 @@ def _link(render_run_id: str, record: dict[str, Any]) -> web.Response:
 @routes.get(EXPORT_PREFIX + "/links/{render_run_id:.*}", allow_head=False)
 async def get_link(request: web.Request) -> web.Response:
     render_run_id = check_render_run_id(request.match_info["render_run_id"])
-    links = request.app[LINKS]
+    links = request.app[SOURCES].links
     record = await run_blocking(request, links.record, render_run_id)
     if record is None or not isinstance(record.get("param_run_id"), str):
         raise LinkNotFound(f"no param run is linked to render run {render_run_id!r}")
@@ -197,7 +192,7 @@ async def put_link(request: web.Request) -> web.Response:
             'the body must be JSON {"param_run_id": "<id>"}; ' + problems
         ) from None
     param_run_id = check_param_run_id(update.param_run_id)
-    links = request.app[LINKS]
+    links = request.app[SOURCES].links
     record = await run_blocking(request, links.link, render_run_id, param_run_id)
     return _link(render_run_id, record)
 

@@ -8,9 +8,12 @@ followed only when its real target lies inside the root's real path.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import stat
+import threading
+import time
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -55,21 +58,61 @@ def run_folder_names(root: str) -> list[str]:
         return []
 
 
-def pick_run_folder(root: str, names: list[str], run_id: str) -> str | None:
-    """The greatest (newest) name that is ``run_id`` or ends with ``_<run_id>``.
+class RunFolderIndex:
+    """The names in one root, listed again only when the root's mtime changes.
 
-    Only names that are folders inside the root count, so a stray file or a
-    link out of the root never shadows a real run.
+    A root of 100,000 run folders takes tens of milliseconds to list; the
+    index answers a lookup with a stat of the root and a binary search. Names
+    are kept reversed and sorted, so "ends with ``_<id>``" is a prefix search.
+    Creating or removing a run folder changes the root's mtime; a listing
+    taken within a second of that mtime is not trusted (file systems with
+    coarse timestamps could hide a change made in the same tick).
     """
-    suffix = "_" + run_id
-    candidates = sorted(
-        (name for name in names if name == run_id or name.endswith(suffix)), reverse=True
-    )
-    root_real = os.path.realpath(root)
-    for name in candidates:
-        if _folder_inside(root_real, os.path.join(root, name)) is not None:
-            return name
-    return None
+
+    _SETTLE_NS = 1_000_000_000
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+        self._mtime_ns: int | None = None
+        self._trusted = False
+        self._names: frozenset[str] = frozenset()
+        self._reversed: list[str] = []
+
+    def _refresh(self) -> None:
+        try:
+            mtime_ns = os.stat(self.root).st_mtime_ns
+        except OSError:
+            mtime_ns = None
+        with self._lock:
+            if self._trusted and mtime_ns == self._mtime_ns:
+                return
+            names = run_folder_names(self.root) if mtime_ns is not None else []
+            self._names = frozenset(names)
+            self._reversed = sorted(name[::-1] for name in names)
+            self._mtime_ns = mtime_ns
+            self._trusted = mtime_ns is not None and time.time_ns() - mtime_ns > self._SETTLE_NS
+
+    def candidates(self, run_id: str) -> list[str]:
+        """Names that are ``run_id`` or end with ``_<run_id>``, newest first."""
+        self._refresh()
+        names, reversed_names = self._names, self._reversed
+        key = ("_" + run_id)[::-1]
+        found = [run_id] if run_id in names else []
+        start = bisect.bisect_left(reversed_names, key)
+        for candidate in reversed_names[start:]:
+            if not candidate.startswith(key):
+                break
+            found.append(candidate[::-1])
+        return sorted(found, reverse=True)
+
+    def newest(self, run_id: str) -> str | None:
+        """The greatest matching name that is a folder inside the root."""
+        root_real = os.path.realpath(self.root)
+        for name in self.candidates(run_id):
+            if _folder_inside(root_real, os.path.join(self.root, name)) is not None:
+                return name
+        return None
 
 
 def exact_run_folder(root: str, run_id: str) -> str | None:

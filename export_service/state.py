@@ -12,7 +12,7 @@ from typing import ParamSpec, TypeVar
 from aiohttp import web
 
 from .config import Settings
-from .links import LinkStore
+from .manifest import ExportSources
 from .metrics import Metrics
 
 
@@ -35,7 +35,7 @@ class DownloadSlots:
 
 
 SETTINGS = web.AppKey("settings", Settings)
-LINKS = web.AppKey("links", LinkStore)
+SOURCES = web.AppKey("sources", ExportSources)
 IO_EXECUTOR = web.AppKey("io_executor", ThreadPoolExecutor)
 METRICS = web.AppKey("metrics", Metrics)
 ZIP_SLOTS = web.AppKey("zip_slots", DownloadSlots)

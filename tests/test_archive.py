@@ -15,14 +15,14 @@ from export_service.archive import (
     sanitize_arcname,
 )
 from export_service.errors import SourceChanged
-from export_service.links import LinkStore
+from export_service.manifest import ExportSources, build_export
 from tests.conftest import AirTree, open_paths_under, write
 from tests.zips import read_zip, unzip_test
 
 
 def _plan(tree: AirTree, run_id: str = "r", chunk: int = 1 << 20) -> ExportArchive:
     settings = tree.settings(limits={"read_chunk_bytes": max(chunk, 4096)})
-    return plan_export_archive(settings, LinkStore(tree.links), run_id, None)
+    return plan_export_archive(ExportSources.from_settings(settings), run_id, None)
 
 
 def _body(archive: ExportArchive) -> bytes:
@@ -125,9 +125,8 @@ def test_a_file_that_cannot_be_opened_at_planning_is_left_out(tree: AirTree) -> 
     bad = write(tree.render / "r" / "bad.wav", b"b")
     settings = tree.settings()
     from export_service.archive import plan_archive
-    from export_service.manifest import build_export
 
-    export = build_export(settings, LinkStore(tree.links), "r", None)
+    export = build_export(ExportSources.from_settings(settings), "r", None)
     bad.unlink()
     os.mkfifo(bad)  # a FIFO in its place must not hang the planner
     archive = plan_archive(
@@ -182,3 +181,21 @@ def test_closing_the_stream_closes_the_open_file(tree: AirTree) -> None:
     assert str(path.resolve()) in open_paths_under(tree.base)
     chunks.close()
     assert str(path.resolve()) not in open_paths_under(tree.base)
+
+
+def test_zipstream_uses_the_fast_crc32(tree: AirTree) -> None:
+    """Guards how ISA-L's CRC-32 is wired into zipstream-ng (see archive.py)."""
+    import inspect
+    import zlib
+
+    import zipstream.ng
+    from isal import isal_zlib
+
+    assert "crc32(buf, crc)" in inspect.getsource(zipstream.ng.ZipStreamInfo._file_data)
+    assert zipstream.ng.crc32 is isal_zlib.crc32
+    content = os.urandom(3 * 1024 * 1024 + 7)
+    write(tree.render / "r" / "a.wav", content)
+    body = _body(_plan(tree, chunk=65536))
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        assert archive.getinfo("render/r/a.wav").CRC == zlib.crc32(content)
+    assert read_zip(body)["render/r/a.wav"] == content

@@ -1,10 +1,12 @@
 import os
 from pathlib import Path
 
+import pytest
+
 from export_service.scanning import (
+    RunFolderIndex,
     exact_run_folder,
     is_within,
-    pick_run_folder,
     run_folder_names,
     scan_run_folder,
 )
@@ -58,11 +60,57 @@ def test_newest_matching_folder_wins(tree: AirTree) -> None:
         (tree.midi / name).mkdir()
     write(tree.midi / "20261104_000000_run_1", b"a file, not a folder")
     (tree.midi / "20261105_000000_run_1").symlink_to(tree.base)  # leads out: ignored
-    names = run_folder_names(str(tree.midi))
-    assert pick_run_folder(str(tree.midi), names, "run_1") == "20261102_090000_run_1"
-    assert pick_run_folder(str(tree.midi), names, "run_10") == "run_10"
-    assert pick_run_folder(str(tree.midi), names, "run_2") is None
-    assert pick_run_folder(str(tree.midi), names, "..") is None
+    index = RunFolderIndex(str(tree.midi))
+    assert index.newest("run_1") == "20261102_090000_run_1"
+    assert index.newest("run_10") == "run_10"
+    assert index.newest("run_2") is None
+    assert index.newest("..") is None
+    assert index.candidates("run_1") == [
+        "20261105_000000_run_1",
+        "20261104_000000_run_1",
+        "20261102_090000_run_1",
+        "20261101_100000_run_1",
+    ]
+
+
+def test_the_index_sees_a_folder_created_after_it_was_built(tree: AirTree) -> None:
+    old = 1_600_000_000
+    (tree.midi / "20261101_run_1").mkdir()
+    os.utime(tree.midi, (old, old))  # a settled root: the listing is trusted
+    index = RunFolderIndex(str(tree.midi))
+    assert index.newest("run_1") == "20261101_run_1"
+    assert index.newest("run_2") is None
+    (tree.midi / "20261102_run_2").mkdir()  # changes the root's mtime
+    assert index.newest("run_2") == "20261102_run_2"
+
+
+def test_the_index_does_not_list_a_settled_root_again(
+    tree: AirTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import export_service.scanning as scanning
+
+    (tree.midi / "20261101_run_1").mkdir()
+    os.utime(tree.midi, (1_600_000_000, 1_600_000_000))
+    listings: list[str] = []
+    real_listing = scanning.run_folder_names
+
+    def counting_listing(root: str) -> list[str]:
+        listings.append(root)
+        return real_listing(root)
+
+    monkeypatch.setattr(scanning, "run_folder_names", counting_listing)
+    index = RunFolderIndex(str(tree.midi))
+    for _ in range(5):
+        assert index.newest("run_1") == "20261101_run_1"
+    assert len(listings) == 1
+
+
+def test_a_root_changed_within_the_last_second_is_listed_again(tree: AirTree) -> None:
+    index = RunFolderIndex(str(tree.midi))  # the root was just created: not settled
+    assert index.newest("run_3") is None
+    (tree.midi / "run_3").mkdir()
+    os.utime(tree.midi, ns=(index._mtime_ns or 0, index._mtime_ns or 0))  # same tick
+    assert index.newest("run_3") == "run_3"
 
 
 def test_unlistable_root_gives_no_names(tmp_path: Path) -> None:
