@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -105,6 +106,18 @@ def bearer_auth(token: str) -> Middleware:
     return check
 
 
+LOOP_LAG_INTERVAL = 0.020
+
+
+async def _measure_loop_lag(metrics: Metrics) -> None:
+    """Observe how late a periodic timer fires: whatever blocks the loop shows here."""
+    loop = asyncio.get_running_loop()
+    while True:
+        planned = loop.time() + LOOP_LAG_INTERVAL
+        await asyncio.sleep(LOOP_LAG_INTERVAL)
+        metrics.loop_lag.observe(max(0.0, loop.time() - planned))
+
+
 def create_app(settings: Settings) -> web.Application:
     middlewares: list[Middleware] = [request_context, json_errors]
     if settings.auth.token:
@@ -129,10 +142,18 @@ def create_app(settings: Settings) -> web.Application:
         yield
         executor.shutdown(wait=True, cancel_futures=True)
 
+    async def loop_lag_probe(app: web.Application) -> AsyncIterator[None]:
+        probe = asyncio.create_task(_measure_loop_lag(app[METRICS]))
+        yield
+        probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe
+
     async def mark_shutting_down(app: web.Application) -> None:
         app[SHUTTING_DOWN].set()
 
     app.cleanup_ctx.append(io_executor)
+    app.cleanup_ctx.append(loop_lag_probe)
     app.on_shutdown.append(mark_shutting_down)
     app.on_response_prepare.append(_echo_request_id)
     app.add_routes(routes)

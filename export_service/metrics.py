@@ -12,6 +12,7 @@ from prometheus_client import (
 )
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 1)
 
 
 class Metrics:
@@ -49,6 +50,13 @@ class Metrics:
         self.files_skipped = Counter(
             "export_zip_files_skipped",
             "Files left out of a ZIP because they could not be opened when it was planned",
+            registry=self.registry,
+        )
+        self.loop_lag = Histogram(
+            "export_event_loop_lag_seconds",
+            "How late a timer that wakes every 20 ms runs: time the event loop was busy "
+            "or waited for a CPU",
+            buckets=_LAG_BUCKETS,
             registry=self.registry,
         )
         self.zips_refused = Counter(

@@ -1,0 +1,287 @@
+"""Shared by the benchmarks: workloads on disk, the service and nginx as real
+processes on loopback, curl timings, RSS sampling, and table printing.
+
+Everything runs on this machine only (127.0.0.1) and stops by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+MIB = 1024 * 1024
+REFERENCE_RUN = "bench_run"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def write_random(path: Path, size: int) -> None:
+    """Incompressible bytes, like rendered audio."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as handle:
+        remaining = size
+        while remaining:
+            block = min(remaining, 8 * MIB)
+            handle.write(os.urandom(block))
+            remaining -= block
+
+
+@dataclass
+class Workload:
+    base: Path
+    config: Path
+    run_id: str
+    files: int
+    data_bytes: int
+
+
+def make_workload(base: Path, file_sizes: Sequence[int], run_id: str = REFERENCE_RUN) -> Workload:
+    """A render run of random files (stems/stem_NNNNN.wav) and its config."""
+    roots = {
+        step: base / step / "output" for step in ("render", "midi_generation", "param_generation")
+    }
+    for root in roots.values():
+        root.mkdir(parents=True, exist_ok=True)
+    for index, size in enumerate(file_sizes):
+        write_random(roots["render"] / run_id / "stems" / f"stem_{index:05d}.wav", size)
+    config = base / "config.toml"
+    config.write_text(
+        '[logging]\nlevel = "WARNING"\n'
+        "[roots]\n"
+        + "".join(f'{step} = "{root}"\n' for step, root in roots.items())
+        + f'[links]\nfile = "{base / "step_links.json"}"\n'
+    )
+    return Workload(base, config, run_id, len(file_sizes), sum(file_sizes))
+
+
+def reference_workload(base: Path, total: int = 210 * MIB, stems: int = 12) -> Workload:
+    """The issue's reference: ~210 MiB of render stems."""
+    return make_workload(base, [total // stems] * stems)
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    url: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def _wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up") from None
+            time.sleep(0.05)
+
+
+@contextmanager
+def service(config: Path, *extra_env: tuple[str, str]) -> Iterator[Service]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "export_service",
+            "serve",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env={**os.environ, **dict(extra_env)},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_until_up(url + "/healthz", process)
+        yield Service(process, url)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def ensure_nginx() -> str | None:
+    """The nginx binary, installed from Debian when missing and we are root."""
+    found = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
+    if found:
+        return str(found)
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing nginx (apt-get install nginx-light)...", file=sys.stderr)
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "nginx-light"],
+            check=False,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+    found = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
+    return str(found) if found else None
+
+
+@contextmanager
+def nginx(binary: str, root: Path) -> Iterator[str]:
+    """nginx serving ``root`` as static files with sendfile, on a free port."""
+    for folder in (root, *root.parents):  # its workers run unprivileged
+        if folder == Path(tempfile.gettempdir()):
+            break
+        folder.chmod(folder.stat().st_mode | 0o055)
+    for path in root.iterdir():
+        path.chmod(path.stat().st_mode | 0o044)
+    port = free_port()
+    work = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
+    conf = work / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {work};
+    proxy_temp_path {work};
+    fastcgi_temp_path {work};
+    uwsgi_temp_path {work};
+    scgi_temp_path {work};
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+""")
+    process = subprocess.Popen([binary, "-c", str(conf), "-g", "daemon off;"])
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("nginx did not come up") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass
+class Fetch:
+    seconds: float
+    first_byte: float
+    size: int
+
+
+def curl(url: str, output: str = "/dev/null") -> Fetch:
+    result = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--fail",
+            "-o",
+            output,
+            "-w",
+            "%{time_total} %{time_starttransfer} %{size_download}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    total, first, size = result.stdout.split()
+    return Fetch(float(total), float(first), int(size))
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class RssSampler:
+    """Samples a process's resident set every few milliseconds; keeps the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.005) -> None:
+        self.pid, self.interval, self.peak_kib = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
+            except OSError:
+                return
+            time.sleep(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def table(title: str, rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    """A GitHub-flavoured Markdown table, so it can go straight into the README."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
+    lines = [
+        f"### {title}",
+        "",
+        "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    lines += [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+        for row in cells
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores, Python {sys.version.split()[0]}"
