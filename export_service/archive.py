@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import re
+import stat
 import struct
 import time
-import unicodedata
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 # tests/test_archive.py checks that zipstream-ng still calls this name.
 zipstream.ng.crc32 = isal_zlib.crc32
 
-_DROPPED_CATEGORIES = frozenset({"Cc", "Cs"})
+# Unicode categories Cc (C0 and C1 controls, DEL) and Cs (lone surrogates).
+_DROPPED_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _ZIP_MIN_DATE = (1980, 1, 1, 0, 0, 0)
 _ZIP_MAX_DATE = (2107, 12, 31, 23, 59, 58)
 
@@ -48,13 +50,11 @@ _ZIP_MAX_DATE = (2107, 12, 31, 23, 59, 58)
 def sanitize_arcname(name: str) -> str:
     """A safe relative entry name: ``/`` separators only, no empty, ``.`` or
     ``..`` segments, no control characters; ``file`` when nothing is left."""
-    segments = []
-    for segment in name.replace("\\", "/").split("/"):
-        cleaned = "".join(
-            char for char in segment if unicodedata.category(char) not in _DROPPED_CATEGORIES
-        )
-        if cleaned not in {"", ".", ".."}:
-            segments.append(cleaned)
+    if _DROPPED_CHARACTERS.search(name):
+        name = _DROPPED_CHARACTERS.sub("", name)
+    segments = [
+        segment for segment in name.replace("\\", "/").split("/") if segment not in {"", ".", ".."}
+    ]
     return "/".join(segments) or "file"
 
 
@@ -202,23 +202,25 @@ class ExportArchive:
 def plan_archive(
     files: list[ExportedFile], root_reals: Mapping[Step, str], chunk_bytes: int
 ) -> ExportArchive:
-    """Name every file of the export and check it can be opened now (blocking).
+    """Name every file of the export and check it can be read now (blocking).
 
-    A file that cannot be opened is left out and logged; its rel_path is
-    listed in ``skipped``.
+    A file that cannot be read is left out and logged; its rel_path is listed
+    in ``skipped``.
     """
     allocator = ArcnameAllocator()
     entries: list[PlannedEntry] = []
     skipped: list[str] = []
     for item in files:
-        step, rel_path, source = item.entry.step, item.entry.rel_path, item.source
-        root_real = root_reals[step]
+        step, rel_path, source = item.entry["step"], item.entry["rel_path"], item.source
+        # Two cheap calls instead of an open: reading reopens the file and
+        # checks it against this snapshot and against the root anyway.
         try:
-            fd, info = open_checked(source.path, root_real)
-            os.close(fd)
-        except (OSError, SourceChanged) as error:
-            reason = error.strerror if isinstance(error, OSError) else error.message
-            log.warning("leaving %s/%s out of the ZIP: %s", step, rel_path, reason)
+            info = os.lstat(source.path)
+            readable = stat.S_ISREG(info.st_mode) and os.access(source.path, os.R_OK)
+        except OSError:
+            readable = False
+        if not readable:
+            log.warning("leaving %s/%s out of the ZIP: it cannot be opened", step, rel_path)
             skipped.append(f"{step}/{rel_path}")
             continue
         arcname = allocator.allocate(sanitize_arcname(f"{step}/{rel_path}"))
@@ -227,7 +229,7 @@ def plan_archive(
                 arcname,
                 rel_path,
                 source.path,
-                root_real,
+                root_reals[step],
                 info.st_size,
                 info.st_mtime_ns,
                 info.st_dev,

@@ -6,8 +6,7 @@ import json
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel, TypeAdapter
 
 from . import __version__
 from .config import Settings
@@ -33,11 +32,11 @@ class Status(BaseModel):
     status: str
 
 
-def _ref(model: type[BaseModel]) -> dict[str, str]:
+def _ref(model: type) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+def _json(model: type, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
 
 
@@ -80,9 +79,15 @@ _RENDER_RUN_ID = _path_param(
 def openapi_document(settings: Settings) -> dict[str, Any]:
     auth = bool(settings.auth.token)
     denied = (401,) if auth else ()
-    _, definitions = models_json_schema(
-        [(model, "serialization") for model in (ExportManifest, Link, ErrorBody, Status)]
-        + [(LinkUpdate, "validation")],
+    serialized: list[tuple[str, type]] = [
+        ("ExportManifest", ExportManifest),
+        ("Link", Link),
+        ("ErrorBody", ErrorBody),
+        ("Status", Status),
+    ]
+    _, definitions = TypeAdapter.json_schemas(
+        [(name, "serialization", TypeAdapter(kind)) for name, kind in serialized]
+        + [("LinkUpdate", "validation", TypeAdapter(LinkUpdate))],
         ref_template="#/components/schemas/{model}",
     )
     zip_operation = {

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
 from .archive import plan_export_archive
 from .errors import InvalidRequestBody, LinkNotFound, SourceChanged, TooManyDownloads
 from .files import content_type, open_root_file, reopenable_path
-from .manifest import Step, build_export
+from .manifest import Step, build_export, manifest_json
 from .run_ids import RUN_ID_JSON_SCHEMA, check_param_run_id, check_render_run_id
 from .state import (
     IO_EXECUTOR,
@@ -67,9 +67,7 @@ async def export_manifest(request: web.Request) -> web.Response:
     export = await run_blocking(
         request, build_export, request.app[SOURCES], render_run_id, param_run_id
     )
-    return web.Response(
-        body=export.manifest.model_dump_json().encode(), content_type="application/json"
-    )
+    return web.Response(body=manifest_json(export.manifest), content_type="application/json")
 
 
 @routes.get(EXPORT_PREFIX + "/zip/{render_run_id:.*}")

@@ -1,9 +1,12 @@
 """Pulling a blocking byte iterator off the event loop, about 1 MiB per hop.
 
 One thread hop per 64 KiB chunk costs as much as the data, so chunks are
-gathered into batches in the worker thread. Closing releases the iterator at
-once: right away when no batch is in flight, else as soon as the running batch
-returns (a running generator cannot be closed from outside).
+gathered into batches in the worker thread. Runs of small chunks (a ZIP's
+headers and descriptors, small files) are joined there too, so the loop makes
+one write for them instead of one ``send()`` each; large chunks pass through
+without a copy. Closing releases the iterator at once: right away when no
+batch is in flight, else as soon as the running batch returns (a running
+generator cannot be closed from outside).
 """
 
 from __future__ import annotations
@@ -13,15 +16,26 @@ import concurrent.futures
 from collections.abc import Generator
 from concurrent.futures import Executor
 
+SMALL_CHUNK = 64 * 1024
+
 
 def _next_batch(chunks: Generator[bytes, None, None], batch_bytes: int) -> list[bytes]:
     batch: list[bytes] = []
+    small: list[bytes] = []
     gathered = 0
     for chunk in chunks:
-        batch.append(chunk)
+        if len(chunk) < SMALL_CHUNK:
+            small.append(chunk)
+        else:
+            if small:
+                batch.append(b"".join(small))
+                small = []
+            batch.append(chunk)
         gathered += len(chunk)
         if gathered >= batch_bytes:
             break
+    if small:
+        batch.append(b"".join(small))
     return batch
 
 
