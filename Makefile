@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench
 
+BENCHMARKS := crc32 throughput concurrency big_runs crowded_roots memory
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -29,3 +31,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint --failure-threshold error Dockerfile
+
+## bench: every benchmark under bench/, each printing a Markdown table (a few minutes;
+## the throughput benchmark installs Debian's nginx-light when it is missing and it can)
+bench: $(STAMP)
+	@for name in $(BENCHMARKS); do $(BIN)/python bench/$$name.py || exit 1; done

@@ -68,7 +68,7 @@ def lag_share_within(before: dict[float, float], after: dict[float, float], boun
 
 def run(url: str, metrics_url: str, clients: int, sink: Path, niced: bool) -> dict[str, Any]:
     host, port = url.removeprefix("http://").split("/")[0].split(":")
-    stop, latencies = threading.Event(), []
+    stop, latencies = threading.Event(), list[float]()
     prober = threading.Thread(target=probe, args=(host, int(port), stop, latencies))
     outputs = [sink / f"out{i}.zip" for i in range(clients)]
     lag_before = loop_lag(urllib.request.urlopen(metrics_url).read().decode())
