@@ -18,9 +18,8 @@ import stat
 import struct
 import time
 from collections.abc import Generator, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, get_args
+from typing import Any, NamedTuple, get_args
 
 import zipstream.ng
 from isal import isal_zlib
@@ -80,8 +79,7 @@ class ArcnameAllocator:
 # -- the plan ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedEntry:
+class PlannedEntry(NamedTuple):
     """A file as it was when the download was planned; reading checks it still is."""
 
     arcname: str

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 from urllib.parse import quote
 
 from pydantic import TypeAdapter
@@ -69,8 +69,7 @@ class ExportSources:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ExportedFile:
+class ExportedFile(NamedTuple):
     """A manifest entry together with what the service knows of it on disk."""
 
     entry: ExportFile
@@ -117,6 +116,10 @@ def _step_files(step: Step, root: str, folder: str, base: str, prefix: str) -> l
     return exported
 
 
+def _rel_path(item: ExportedFile) -> str:
+    return item.entry["rel_path"]
+
+
 def build_export(sources: ExportSources, render_run_id: str, param_run_id: str | None) -> Export:
     """Collect one project's files from the three roots (blocking).
 
@@ -147,10 +150,8 @@ def build_export(sources: ExportSources, render_run_id: str, param_run_id: str |
         step: _step_files(step, root, folder, urls.base, prefix) if folder else []
         for step, root, prefix, folder in lookups
     }
-    files = sorted(
-        (item for step_files in found.values() for item in step_files),
-        key=lambda item: (item.entry["step"], item.entry["rel_path"]),
-    )
+    # Sorted by (step, rel_path): each step's files by rel_path, steps in name order.
+    files = [item for step in sorted(found) for item in sorted(found[step], key=_rel_path)]
     manifest: ExportManifest = {
         "render_run_id": render_run_id,
         "midi_run_id": render_run_id if found["midi_generation"] else None,

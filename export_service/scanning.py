@@ -14,14 +14,14 @@ import os
 import stat
 import threading
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class ScannedFile:
-    """One regular file of a run folder, as seen when it was scanned."""
+class ScannedFile(NamedTuple):
+    """One regular file of a run folder, as seen when it was scanned (a
+    NamedTuple: a run of 10,000 files makes 10,000 of them)."""
 
     path: str  # resolved absolute path; never leaves the service
     parts: tuple[str, ...]  # its path inside the run folder, as named on disk
