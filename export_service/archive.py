@@ -46,33 +46,76 @@ _ZIP_MAX_DATE = (2107, 12, 31, 23, 59, 58)
 # -- entry names ---------------------------------------------------------------
 
 
+_WINDOWS_RESERVED = re.compile(r'[<>:"|?*]')
+
+
+def _clean_segment(segment: str) -> str:
+    """What Windows can extract: reserved characters become ``_``, and trailing
+    dots and spaces (which Windows drops) are trimmed."""
+    return _WINDOWS_RESERVED.sub("_", segment).rstrip(". ")
+
+
 def sanitize_arcname(name: str) -> str:
-    """A safe relative entry name: ``/`` separators only, no empty, ``.`` or
-    ``..`` segments, no control characters; ``file`` when nothing is left."""
+    """A safe relative entry name: ``/`` separators only; no empty, ``.`` or
+    ``..`` segments; no control characters; no ``<>:"|?*`` and no trailing dot
+    or space in a segment; ``file`` when nothing is left."""
     if _DROPPED_CHARACTERS.search(name):
         name = _DROPPED_CHARACTERS.sub("", name)
     segments = [
-        segment for segment in name.replace("\\", "/").split("/") if segment not in {"", ".", ".."}
+        cleaned
+        for segment in name.replace("\\", "/").split("/")
+        if (cleaned := _clean_segment(segment)) not in {"", ".", ".."}
     ]
     return "/".join(segments) or "file"
 
 
+def _parents(name: str) -> list[str]:
+    parts = name.split("/")
+    return ["/".join(parts[:end]) for end in range(1, len(parts))]
+
+
 class ArcnameAllocator:
-    """Hands out unique names: ``a.wav``, ``a__1.wav``, ``a__2.wav``, ``b``, ``b__1``."""
+    """Hands out unique entry names: ``a.wav``, ``a__1.wav``, ``a__2.wav``;
+    ``b``, ``b__1``. A file and a folder never share a name (no extractor
+    could write both): a file whose name is taken by a folder gets a suffix,
+    and a folder whose name is taken by a file is written as ``name__N/``
+    for all the entries inside it."""
 
     def __init__(self) -> None:
-        self._used: set[str] = set()
+        self._files: set[str] = set()
+        self._folders: set[str] = set()
+        self._placed_folders: dict[str, str] = {}  # folder as named -> as written
         self._next_suffix: dict[str, int] = {}
 
+    def _taken(self, name: str) -> bool:
+        return name in self._files or name in self._folders
+
+    def _unique(self, name: str) -> str:
+        if not self._taken(name):
+            return name
+        stem, extension = posixpath.splitext(name)
+        suffix = self._next_suffix.get(name, 1)
+        while self._taken(candidate := f"{stem}__{suffix}{extension}"):
+            suffix += 1
+        self._next_suffix[name] = suffix + 1
+        return candidate
+
+    def _place_folder(self, folder: str) -> str:
+        placed = self._placed_folders.get(folder)
+        if placed is None:
+            parent, _, base = folder.rpartition("/")
+            placed = f"{self._place_folder(parent)}/{base}" if parent else base
+            if placed in self._files:
+                placed = self._unique(placed)
+            self._placed_folders[folder] = placed
+            self._folders.add(placed)
+        return placed
+
     def allocate(self, name: str) -> str:
-        candidate = name
-        if candidate in self._used:
-            stem, extension = posixpath.splitext(name)
-            suffix = self._next_suffix.get(name, 1)
-            while (candidate := f"{stem}__{suffix}{extension}") in self._used:
-                suffix += 1
-            self._next_suffix[name] = suffix + 1
-        self._used.add(candidate)
+        folder, _, base = name.rpartition("/")
+        candidate = self._unique(f"{self._place_folder(folder)}/{base}" if folder else base)
+        self._files.add(candidate)
+        self._folders.update(_parents(candidate))
         return candidate
 
 

@@ -110,6 +110,8 @@ class LimitsSettings(_Section):
     batch_bytes: int = Field(default=MIB, ge=4096, le=64 * MIB)
     # ZIP downloads streaming at once; one more is answered 503 + Retry-After.
     max_concurrent_zips: int = Field(default=16, ge=1, le=10_000)
+    # A client that takes no data for this long has its download cut.
+    send_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
 
 
 class AuthSettings(_Section):

@@ -43,7 +43,7 @@ class Metrics:
         self.zips_cut_short = Counter(
             "export_zip_downloads_cut_short",
             "ZIP downloads that ended before their last byte, by reason "
-            "(source_changed, client_gone, shutdown)",
+            "(source_changed, client_gone, stalled, shutdown)",
             ["reason"],
             registry=self.registry,
         )

@@ -116,11 +116,19 @@ async def _send_zip(
     chunks = OffloadedChunks(
         archive.chunks(), request.app[IO_EXECUTOR], settings.limits.batch_bytes
     )
+    send_timeout = settings.limits.send_timeout_seconds
     try:
         while batch := await chunks.next_batch():
             for chunk in batch:
-                await response.write(chunk)
+                async with asyncio.timeout(send_timeout):
+                    await response.write(chunk)
                 metrics.zip_bytes.inc(len(chunk))
+    except TimeoutError:
+        log.info("ZIP of %s cut: the client took nothing for %s s", render_run_id, send_timeout)
+        metrics.zips_cut_short.labels("stalled").inc()
+        if request.transport is not None:
+            request.transport.abort()  # a graceful close would wait on the same client
+        return response
     except SourceChanged as error:
         log.error("ZIP of %s cut short: %s", render_run_id, error.message)
         metrics.zips_cut_short.labels("source_changed").inc()

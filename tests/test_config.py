@@ -116,3 +116,15 @@ def test_the_container_config_is_valid() -> None:
     settings = settings_from_mapping(tomllib.loads(path.read_text()))
     assert settings.server.require_roots is False  # the backend may create its folders later
     assert str(settings.links.file) == "/data/air/projects/output/step_links.json"
+
+
+def test_the_example_documents_every_key() -> None:
+    import tomllib
+
+    from export_service.config import Settings
+
+    example = tomllib.loads((Path(__file__).parent.parent / "config.example.toml").read_text())
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type)
+        assert set(example[section]) == set(model.model_fields), section
