@@ -136,7 +136,15 @@ class LinkStore:
             self._replace(json.dumps(records, ensure_ascii=False, indent=2).encode())
             return record
 
+    def _remove_dead_writers_temp_files(self) -> None:
+        """Temp files are only made under the lock, so one found while holding
+        it was left by a writer that died before its rename."""
+        for leftover in self.path.parent.glob(f".{self.path.name}.*"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+
     def _replace(self, content: bytes) -> None:
+        self._remove_dead_writers_temp_files()
         folder = self.path.parent
         try:
             mode = self.path.stat().st_mode & 0o7777

@@ -161,3 +161,43 @@ async def test_put_on_a_corrupt_file_is_503_and_keeps_it(
     assert (await response.json())["detail"]["error"] == "links_file_corrupt"
     assert tree.links.read_bytes() == b"{broken"
     assert (await client.get("/api/air/export/links/r")).status == 404
+
+
+CRASHING_WRITER = """
+import os, sys, time
+from pathlib import Path
+from export_service.links import LinkStore
+
+def stuck_replace(source, target):
+    Path(sys.argv[2]).write_text("temp file written")
+    time.sleep(60)  # killed here, between writing the temp file and renaming it
+
+os.replace = stuck_replace
+LinkStore(Path(sys.argv[1])).link("r2", "p2")
+"""
+
+
+def test_a_writer_killed_before_its_rename_leaves_the_old_content(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "step_links.json"
+    LinkStore(path).link("r1", "p1")
+    before = path.read_bytes()
+    marker = tmp_path / "marker"
+    writer = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, str(path), str(marker)])
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert writer.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    assert path.read_bytes() == before
+    assert len(list(tmp_path.glob(".step_links.json.*"))) == 1  # the dead writer's temp file
+    assert LinkStore(path).link("r3", "p3")["param_run_id"] == "p3"  # the lock was released
+    records = json.loads(path.read_text())
+    assert set(records) == {"r1", "r3"}
+    assert list(tmp_path.glob(".step_links.json.*")) == []  # cleaned up under the lock

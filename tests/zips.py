@@ -24,3 +24,31 @@ def unzip_test(data: bytes, folder: Path) -> None:
     path.write_bytes(data)
     result = subprocess.run(["unzip", "-t", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+READERS = {
+    "unzip": ["unzip", "-q", "{zip}", "-d", "{out}"],
+    "7z": ["7z", "x", "-y", "-bd", "-o{out}", "{zip}"],
+    "bsdtar": ["bsdtar", "-x", "-f", "{zip}", "-C", "{out}"],
+}
+
+
+def extract_with_every_reader(data: bytes, folder: Path) -> dict[str, dict[str, bytes]]:
+    """Extract with each installed reader: reader -> {relative path: content}."""
+    archive = folder / "readers.zip"
+    archive.write_bytes(data)
+    results = {}
+    for reader, command in READERS.items():
+        if shutil.which(command[0]) is None:
+            continue
+        out = folder / f"extract-{reader}"
+        out.mkdir()
+        arguments = [part.format(zip=archive, out=out) for part in command]
+        result = subprocess.run(arguments, capture_output=True)
+        assert result.returncode == 0, (reader, result.stdout, result.stderr)
+        results[reader] = {
+            path.relative_to(out).as_posix(): path.read_bytes()
+            for path in out.rglob("*")
+            if path.is_file()
+        }
+    return results

@@ -1,0 +1,139 @@
+"""Faults real deployments see, each caused on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+import struct
+import threading
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import AirTree, ClientFactory, open_paths_under, write
+from tests.zips import read_zip
+
+SMALL_BATCHES = {"read_chunk_bytes": 65536, "batch_bytes": 65536}
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _io_threads() -> int:
+    return sum(thread.name.startswith("export-io") for thread in threading.enumerate())
+
+
+async def _settle(condition: Any, seconds: float = 10) -> None:
+    """Poll ``condition`` (a state of the process, not an event) until it holds."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+
+
+async def test_forty_clients_that_reset_leave_nothing_behind(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    write(tree.render / "r" / "big.wav", os.urandom(24 * 1024 * 1024))
+    client = await make_client(limits={**SMALL_BATCHES, "io_threads": 4, "max_concurrent_zips": 40})
+    await (await client.get("/api/air/export/zip/r")).read()  # warm: pool threads exist
+    fds_before = _fd_count()
+
+    async def reset_after_one_mib() -> None:
+        sock = socket.create_connection((client.server.host, client.server.port))
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"GET /api/air/export/zip/r HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.wait_for(reader.readexactly(1024 * 1024), 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+
+    await asyncio.gather(*(reset_after_one_mib() for _ in range(40)))
+    await _settle(lambda: _fd_count() <= fds_before and not open_paths_under(tree.base))
+    assert open_paths_under(tree.base) == []
+    assert _fd_count() <= fds_before
+    assert _io_threads() <= 4
+    started = time.monotonic()
+    assert (await client.get("/healthz")).status == 200
+    assert time.monotonic() - started < 1
+    metrics = await (await client.get("/metrics")).text()
+    assert 'export_zip_downloads_cut_short_total{reason="client_gone"} 40.0' in metrics
+
+
+async def test_a_reader_that_stops_reading_is_cut_after_the_send_timeout(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    write(tree.render / "r" / "big.wav", os.urandom(48 * 1024 * 1024))
+    client = await make_client(limits={**SMALL_BATCHES, "send_timeout_seconds": 0.5})
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(b"GET /api/air/export/zip/r HTTP/1.1\r\nHost: t\r\n\r\n")
+    await reader.readexactly(1024)
+    started = time.monotonic()
+    metrics_url = "/metrics"
+    await _settle(lambda: not open_paths_under(tree.base), 10)  # we read nothing meanwhile
+    assert open_paths_under(tree.base) == []
+    assert time.monotonic() - started < 5
+    metrics = await (await client.get(metrics_url)).text()
+    assert 'export_zip_downloads_cut_short_total{reason="stalled"} 1.0' in metrics
+    received = 1024
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        while chunk := await reader.read(1 << 20):
+            received += len(chunk)
+        raise asyncio.IncompleteReadError(b"", None)  # EOF before Content-Length
+    assert received < 48 * 1024 * 1024
+    writer.close()
+
+
+async def test_a_file_replaced_by_a_folder_cuts_the_download(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    write(tree.render / "r" / "a.wav", os.urandom(256 * 1024))
+    last = write(tree.render / "r" / "z.wav", os.urandom(32 * 1024 * 1024))
+    client = await make_client(limits=SMALL_BATCHES)
+    response = await client.get("/api/air/export/zip/r")
+    await response.content.readexactly(1024)
+    last.unlink()
+    last.mkdir()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await response.read()
+    metrics = await (await client.get("/metrics")).text()
+    assert 'export_zip_downloads_cut_short_total{reason="source_changed"} 1.0' in metrics
+
+
+async def test_files_that_cannot_be_read_never_block_and_are_left_out(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    run = tree.render / "r"
+    write(run / "good.wav", b"good")
+    os.mkfifo(run / "pipe")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(run / "socket"))
+    (run / "dangling").symlink_to(run / "gone")
+    if os.geteuid() == 0:
+        os.mknod(run / "device", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    try:
+        manifest = await asyncio.wait_for((await client.get("/api/air/export/list/r")).json(), 10)
+        assert [f["rel_path"] for f in manifest["files"]] == ["r/good.wav"]
+        response = await asyncio.wait_for(client.get("/api/air/export/zip/r"), 10)
+        assert read_zip(await response.read()) == {"render/r/good.wav": b"good"}
+    finally:
+        listener.close()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+async def test_a_file_without_read_permission_is_listed_but_left_out_of_the_zip(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    write(tree.render / "r" / "good.wav", b"good")
+    secret = write(tree.render / "r" / "secret.wav", b"no")
+    secret.chmod(0)
+    manifest = await (await client.get("/api/air/export/list/r")).json()
+    assert len(manifest["files"]) == 2
+    response = await client.get("/api/air/export/zip/r")
+    assert response.headers["X-Export-Skipped-Files"] == "1"
+    assert read_zip(await response.read()) == {"render/r/good.wav": b"good"}
