@@ -25,6 +25,11 @@ def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
 def _io_threads() -> int:
     return sum(thread.name.startswith("export-io") for thread in threading.enumerate())
 
@@ -69,11 +74,14 @@ async def test_a_reader_that_stops_reading_is_cut_after_the_send_timeout(
     tree: AirTree, make_client: ClientFactory
 ) -> None:
     write(tree.render / "r" / "big.wav", os.urandom(48 * 1024 * 1024))
-    client = await make_client(limits={**SMALL_BATCHES, "send_timeout_seconds": 0.5})
+    client = await make_client(limits={**SMALL_BATCHES, "send_timeout_seconds": 1.0})
+    rss_before = _rss_kib()
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     writer.write(b"GET /api/air/export/zip/r HTTP/1.1\r\nHost: t\r\n\r\n")
     await reader.readexactly(1024)
     started = time.monotonic()
+    await asyncio.sleep(0.5)  # stalled: the server waits, holding what it has
+    assert _rss_kib() - rss_before < 16 * 1024, "a stalled download must hold bounded memory"
     metrics_url = "/metrics"
     await _settle(lambda: not open_paths_under(tree.base), 10)  # we read nothing meanwhile
     assert open_paths_under(tree.base) == []
