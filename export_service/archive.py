@@ -10,20 +10,26 @@ its root, and reads it in large chunks.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import posixpath
 import re
 import stat
 import struct
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Generator, Iterator, Mapping
 from datetime import UTC, datetime
+from importlib.metadata import version
 from typing import Any, NamedTuple, get_args
+from zipfile import ZIP64_LIMIT, ZIP_STORED
 
 import zipstream.ng
 from isal import isal_zlib
 from zipstream import ZipStream
+from zipstream.ng import _FLAG_DATA_DESCRIPTOR, ZIP64_ESTIMATE_FACTOR, ZipStreamInfo
 
 from .errors import SourceChanged
 from .files import open_checked
@@ -149,37 +155,124 @@ def _dos_date_time(mtime_ns: int) -> tuple[int, int, int, int, int, int]:
     return min(max(_ZIP_MIN_DATE, stamp), _ZIP_MAX_DATE)
 
 
-class _UtcStampedZipStream(ZipStream):  # type: ignore[misc]
-    """A ZipStream whose entries carry their file's mtime in UTC.
+class CrcCache:
+    """CRC-32s of files by (device, inode, size, mtime_ns), least recently used
+    dropped first. Every full read of a file fills it, so resuming a download
+    at offset X does not read again the files before X."""
 
-    zipstream-ng stamps entries added from an iterable with the current local
-    time, and offers no option for it (pR0Ps/zipstream-ng#27). The local
-    header's DOS time and date sit at bytes 10-13; the central directory reads
-    the entry's ``date_time``. tests/test_archive.py checks both, so an
-    upstream change that breaks this shows up there.
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self._max_entries = max_entries
+        self._crcs: OrderedDict[tuple[int, int, int, int], int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int, int, int]) -> int | None:
+        with self._lock:
+            crc = self._crcs.get(key)
+            if crc is not None:
+                self._crcs.move_to_end(key)
+            return crc
+
+    def put(self, key: tuple[int, int, int, int], crc: int) -> None:
+        with self._lock:
+            self._crcs[key] = crc
+            self._crcs.move_to_end(key)
+            while len(self._crcs) > self._max_entries:
+                self._crcs.popitem(last=False)
+
+
+class SkippedData(NamedTuple):
+    """Stands in the stream for file data that lies before a range's start."""
+
+    size: int
+
+
+def _local_header_length(arcname: str, size: int) -> int:
+    """What zipstream-ng writes before an entry's data (its ``FileHeader``)."""
+    try:
+        name_length = len(arcname.encode("ascii"))
+    except UnicodeEncodeError:
+        name_length = len(arcname.encode("utf-8"))
+    zip64 = size * ZIP64_ESTIMATE_FACTOR > ZIP64_LIMIT
+    return 30 + name_length + (20 if zip64 else 0)
+
+
+def _dos_bytes(date_time: tuple[int, ...]) -> bytes:
+    year, month, day, hour, minute, second = date_time
+    return struct.pack(
+        "<HH", hour << 11 | minute << 5 | second // 2, (year - 1980) << 9 | month << 5 | day
+    )
+
+
+class _ExportZipStream(ZipStream):  # type: ignore[misc]
+    """zipstream-ng, with two things it does not offer, both guarded by tests
+    in tests/test_archive.py and tests/test_zip_ranges.py:
+
+    - Entries carry their file's mtime in UTC. zipstream-ng stamps entries
+      added from an iterable with the current local time and has no option
+      for it (pR0Ps/zipstream-ng#27). The local header's DOS time and date sit
+      at bytes 10-13; the central directory reads the entry's ``date_time``.
+    - An entry whose CRC is known can be written without its data (for a
+      range that starts after it): the header and data descriptor are made
+      from the same ``ZipStreamInfo`` fields zipstream-ng sets for an
+      iterable, and a :class:`SkippedData` marker stands for the data.
+    CRCs of entries read in full go to the :class:`CrcCache`.
     """
 
-    def add_stamped(
-        self, data: Iterator[bytes], arcname: str, size: int, date_time: tuple[int, ...]
+    def __init__(self, crcs: CrcCache | None) -> None:
+        super().__init__(sized=True)
+        self._crcs = crcs
+
+    def add_entry(
+        self,
+        data: Iterator[bytes],
+        arcname: str,
+        size: int,
+        date_time: tuple[int, ...],
+        cache_key: tuple[int, int, int, int],
+        known_crc: int | None = None,
     ) -> None:
         self.add(data, arcname, size=size)
-        self._queue[-1]["date_time"] = date_time
+        self._queue[-1].update(date_time=date_time, cache_key=cache_key, known_crc=known_crc)
 
     def _gen_file_entry(
-        self, *, date_time: tuple[int, ...] | None = None, **kwargs: Any
-    ) -> Iterator[bytes]:
-        parts = super()._gen_file_entry(**kwargs)
-        if date_time is None:
-            yield from parts
+        self,
+        *,
+        date_time: tuple[int, ...],
+        cache_key: tuple[int, int, int, int],
+        known_crc: int | None,
+        **kwargs: Any,
+    ) -> Iterator[bytes | SkippedData]:
+        if known_crc is not None:
+            yield from self._entry_without_data(
+                kwargs["arcname"], kwargs["size"], date_time, known_crc
+            )
             return
+        parts = super()._gen_file_entry(**kwargs)
         header = next(parts)
-        year, month, day, hour, minute, second = date_time
-        dos = struct.pack(
-            "<HH", hour << 11 | minute << 5 | second // 2, (year - 1980) << 9 | month << 5 | day
-        )
-        yield header[:10] + dos + header[14:]
+        yield header[:10] + _dos_bytes(date_time) + header[14:]
         yield from parts
-        self._filelist[-1].date_time = date_time
+        entry = self._filelist[-1]
+        entry.date_time = date_time
+        if self._crcs is not None:
+            self._crcs.put(cache_key, entry.CRC)
+
+    def _entry_without_data(
+        self, arcname: str, size: int, date_time: tuple[int, ...], crc: int
+    ) -> Iterator[bytes | SkippedData]:
+        entry = ZipStreamInfo(arcname, date_time)
+        entry.external_attr = 0o600 << 16  # as zipstream-ng sets it for an iterable
+        entry.file_size = entry.compress_size = size
+        entry.compress_type = ZIP_STORED
+        entry._compresslevel = None
+        entry.header_offset = self._pos
+        entry.flag_bits |= _FLAG_DATA_DESCRIPTOR
+        zip64 = size * ZIP64_ESTIMATE_FACTOR > ZIP64_LIMIT
+        yield self._track(entry.FileHeader(zip64))
+        self._pos += size
+        yield SkippedData(size)
+        entry.CRC = crc
+        yield self._track(entry.DataDescriptor(zip64))
+        self._filelist.append(entry)
 
 
 def _read_entry(entry: PlannedEntry, chunk_bytes: int) -> Generator[bytes, None, None]:
@@ -210,19 +303,89 @@ def _read_entry(entry: PlannedEntry, chunk_bytes: int) -> Generator[bytes, None,
             raise SourceChanged(f"{entry.rel_path}: was modified while being read")
 
 
-class ExportArchive:
-    """A planned download: its entries, exact size, and (once) its bytes."""
+def _file_crc(entry: PlannedEntry, chunk_bytes: int) -> int:
+    """Read a planned file to learn its CRC-32 (it must still be the planned file)."""
+    crc = 0
+    for chunk in _read_entry(entry, chunk_bytes):
+        crc = isal_zlib.crc32(chunk, crc)
+    return crc
 
-    def __init__(self, entries: list[PlannedEntry], skipped: list[str], chunk_bytes: int):
+
+def _ranged(
+    pieces: Iterator[bytes | SkippedData], start: int, end: int
+) -> Generator[bytes, None, None]:
+    """The bytes of ``pieces`` from offset ``start`` to ``end`` (inclusive)."""
+    offset = 0
+    for piece in pieces:
+        if isinstance(piece, SkippedData):
+            offset += piece.size
+            continue
+        piece_end = offset + len(piece)
+        if piece_end > start:
+            low, high = max(0, start - offset), min(len(piece), end + 1 - offset)
+            yield piece[low:high] if low or high < len(piece) else piece
+        offset = piece_end
+        if offset > end:
+            return
+
+
+class ExportArchive:
+    """A planned download: its entries, exact size, strong ETag, and its bytes
+    (all of them, or one range)."""
+
+    FORMAT = f"stored zip, zipstream-ng {version('zipstream-ng')}, utc mtimes"
+
+    def __init__(
+        self,
+        entries: list[PlannedEntry],
+        skipped: list[str],
+        chunk_bytes: int,
+        crcs: CrcCache | None = None,
+    ):
         self.entries = entries
         self.skipped = skipped
-        self._readers = [_read_entry(entry, chunk_bytes) for entry in entries]
-        self._stream = _UtcStampedZipStream(sized=True)
-        for entry, reader in zip(entries, self._readers, strict=True):
-            self._stream.add_stamped(
-                reader, entry.arcname, entry.size, _dos_date_time(entry.mtime_ns)
+        self._chunk_bytes = chunk_bytes
+        self._crcs = crcs
+        self._full = self._stream(skip_data_before=0)
+        self.size: int = len(self._full[0])
+
+    def _stream(
+        self, skip_data_before: int
+    ) -> tuple[_ExportZipStream, list[Generator[bytes, None, None]]]:
+        """A stream of the archive; entries whose data ends before the given
+        offset are written without their data (their CRC from the cache, or
+        from reading the file once)."""
+        stream = _ExportZipStream(self._crcs)
+        readers = []
+        offset = 0
+        for entry in self.entries:
+            data_start = offset + _local_header_length(entry.arcname, entry.size)
+            offset = (
+                data_start
+                + entry.size
+                + (24 if entry.size * ZIP64_ESTIMATE_FACTOR > ZIP64_LIMIT else 16)
             )
-        self.size: int = len(self._stream)
+            known_crc = None
+            if data_start + entry.size <= skip_data_before:
+                cached = self._crcs.get(entry.snapshot) if self._crcs is not None else None
+                known_crc = cached if cached is not None else self._learn_crc(entry)
+            reader = _read_entry(entry, self._chunk_bytes)
+            readers.append(reader)
+            stream.add_entry(
+                reader,
+                entry.arcname,
+                entry.size,
+                _dos_date_time(entry.mtime_ns),
+                entry.snapshot,
+                known_crc,
+            )
+        return stream, readers
+
+    def _learn_crc(self, entry: PlannedEntry) -> int:
+        crc = _file_crc(entry, self._chunk_bytes)
+        if self._crcs is not None:
+            self._crcs.put(entry.snapshot, crc)
+        return crc
 
     @property
     def last_modified(self) -> datetime | None:
@@ -231,17 +394,42 @@ class ExportArchive:
         newest = max(entry.mtime_ns for entry in self.entries)
         return datetime.fromtimestamp(newest // 1_000_000_000, UTC)
 
-    def chunks(self) -> Generator[bytes, None, None]:
-        """The archive's bytes; single use. Closing it closes any open file."""
+    @property
+    def etag(self) -> str:
+        """Strong: the same for the same planned files (name, size, mtime,
+        inode) on any replica, different as soon as one of them changes."""
+        digest = hashlib.sha256(self.FORMAT.encode())
+        for entry in self.entries:
+            digest.update(
+                f"{entry.arcname}\0{entry.size}\0{entry.mtime_ns}\0{entry.ino}\n".encode()
+            )
+        return f'"{digest.hexdigest()[:40]}"'
+
+    def chunks(self, start: int = 0, end: int | None = None) -> Generator[bytes, None, None]:
+        """The archive's bytes from ``start`` to ``end`` (inclusive; default:
+        all). Blocking: learning the CRCs of files before ``start`` happens on
+        the first pull. Closing it closes any open file."""
+        end = self.size - 1 if end is None else end
+        readers: list[Generator[bytes, None, None]] = []
         try:
-            yield from self._stream
+            if start == 0:
+                stream, readers = self._full
+            else:
+                stream, readers = self._stream(skip_data_before=start)
+            pieces = iter(stream)
+            yield from (
+                pieces if (start, end) == (0, self.size - 1) else _ranged(pieces, start, end)
+            )
         finally:
-            for reader in self._readers:
+            for reader in readers:
                 reader.close()
 
 
 def plan_archive(
-    files: list[ExportedFile], root_reals: Mapping[Step, str], chunk_bytes: int
+    files: list[ExportedFile],
+    root_reals: Mapping[Step, str],
+    chunk_bytes: int,
+    crcs: CrcCache | None = None,
 ) -> ExportArchive:
     """Name every file of the export and check it can be read now (blocking).
 
@@ -277,15 +465,18 @@ def plan_archive(
                 info.st_ino,
             )
         )
-    return ExportArchive(entries, skipped, chunk_bytes)
+    return ExportArchive(entries, skipped, chunk_bytes, crcs)
 
 
 def plan_export_archive(
-    sources: ExportSources, render_run_id: str, param_run_id: str | None
+    sources: ExportSources,
+    render_run_id: str,
+    param_run_id: str | None,
+    crcs: CrcCache | None = None,
 ) -> ExportArchive:
     """The manifest's files, planned as one download (blocking, one hop)."""
     export = build_export(sources, render_run_id, param_run_id)
     root_reals: dict[Step, str] = {
         step: os.path.realpath(getattr(sources.settings.roots, step)) for step in get_args(Step)
     }
-    return plan_archive(export.files, root_reals, sources.settings.limits.read_chunk_bytes)
+    return plan_archive(export.files, root_reals, sources.settings.limits.read_chunk_bytes, crcs)
