@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from . import ops
+from .archive import CrcCache
 from .config import Settings
 from .errors import ExportServiceError, Unauthorized
 from .logs import AccessLog, request_id
@@ -25,7 +26,16 @@ from .manifest import ExportSources
 from .metrics import Metrics
 from .openapi import openapi_route
 from .routes import file_route, routes
-from .state import IO_EXECUTOR, METRICS, SETTINGS, SHUTTING_DOWN, SOURCES, ZIP_SLOTS, DownloadSlots
+from .state import (
+    CRC_CACHE,
+    IO_EXECUTOR,
+    METRICS,
+    SETTINGS,
+    SHUTTING_DOWN,
+    SOURCES,
+    ZIP_SLOTS,
+    DownloadSlots,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +137,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SOURCES] = ExportSources.from_settings(settings)
     app[METRICS] = Metrics()
     app[ZIP_SLOTS] = DownloadSlots(settings.limits.max_concurrent_zips)
+    app[CRC_CACHE] = CrcCache()
     app[SHUTTING_DOWN] = asyncio.Event()
 
     async def io_executor(app: web.Application) -> AsyncIterator[None]:

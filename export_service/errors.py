@@ -61,6 +61,11 @@ class TooManyDownloads(ExportServiceError):
     code = "too_many_downloads"
 
 
+class RangeNotSatisfiable(ExportServiceError):
+    status = 416
+    code = "range_not_satisfiable"
+
+
 class NotReady(ExportServiceError):
     status = 503
     code = "not_ready"

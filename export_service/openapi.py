@@ -90,14 +90,33 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         + [("LinkUpdate", "validation", TypeAdapter(LinkUpdate))],
         ref_template="#/components/schemas/{model}",
     )
+    zip_body = {"application/zip": {"schema": {"type": "string", "format": "binary"}}}
     zip_operation = {
-        "parameters": [_RENDER_RUN_ID, _PARAM_RUN_ID],
+        "parameters": [
+            _RENDER_RUN_ID,
+            _PARAM_RUN_ID,
+            {
+                "name": "Range",
+                "in": "header",
+                "required": False,
+                "description": "one byte range (bytes=a-b, bytes=a-, bytes=-n); others: all",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "If-Range",
+                "in": "header",
+                "required": False,
+                "description": "the ETag or Last-Modified the range belongs to",
+                "schema": {"type": "string"},
+            },
+        ],
         "responses": {
             "200": {
-                "description": "the export as one stored ZIP, streamed, with exact Content-Length",
-                "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+                "description": "the export as one stored ZIP, streamed, exact length",
+                "content": zip_body,
             },
-            **_errors(*denied, 422, 503),
+            "206": {"description": "one range of that ZIP", "content": zip_body},
+            **_errors(*denied, 416, 422, 503),
         },
     }
     file_operation = {

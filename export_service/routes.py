@@ -13,11 +13,13 @@ from aiohttp.abc import AbstractStreamWriter
 from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
 
 from .archive import plan_export_archive
+from .byte_ranges import requested_range
 from .errors import InvalidRequestBody, LinkNotFound, SourceChanged, TooManyDownloads
 from .files import content_type, open_root_file, reopenable_path
 from .manifest import Step, build_export, manifest_json
 from .run_ids import RUN_ID_JSON_SCHEMA, check_param_run_id, check_render_run_id
 from .state import (
+    CRC_CACHE,
     IO_EXECUTOR,
     METRICS,
     SETTINGS,
@@ -93,19 +95,37 @@ async def _send_zip(
 ) -> web.StreamResponse:
     settings, metrics = request.app[SETTINGS], request.app[METRICS]
     archive = await run_blocking(
-        request, plan_export_archive, request.app[SOURCES], render_run_id, param_run_id
+        request,
+        plan_export_archive,
+        request.app[SOURCES],
+        render_run_id,
+        param_run_id,
+        request.app[CRC_CACHE],
     )
+    byte_range = requested_range(
+        request.headers.get(hdrs.RANGE),
+        request.headers.get(hdrs.IF_RANGE),
+        archive.size,
+        archive.etag,
+        archive.last_modified,
+    )
+    first, last = byte_range or (0, archive.size - 1)
     response = web.StreamResponse(
+        status=206 if byte_range else 200,
         headers={
             hdrs.CONTENT_DISPOSITION: content_disposition(render_run_id),
+            hdrs.ETAG: archive.etag,
+            hdrs.ACCEPT_RANGES: "bytes",
             "X-Export-Files": str(len(archive.entries)),
             "X-Export-Skipped-Files": str(len(archive.skipped)),
             # Proxies (nginx) must pass the stream on as it comes, not buffer it.
             "X-Accel-Buffering": "no",
-        }
+        },
     )
+    if byte_range:
+        response.headers[hdrs.CONTENT_RANGE] = f"bytes {first}-{last}/{archive.size}"
     response.content_type = "application/zip"
-    response.content_length = archive.size
+    response.content_length = last - first + 1
     response.last_modified = archive.last_modified
     await response.prepare(request)
     if not streams:
@@ -114,7 +134,7 @@ async def _send_zip(
     metrics.files_skipped.inc(len(archive.skipped))
     metrics.zips_in_flight.inc()
     chunks = OffloadedChunks(
-        archive.chunks(), request.app[IO_EXECUTOR], settings.limits.batch_bytes
+        archive.chunks(first, last), request.app[IO_EXECUTOR], settings.limits.batch_bytes
     )
     send_timeout = settings.limits.send_timeout_seconds
     try:

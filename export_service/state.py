@@ -11,6 +11,7 @@ from typing import ParamSpec, TypeVar
 
 from aiohttp import web
 
+from .archive import CrcCache
 from .config import Settings
 from .manifest import ExportSources
 from .metrics import Metrics
@@ -39,6 +40,7 @@ SOURCES = web.AppKey("sources", ExportSources)
 IO_EXECUTOR = web.AppKey("io_executor", ThreadPoolExecutor)
 METRICS = web.AppKey("metrics", Metrics)
 ZIP_SLOTS = web.AppKey("zip_slots", DownloadSlots)
+CRC_CACHE = web.AppKey("crc_cache", CrcCache)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 
 _P = ParamSpec("_P")

@@ -22,6 +22,15 @@ def _unwrap(result: Any) -> Any:
     return result.ok()
 
 
+def excluded(operation: Any) -> list[Any]:
+    """Whether a Range can be satisfied depends on the ZIP's size, which no
+    schema states: a 416 for a well-formed Range is right, not "valid data
+    rejected". The list endpoint checks the same run-id schema fully."""
+    if operation.path.startswith("/api/air/export/zip/"):
+        return [schemathesis.checks.positive_data_acceptance]
+    return []
+
+
 def test_every_operation_answers_as_documented() -> None:
     with live_service() as service:
         schema = schemathesis.openapi.from_url(f"{service.base_url}/api/air/export/openapi.json")
@@ -37,6 +46,6 @@ def test_every_operation_answers_as_documented() -> None:
                 suppress_health_check=list(HealthCheck),
             )
             def answers_as_documented(case: Any) -> None:
-                case.call_and_validate()
+                case.call_and_validate(excluded_checks=excluded(case.operation))
 
             answers_as_documented()

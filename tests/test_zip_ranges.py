@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import struct
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import export_service.archive as archive_module
 from export_service.archive import CrcCache, ExportArchive, plan_export_archive
+from export_service.errors import SourceChanged
 from export_service.manifest import ExportSources
 from tests.conftest import AirTree, write
+from tests.zips import unzip_test
 
 
 def _archive(tree: AirTree, crcs: CrcCache | None = None) -> ExportArchive:
@@ -115,5 +119,72 @@ def test_a_file_changed_before_a_resume_fails_it(tree: AirTree, tmp_path: Path) 
     archive = _archive(tree)
     middle = archive.size // 2
     os.truncate(tree.render / "r" / "a.wav", 10)
-    with pytest.raises(archive_module.SourceChanged):
+    with pytest.raises(SourceChanged):
         b"".join(archive.chunks(middle))
+
+
+async def _get(client: Any, path: str, **headers: str) -> tuple[int, Any, bytes]:
+    response = await client.get(path, headers=headers)
+    return response.status, response.headers, await response.read()
+
+
+async def test_range_requests_over_http(tree: AirTree, client: Any) -> None:
+    _populate(tree)
+    url = "/api/air/export/zip/r"
+    status, headers, full = await _get(client, url)
+    size = len(full)
+    assert status == 200 and headers["Accept-Ranges"] == "bytes"
+    etag, last_modified = headers["ETag"], headers["Last-Modified"]
+    cases = {
+        "bytes=100-199": (100, 199),
+        f"bytes={size - 30}-": (size - 30, size - 1),
+        "bytes=-25": (size - 25, size - 1),
+        f"bytes=0-{size + 500}": (0, size - 1),
+        f"bytes={size - 1}-{size - 1}": (size - 1, size - 1),
+    }
+    for header, (first, last) in cases.items():
+        status, headers, body = await _get(client, url, Range=header)
+        assert status == 206, header
+        assert headers["Content-Range"] == f"bytes {first}-{last}/{size}"
+        assert body == full[first : last + 1], header
+        assert headers["ETag"] == etag
+    for header in (f"bytes={size}-", "bytes=-0"):
+        status, headers, body = await _get(client, url, Range=header)
+        assert status == 416 and headers["Content-Range"] == f"bytes */{size}"
+        assert b'"range_not_satisfiable"' in body
+    for header in ("bytes=0-9,20-29", "bytes=9-0", "items=0-9", "bytes=x-"):
+        status, _, body = await _get(client, url, Range=header)
+        assert status == 200 and body == full, header
+    assert (await _get(client, url, **{"Range": "bytes=10-", "If-Range": etag}))[0] == 206
+    assert (await _get(client, url, **{"Range": "bytes=10-", "If-Range": last_modified}))[0] == 206
+    for stale in ('"something-else"', "W/" + etag, "Sat, 01 Jan 2000 00:00:00 GMT"):
+        status, _, body = await _get(client, url, **{"Range": "bytes=10-", "If-Range": stale})
+        assert status == 200 and body == full, stale
+    head = await client.head(url, headers={"Range": "bytes=100-199"})
+    assert head.status == 206 and head.headers["Content-Length"] == "100"
+    assert head.headers["Content-Range"] == f"bytes 100-199/{size}"
+    assert await head.read() == b""
+    os.utime(tree.render / "r" / "a.wav", (1_900_000_000, 1_900_000_000))
+    _, headers, _ = await _get(client, url)
+    assert headers["ETag"] != etag
+
+
+async def test_curl_resumes_a_download_cut_in_the_middle(
+    tree: AirTree, client: Any, tmp_path: Path
+) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    _populate(tree)
+    url = str(client.make_url("/api/air/export/zip/r"))
+    full = await (await client.get("/api/air/export/zip/r")).read()
+    partial = tmp_path / "export_r.zip"
+    partial.write_bytes(full[: len(full) // 2])  # what a dropped connection left
+    result = await asyncio.to_thread(
+        subprocess.run, ["curl", "-sS", "-C", "-", "-o", str(partial), url], capture_output=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert partial.read_bytes() == full
+    unzip_test(partial.read_bytes(), tmp_path)
