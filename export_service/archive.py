@@ -348,6 +348,23 @@ class ExportArchive:
         self._crcs = crcs
         self._full = self._stream(skip_data_before=0)
         self.size: int = len(self._full[0])
+        # Computed here, in the planning hop, not on the event loop.
+        self.etag = self._etag()
+        self.last_modified = (
+            datetime.fromtimestamp(max(e.mtime_ns for e in entries) // 1_000_000_000, UTC)
+            if entries
+            else None
+        )
+
+    def _etag(self) -> str:
+        """Strong: the same for the same planned files (name, size, mtime,
+        inode) on any replica, different as soon as one of them changes."""
+        digest = hashlib.sha256(self.FORMAT.encode())
+        for entry in self.entries:
+            digest.update(
+                f"{entry.arcname}\0{entry.size}\0{entry.mtime_ns}\0{entry.ino}\n".encode()
+            )
+        return f'"{digest.hexdigest()[:40]}"'
 
     def _stream(
         self, skip_data_before: int
@@ -386,24 +403,6 @@ class ExportArchive:
         if self._crcs is not None:
             self._crcs.put(entry.snapshot, crc)
         return crc
-
-    @property
-    def last_modified(self) -> datetime | None:
-        if not self.entries:
-            return None
-        newest = max(entry.mtime_ns for entry in self.entries)
-        return datetime.fromtimestamp(newest // 1_000_000_000, UTC)
-
-    @property
-    def etag(self) -> str:
-        """Strong: the same for the same planned files (name, size, mtime,
-        inode) on any replica, different as soon as one of them changes."""
-        digest = hashlib.sha256(self.FORMAT.encode())
-        for entry in self.entries:
-            digest.update(
-                f"{entry.arcname}\0{entry.size}\0{entry.mtime_ns}\0{entry.ino}\n".encode()
-            )
-        return f'"{digest.hexdigest()[:40]}"'
 
     def chunks(self, start: int = 0, end: int | None = None) -> Generator[bytes, None, None]:
         """The archive's bytes from ``start`` to ``end`` (inclusive; default:

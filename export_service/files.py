@@ -83,8 +83,9 @@ def url_path_segments(raw_tail: str) -> list[str]:
     return segments
 
 
-def open_root_file(root: str, raw_tail: str) -> tuple[int, os.stat_result, str]:
-    """Open the file a manifest URL names below ``root``: (fd, stat, real path).
+def open_root_file(root: str, raw_tail: str) -> tuple[int, str, str]:
+    """Open the file a manifest URL names below ``root``: (fd, a path that
+    opens exactly that file, its real path).
 
     :class:`NotFound` for anything that is not a regular file inside the root.
     """
@@ -93,7 +94,7 @@ def open_root_file(root: str, raw_tail: str) -> tuple[int, os.stat_result, str]:
     if not is_within(root_real, path):
         raise NotFound("no such file")
     try:
-        fd, info = open_checked(path, root_real)
+        fd, _ = open_checked(path, root_real)
     except (OSError, SourceChanged):
         raise NotFound("no such file") from None
-    return fd, info, path
+    return fd, reopenable_path(fd, path), path

@@ -52,5 +52,5 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics", allow_head=False)
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[METRICS].exposition()
+    body = await run_blocking(request, request.app[METRICS].exposition)  # reads /proc
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
 from .archive import plan_export_archive
 from .byte_ranges import requested_range
 from .errors import InvalidRequestBody, LinkNotFound, SourceChanged, TooManyDownloads
-from .files import content_type, open_root_file, reopenable_path
+from .files import content_type, open_root_file
 from .manifest import Step, build_export, manifest_json
 from .run_ids import RUN_ID_JSON_SCHEMA, check_param_run_id, check_render_run_id
 from .state import (
@@ -233,10 +233,8 @@ class _VerifiedFileResponse(web.FileResponse):
     right after the handler, so the close always runs.
     """
 
-    def __init__(self, fd: int, real_path: str) -> None:
-        super().__init__(
-            reopenable_path(fd, real_path), headers={hdrs.CONTENT_TYPE: content_type(real_path)}
-        )
+    def __init__(self, fd: int, path_to_open: str, real_path: str) -> None:
+        super().__init__(path_to_open, headers={hdrs.CONTENT_TYPE: content_type(real_path)})
         self._fd: int | None = fd
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
@@ -255,7 +253,7 @@ def file_route(step: Step, prefix: str) -> web.RouteDef:
     async def serve_file(request: web.Request) -> web.StreamResponse:
         raw_tail = request.rel_url.raw_path[len(prefix) + 1 :]
         root = str(getattr(request.app[SETTINGS].roots, step))
-        fd, _, real_path = await run_blocking(request, open_root_file, root, raw_tail)
-        return _VerifiedFileResponse(fd, real_path)
+        fd, path_to_open, real_path = await run_blocking(request, open_root_file, root, raw_tail)
+        return _VerifiedFileResponse(fd, path_to_open, real_path)
 
     return web.get(prefix + "/{tail:.+}", serve_file, name=f"file_{step}")

@@ -18,7 +18,9 @@ _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs"})
 
 
 # The same rule as a JSON Schema, for the OpenAPI document: no separator or
-# control character, at least one non-space, not "." or "..", 1-200 characters.
+# control character, at least one non-space, not "." or "..", 1-200
+# characters. (Lone surrogates, also refused, cannot travel in a URL or JSON
+# text.) tests/test_properties.py checks the two agree.
 _ALLOWED = r"[^/\\\x00-\x1f\x7f-\x9f]"
 RUN_ID_JSON_SCHEMA = {
     "type": "string",

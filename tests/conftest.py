@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,33 @@ def write(path: Path, content: bytes = b"", mtime: int | None = None) -> Path:
     if mtime is not None:
         os.utime(path, (mtime, mtime))
     return path
+
+
+async def raw_exchange(client: TestClient[Any, Any], request: bytes) -> tuple[bytes, bytes]:
+    """Send one raw HTTP/1.1 request (no client-side normalization of the path);
+    (head, body) as received until the server closes."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(request)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(-1), 10)
+    writer.close()
+    await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def raw_get(client: TestClient[Any, Any], path: str) -> tuple[int, bytes]:
+    """GET exactly this path; (status, body)."""
+    request = f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+    head, body = await raw_exchange(client, request)
+    return int(head.split()[1]), body
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    """Poll a state of the process (not an event) until it holds, or time runs out."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
 
 
 def open_paths_under(folder: Path) -> list[str]:

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import AirTree, ClientFactory, open_paths_under, write
+from tests.conftest import AirTree, ClientFactory, open_paths_under, wait_until, write
 from tests.zips import read_zip
 
 SMALL_BATCHES = {"read_chunk_bytes": 65536, "batch_bytes": 65536}
@@ -32,13 +32,6 @@ def _rss_kib() -> int:
 
 def _io_threads() -> int:
     return sum(thread.name.startswith("export-io") for thread in threading.enumerate())
-
-
-async def _settle(condition: Any, seconds: float = 10) -> None:
-    """Poll ``condition`` (a state of the process, not an event) until it holds."""
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.02)
 
 
 async def test_forty_clients_that_reset_leave_nothing_behind(
@@ -59,7 +52,7 @@ async def test_forty_clients_that_reset_leave_nothing_behind(
         writer.close()
 
     await asyncio.gather(*(reset_after_one_mib() for _ in range(40)))
-    await _settle(lambda: _fd_count() <= fds_before and not open_paths_under(tree.base))
+    await wait_until(lambda: _fd_count() <= fds_before and not open_paths_under(tree.base))
     assert open_paths_under(tree.base) == []
     assert _fd_count() <= fds_before
     assert _io_threads() <= 4
@@ -83,7 +76,7 @@ async def test_a_reader_that_stops_reading_is_cut_after_the_send_timeout(
     await asyncio.sleep(0.5)  # stalled: the server waits, holding what it has
     assert _rss_kib() - rss_before < 16 * 1024, "a stalled download must hold bounded memory"
     metrics_url = "/metrics"
-    await _settle(lambda: not open_paths_under(tree.base), 10)  # we read nothing meanwhile
+    await wait_until(lambda: not open_paths_under(tree.base), 10)  # we read nothing meanwhile
     assert open_paths_under(tree.base) == []
     assert time.monotonic() - started < 5
     metrics = await (await client.get(metrics_url)).text()

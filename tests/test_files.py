@@ -8,7 +8,15 @@ from aiohttp.test_utils import TestClient
 
 from export_service.errors import NotFound
 from export_service.files import content_type, open_root_file, url_path_segments
-from tests.conftest import CANARY, AirTree, ClientFactory, write
+from tests.conftest import (
+    CANARY,
+    AirTree,
+    ClientFactory,
+    open_paths_under,
+    raw_get,
+    wait_until,
+    write,
+)
 
 NAMES = ["mix.wav", "a b.wav", "#1.mp3", "100%.json", "naïve ü.mid", "stems/deep/x.wav", "?q=1"]
 
@@ -27,17 +35,6 @@ def _populate(tree: AirTree) -> dict[str, bytes]:
     return contents
 
 
-async def _raw_get(client: TestClient[Any, Any], path: str, extra: str = "") -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    request = f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{extra}\r\n"
-    writer.write(request.encode())
-    data = await asyncio.wait_for(reader.read(-1), 10)
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
-
-
 async def test_every_manifest_url_serves_its_file(
     tree: AirTree, client: TestClient[Any, Any]
 ) -> None:
@@ -46,7 +43,7 @@ async def test_every_manifest_url_serves_its_file(
     assert len(manifest["files"]) == len(NAMES) + 3
     roots = {"render": tree.render, "midi_generation": tree.midi, "param_generation": tree.param}
     for item in manifest["files"]:
-        status, body = await _raw_get(client, item["url"])
+        status, body = await raw_get(client, item["url"])
         assert status == 200, item
         if "\ufffd" in item["rel_path"]:
             assert body == b"raw"
@@ -107,7 +104,7 @@ async def test_hostile_file_paths_are_json_404s(
     (tree.render / "r" / "leak.txt").symlink_to(tree.canary)
     (tree.render / "r" / "leak_dir").symlink_to(tree.base)
     (tree.render / "escape").symlink_to(tree.base)
-    status, body = await _raw_get(client, path)
+    status, body = await raw_get(client, path)
     assert status in (404, 422), (status, body)
     assert body.startswith(b'{"detail":{"error":')
     assert CANARY not in body
@@ -145,9 +142,11 @@ def test_url_segments_are_decoded_once_from_bytes() -> None:
 
 def test_open_root_file_refuses_what_is_not_a_file_inside(tree: AirTree) -> None:
     write(tree.render / "r" / "a.wav", b"a")
-    fd, info, path = open_root_file(str(tree.render), "r/a.wav")
+    fd, path_to_open, path = open_root_file(str(tree.render), "r/a.wav")
+    with open(path_to_open, "rb") as reopened:
+        assert reopened.read() == b"a"
     os.close(fd)
-    assert info.st_size == 1 and path == str((tree.render / "r" / "a.wav").resolve())
+    assert path == str((tree.render / "r" / "a.wav").resolve())
     (tree.render / "r" / "out").symlink_to(tree.canary)
     for tail in ["r/out", "r", "r/missing.wav"]:
         with pytest.raises(NotFound):
@@ -174,8 +173,6 @@ def test_no_descriptor_is_left_open(tree: AirTree, tmp_path: Path) -> None:
 async def test_served_files_leave_no_descriptor_open(
     tree: AirTree, client: TestClient[Any, Any]
 ) -> None:
-    from tests.conftest import open_paths_under
-
     write(tree.render / "r" / "a.wav", os.urandom(300_000))
     etag = (await client.get("/api/audio/r/a.wav")).headers["ETag"]
     for headers in (
@@ -191,8 +188,5 @@ async def test_served_files_leave_no_descriptor_open(
     writer.write(b"GET /api/audio/r/a.wav HTTP/1.1\r\nHost: t\r\n\r\n")
     await reader.read(1000)
     writer.close()  # gone mid-body
-    for _ in range(100):
-        if not open_paths_under(tree.base):
-            break
-        await asyncio.sleep(0.02)
+    await wait_until(lambda: not open_paths_under(tree.base))
     assert open_paths_under(tree.base) == []

@@ -1,13 +1,12 @@
 """Hostile ids and paths: nothing outside the three roots ever comes back."""
 
-import asyncio
 import os
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import CANARY, AirTree, write
+from tests.conftest import CANARY, AirTree, raw_get, write
 from tests.zips import read_zip
 
 HOSTILE_IDS = [
@@ -36,17 +35,6 @@ HOSTILE_IDS = [
 ]
 
 
-async def _raw_get(client: TestClient[Any, Any], path: str) -> tuple[int, bytes]:
-    """GET exactly this path (no client-side normalization)."""
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
-    data = await asyncio.wait_for(reader.read(-1), 10)
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
-
-
 @pytest.fixture
 def hostile_tree(tree: AirTree) -> AirTree:
     write(tree.render / "r" / "mix.wav", b"ok")
@@ -66,10 +54,10 @@ async def test_hostile_ids_never_reach_outside(
     hostile_tree: AirTree, client: TestClient[Any, Any], endpoint: str, run_id: str
 ) -> None:
     for query in ("", "?param_run_id=" + run_id):
-        status, body = await _raw_get(client, f"/api/air/export/{endpoint}/r{query}")
+        status, body = await raw_get(client, f"/api/air/export/{endpoint}/r{query}")
         assert status in (200, 422)
         assert CANARY not in body
-        status, body = await _raw_get(client, f"/api/air/export/{endpoint}/{run_id}{query}")
+        status, body = await raw_get(client, f"/api/air/export/{endpoint}/{run_id}{query}")
         assert status in (200, 404, 422), (status, body)
         assert CANARY not in body
         assert str(hostile_tree.base).encode() not in body

@@ -10,22 +10,17 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from export_service.routes import content_disposition
-from tests.conftest import AirTree, ClientFactory, open_paths_under, write
+from tests.conftest import (
+    AirTree,
+    ClientFactory,
+    open_paths_under,
+    raw_exchange,
+    wait_until,
+    write,
+)
 from tests.zips import read_zip, unzip_test
 
 SMALL_BATCHES = {"limits": {"read_chunk_bytes": 65536, "batch_bytes": 65536}}
-
-
-async def _raw_request(client: TestClient[Any, Any], request: bytes) -> tuple[bytes, bytes]:
-    """Send one raw HTTP/1.1 request with Connection: close; (head, body) as received."""
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    writer.write(request)
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(-1), 10)
-    writer.close()
-    await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return head, body
 
 
 async def test_zip_download_headers_and_body(
@@ -67,7 +62,7 @@ async def test_head_sends_the_headers_of_get_and_no_body(
     write(tree.render / "r" / "mix.wav", b"m" * 100_000)
     get = await client.get("/api/air/export/zip/r")
     await get.read()
-    head, body = await _raw_request(
+    head, body = await raw_exchange(
         client, b"HEAD /api/air/export/zip/r HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     )
     assert head.startswith(b"HTTP/1.1 200")
@@ -117,10 +112,7 @@ async def test_clients_that_hang_up_leave_no_file_open(
         await reader.readexactly(256 * 1024)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.close()  # RST: the client is gone mid-download
-    for _ in range(200):
-        if not open_paths_under(tree.base):
-            break
-        await asyncio.sleep(0.02)
+    await wait_until(lambda: not open_paths_under(tree.base))
     assert open_paths_under(tree.base) == []
     # ...and the service answers the next request at once.
     response = await client.get("/api/air/export/list/r")
