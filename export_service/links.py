@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,7 +59,6 @@ class LinkStore:
         self._lock_path = path.with_name(path.name + ".lock")
         self._snapshot = _ABSENT
         self._reported_key: _FileKey | None = None
-        self._thread_lock = threading.Lock()
 
     # -- reading ---------------------------------------------------------
 
@@ -110,9 +108,11 @@ class LinkStore:
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
-        """Held by one thread of one process at a time, across processes too."""
+        """Held by one writer at a time: flock locks belong to an open file
+        description, and each writer opens the lock file itself, so threads of
+        one process exclude each other as other processes do."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._thread_lock, self._lock_path.open("a+b") as lock:
+        with self._lock_path.open("a+b") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             try:
                 yield

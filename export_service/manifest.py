@@ -99,13 +99,8 @@ def url_segment(segment: str) -> str:
     return quote(os.fsencode(segment), safe="")
 
 
-def file_url(base: str, prefix: str, folder: str, parts: tuple[str, ...]) -> str:
-    """``base + prefix + /folder/parts...``, each segment percent-encoded."""
-    return f"{base}{prefix}/{'/'.join(url_segment(segment) for segment in (folder, *parts))}"
-
-
 def _step_files(step: Step, root: str, folder: str, base: str, prefix: str) -> list[ExportedFile]:
-    url_start = file_url(base, prefix, folder, ())
+    url_start = f"{base}{prefix}/{url_segment(folder)}"
     rel_start = display_name(folder)
     exported = []
     for source in scan_run_folder(root, folder):
