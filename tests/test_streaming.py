@@ -48,3 +48,37 @@ async def test_close_with_a_batch_in_flight_closes_when_it_returns() -> None:
         release.set()
     assert log == ["closed"]  # ...so it is closed as soon as its batch returns
     pending.close()
+
+
+async def test_the_next_batch_is_gathered_while_the_current_one_is_sent() -> None:
+    second_batch_started = threading.Event()
+
+    def chunks() -> Generator[bytes, None, None]:
+        yield b"a" * 1024
+        second_batch_started.set()
+        yield b"b" * 1024
+
+    with ThreadPoolExecutor(1) as executor:
+        offloaded = OffloadedChunks(chunks(), executor, 1024)
+        assert await offloaded.next_batch() == [b"a" * 1024]
+        # Nobody asked for it yet, but the worker is already reading it.
+        assert second_batch_started.wait(5)
+        assert await offloaded.next_batch() == [b"b" * 1024]
+        assert await offloaded.next_batch() == []
+        offloaded.close()
+
+
+async def test_nothing_is_read_ahead_after_close() -> None:
+    pulled: list[int] = []
+
+    def chunks() -> Generator[bytes, None, None]:
+        for index in range(100):
+            pulled.append(index)
+            yield b"x" * 1024
+
+    with ThreadPoolExecutor(1) as executor:
+        offloaded = OffloadedChunks(chunks(), executor, 1024)
+        await offloaded.next_batch()
+        offloaded.close()
+    # The batch read ahead may finish; nothing is started after it.
+    assert pulled in ([0], [0, 1])
