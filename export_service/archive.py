@@ -2,10 +2,12 @@
 
 Blocking code, run off the event loop by the caller. The archive is stored
 (no compression) and sized, so its exact length is known before the first
-byte. Files are not read by zipstream-ng's ``add_path`` (which reopens by name
-with 64 KiB reads) but by :func:`_read_entry`, which reopens each file without
-following links, checks it is the very file that was planned and still inside
-its root, and reads it in large chunks.
+byte. zipstream-ng writes every ZIP record (headers, data descriptors, central
+directory, sizes); the service feeds it each file's data itself, through
+:func:`_read_planned`, which reopens the file without following links, checks
+it is the very file that was planned and still inside its root, and reads it
+in large chunks. A run of 10,000 small files is mostly per-file overhead, so
+that path is kept short: one generator per file, one folder check per folder.
 """
 
 from __future__ import annotations
@@ -15,33 +17,24 @@ import logging
 import os
 import posixpath
 import re
-import stat
-import struct
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Generator, Iterator, Mapping
 from datetime import UTC, datetime
 from importlib.metadata import version
-from typing import Any, NamedTuple, get_args
+from typing import NamedTuple, get_args
 from zipfile import ZIP64_LIMIT, ZIP_STORED
 
-import zipstream.ng
-from isal import isal_zlib
+from isal.isal_zlib import crc32
 from zipstream import ZipStream
 from zipstream.ng import _FLAG_DATA_DESCRIPTOR, ZIP64_ESTIMATE_FACTOR, ZipStreamInfo
 
 from .errors import SourceChanged
-from .files import open_checked
+from .files import FolderFiles
 from .manifest import ExportedFile, ExportSources, Step, build_export
 
 log = logging.getLogger(__name__)
-
-# zipstream-ng computes each entry's CRC-32 with the ``crc32`` it imported from
-# zipfile (zlib's, about 4 GB/s here), which made the CRC most of the cost of a
-# download. ISA-L's is the same function at about 28 GB/s (bench/crc32.py).
-# tests/test_archive.py checks that zipstream-ng still calls this name.
-zipstream.ng.crc32 = isal_zlib.crc32
 
 # Unicode categories Cc (C0 and C1 controls, DEL) and Cs (lone surrogates).
 _DROPPED_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -53,6 +46,10 @@ _ZIP_MAX_DATE = (2107, 12, 31, 23, 59, 58)
 
 
 _WINDOWS_RESERVED = re.compile(r'[<>:"|?*]')
+# Names sanitize_arcname would return unchanged (most of them): segments of
+# letters, digits, ``_ - . space``, starting with a letter, digit, ``_`` or
+# ``-`` and not ending in a dot or space.
+_PLAIN_NAME = re.compile(r"(?:[\w-][\w .-]*(?<![ .])/)*[\w-][\w .-]*(?<![ .])\Z", re.ASCII)
 
 
 def _clean_segment(segment: str) -> str:
@@ -73,11 +70,6 @@ def sanitize_arcname(name: str) -> str:
         if (cleaned := _clean_segment(segment)) not in {"", ".", ".."}
     ]
     return "/".join(segments) or "file"
-
-
-def _parents(name: str) -> list[str]:
-    parts = name.split("/")
-    return ["/".join(parts[:end]) for end in range(1, len(parts))]
 
 
 class ArcnameAllocator:
@@ -119,9 +111,9 @@ class ArcnameAllocator:
 
     def allocate(self, name: str) -> str:
         folder, _, base = name.rpartition("/")
+        # Placing the folder records it and its parents as folders.
         candidate = self._unique(f"{self._place_folder(folder)}/{base}" if folder else base)
         self._files.add(candidate)
-        self._folders.update(_parents(candidate))
         return candidate
 
 
@@ -139,6 +131,7 @@ class PlannedEntry(NamedTuple):
     mtime_ns: int
     dev: int
     ino: int
+    date_time: tuple[int, int, int, int, int, int]  # mtime in UTC, as a ZIP holds it
 
     @property
     def snapshot(self) -> tuple[int, int, int, int]:
@@ -149,9 +142,9 @@ def _snapshot(info: os.stat_result) -> tuple[int, int, int, int]:
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
-def _dos_date_time(mtime_ns: int) -> tuple[int, int, int, int, int, int]:
-    """The file's mtime in UTC, clamped to what a ZIP can hold."""
-    stamp = time.gmtime(mtime_ns // 1_000_000_000)[:6]
+def _dos_date_time(seconds: int) -> tuple[int, int, int, int, int, int]:
+    """A time in UTC, clamped to what a ZIP can hold."""
+    stamp = time.gmtime(seconds)[:6]
     return min(max(_ZIP_MIN_DATE, stamp), _ZIP_MAX_DATE)
 
 
@@ -196,118 +189,94 @@ def _local_header_length(arcname: str, size: int) -> int:
     return 30 + name_length + (20 if zip64 else 0)
 
 
-def _dos_bytes(date_time: tuple[int, ...]) -> bytes:
-    year, month, day, hour, minute, second = date_time
-    return struct.pack(
-        "<HH", hour << 11 | minute << 5 | second // 2, (year - 1980) << 9 | month << 5 | day
-    )
-
-
-class _ExportZipStream(ZipStream):  # type: ignore[misc]
-    """zipstream-ng, with two things it does not offer, both guarded by tests
-    in tests/test_archive.py and tests/test_zip_ranges.py:
-
-    - Entries carry their file's mtime in UTC. zipstream-ng stamps entries
-      added from an iterable with the current local time and has no option
-      for it (pR0Ps/zipstream-ng#27). The local header's DOS time and date sit
-      at bytes 10-13; the central directory reads the entry's ``date_time``.
-    - An entry whose CRC is known can be written without its data (for a
-      range that starts after it): the header and data descriptor are made
-      from the same ``ZipStreamInfo`` fields zipstream-ng sets for an
-      iterable, and a :class:`SkippedData` marker stands for the data.
-    CRCs of entries read in full go to the :class:`CrcCache`.
-    """
-
-    def __init__(self, crcs: CrcCache | None) -> None:
-        super().__init__(sized=True)
-        self._crcs = crcs
-
-    def add_entry(
-        self,
-        data: Iterator[bytes],
-        arcname: str,
-        size: int,
-        date_time: tuple[int, ...],
-        cache_key: tuple[int, int, int, int],
-        known_crc: int | None = None,
-    ) -> None:
-        self.add(data, arcname, size=size)
-        self._queue[-1].update(date_time=date_time, cache_key=cache_key, known_crc=known_crc)
-
-    def _gen_file_entry(
-        self,
-        *,
-        date_time: tuple[int, ...],
-        cache_key: tuple[int, int, int, int],
-        known_crc: int | None,
-        **kwargs: Any,
-    ) -> Iterator[bytes | SkippedData]:
-        if known_crc is not None:
-            yield from self._entry_without_data(
-                kwargs["arcname"], kwargs["size"], date_time, known_crc
-            )
-            return
-        parts = super()._gen_file_entry(**kwargs)
-        header = next(parts)
-        yield header[:10] + _dos_bytes(date_time) + header[14:]
-        yield from parts
-        entry = self._filelist[-1]
-        entry.date_time = date_time
-        if self._crcs is not None:
-            self._crcs.put(cache_key, entry.CRC)
-
-    def _entry_without_data(
-        self, arcname: str, size: int, date_time: tuple[int, ...], crc: int
-    ) -> Iterator[bytes | SkippedData]:
-        entry = ZipStreamInfo(arcname, date_time)
-        entry.external_attr = 0o600 << 16  # as zipstream-ng sets it for an iterable
-        entry.file_size = entry.compress_size = size
-        entry.compress_type = ZIP_STORED
-        entry._compresslevel = None
-        entry.header_offset = self._pos
-        entry.flag_bits |= _FLAG_DATA_DESCRIPTOR
-        zip64 = size * ZIP64_ESTIMATE_FACTOR > ZIP64_LIMIT
-        yield self._track(entry.FileHeader(zip64))
-        self._pos += size
-        yield SkippedData(size)
-        entry.CRC = crc
-        yield self._track(entry.DataDescriptor(zip64))
-        self._filelist.append(entry)
-
-
-def _read_entry(entry: PlannedEntry, chunk_bytes: int) -> Generator[bytes, None, None]:
+def _read_planned(
+    entry: PlannedEntry, files: FolderFiles, chunk_bytes: int
+) -> Generator[bytes, None, None]:
     """The bytes of a planned file; :class:`SourceChanged` when it is no longer
     the planned file (device, inode, size, mtime), cannot be read, or is
-    modified while it is read."""
+    modified while it is read. Closing it closes the file."""
     try:
-        fd, info = open_checked(entry.path, entry.root_real)
+        fd, info = files.open(entry.path, entry.root_real)
     except OSError as error:
         raise SourceChanged(f"{entry.rel_path}: cannot be opened ({error.strerror})") from error
     except SourceChanged as error:
         raise SourceChanged(f"{entry.rel_path}: {error.message}") from error
-    with open(fd, "rb", buffering=0, closefd=True) as handle:
+    try:
         if _snapshot(info) != entry.snapshot:
             raise SourceChanged(f"{entry.rel_path}: was replaced or modified")
         remaining = entry.size
-        try:
-            while remaining:
-                chunk = handle.read(min(chunk_bytes, remaining))
-                if not chunk:
-                    raise SourceChanged(f"{entry.rel_path}: shrank while being read")
-                remaining -= len(chunk)
-                yield chunk
-            modified = _snapshot(os.fstat(fd)) != entry.snapshot
-        except OSError as error:
-            raise SourceChanged(f"{entry.rel_path}: read failed ({error.strerror})") from error
-        if modified:
+        while remaining:
+            chunk = os.read(fd, min(chunk_bytes, remaining))
+            if not chunk:
+                raise SourceChanged(f"{entry.rel_path}: shrank while being read")
+            remaining -= len(chunk)
+            yield chunk
+        if _snapshot(os.fstat(fd)) != entry.snapshot:
             raise SourceChanged(f"{entry.rel_path}: was modified while being read")
+    except OSError as error:
+        raise SourceChanged(f"{entry.rel_path}: read failed ({error.strerror})") from error
+    finally:
+        os.close(fd)
 
 
-def _file_crc(entry: PlannedEntry, chunk_bytes: int) -> int:
+class _ExportZipStream(ZipStream):  # type: ignore[misc]
+    """zipstream-ng, fed the planned files by the service.
+
+    zipstream-ng formats every record; what it is not given is the reading:
+    its own entries from an iterable go through three nested generators per
+    chunk, use zlib's CRC-32 (4 GB/s here; ISA-L's runs at about 28 GB/s,
+    bench/crc32.py) and are stamped with the current local time
+    (pR0Ps/zipstream-ng#27). Each entry is queued with ``_enqueue`` (which
+    also sizes it) and written by :meth:`_gen_file_entry` below, which sets
+    the same ``ZipStreamInfo`` fields zipstream-ng sets for an iterable, with
+    the file's mtime in UTC. An entry whose CRC is known can be written
+    without its data (for a range that starts after it): a
+    :class:`SkippedData` marker stands for the data. Guarded by
+    tests/test_archive.py and tests/test_zip_ranges.py.
+    """
+
+    def __init__(self, crcs: CrcCache | None, chunk_bytes: int) -> None:
+        super().__init__(sized=True)
+        self._crcs = crcs
+        self._chunk_bytes = chunk_bytes
+        self.files = FolderFiles()
+
+    def add_entry(self, entry: PlannedEntry, known_crc: int | None) -> None:
+        self._enqueue(arcname=entry.arcname, size=entry.size, planned=entry, known_crc=known_crc)
+
+    def _gen_file_entry(
+        self, *, arcname: str, size: int, planned: PlannedEntry, known_crc: int | None
+    ) -> Iterator[bytes | SkippedData]:
+        info = ZipStreamInfo(arcname, planned.date_time)
+        info.external_attr = 0o600 << 16  # as zipstream-ng sets it for an iterable
+        info.file_size = info.compress_size = size
+        info.compress_type = ZIP_STORED
+        info._compresslevel = None
+        info.header_offset = self._pos
+        info.flag_bits |= _FLAG_DATA_DESCRIPTOR
+        zip64 = size * ZIP64_ESTIMATE_FACTOR > ZIP64_LIMIT
+        yield self._track(info.FileHeader(zip64))
+        if known_crc is None:
+            crc = 0
+            for chunk in _read_planned(planned, self.files, self._chunk_bytes):
+                crc = crc32(chunk, crc)
+                yield chunk
+            if self._crcs is not None:
+                self._crcs.put(planned.snapshot, crc)
+        else:
+            crc = known_crc
+            yield SkippedData(size)
+        self._pos += size
+        info.CRC = crc
+        yield self._track(info.DataDescriptor(zip64))
+        self._filelist.append(info)
+
+
+def _file_crc(entry: PlannedEntry, files: FolderFiles, chunk_bytes: int) -> int:
     """Read a planned file to learn its CRC-32 (it must still be the planned file)."""
     crc = 0
-    for chunk in _read_entry(entry, chunk_bytes):
-        crc = isal_zlib.crc32(chunk, crc)
+    for chunk in _read_planned(entry, files, chunk_bytes):
+        crc = crc32(chunk, crc)
     return crc
 
 
@@ -346,8 +315,9 @@ class ExportArchive:
         self.skipped = skipped
         self._chunk_bytes = chunk_bytes
         self._crcs = crcs
-        self._full = self._stream(skip_data_before=0)
-        self.size: int = len(self._full[0])
+        # The stream made to learn the size serves the first full download.
+        self._unused_full_stream: _ExportZipStream | None = self._stream(skip_data_before=0)
+        self.size: int = len(self._unused_full_stream)
         # Computed here, in the planning hop, not on the event loop.
         self.etag = self._etag()
         self.last_modified = (
@@ -366,40 +336,34 @@ class ExportArchive:
             )
         return f'"{digest.hexdigest()[:40]}"'
 
-    def _stream(
-        self, skip_data_before: int
-    ) -> tuple[_ExportZipStream, list[Generator[bytes, None, None]]]:
+    def _stream(self, skip_data_before: int) -> _ExportZipStream:
         """A stream of the archive; entries whose data ends before the given
         offset are written without their data (their CRC from the cache, or
         from reading the file once)."""
-        stream = _ExportZipStream(self._crcs)
-        readers = []
+        stream = _ExportZipStream(self._crcs, self._chunk_bytes)
         offset = 0
-        for entry in self.entries:
-            data_start = offset + _local_header_length(entry.arcname, entry.size)
-            offset = (
-                data_start
-                + entry.size
-                + (24 if entry.size * ZIP64_ESTIMATE_FACTOR > ZIP64_LIMIT else 16)
-            )
-            known_crc = None
-            if data_start + entry.size <= skip_data_before:
-                cached = self._crcs.get(entry.snapshot) if self._crcs is not None else None
-                known_crc = cached if cached is not None else self._learn_crc(entry)
-            reader = _read_entry(entry, self._chunk_bytes)
-            readers.append(reader)
-            stream.add_entry(
-                reader,
-                entry.arcname,
-                entry.size,
-                _dos_date_time(entry.mtime_ns),
-                entry.snapshot,
-                known_crc,
-            )
-        return stream, readers
+        try:
+            for entry in self.entries:
+                data_start = offset + _local_header_length(entry.arcname, entry.size)
+                offset = (
+                    data_start
+                    + entry.size
+                    + (24 if entry.size * ZIP64_ESTIMATE_FACTOR > ZIP64_LIMIT else 16)
+                )
+                known_crc = None
+                if data_start + entry.size <= skip_data_before:
+                    cached = self._crcs.get(entry.snapshot) if self._crcs is not None else None
+                    known_crc = (
+                        cached if cached is not None else self._learn_crc(entry, stream.files)
+                    )
+                stream.add_entry(entry, known_crc)
+        except BaseException:
+            stream.files.close()
+            raise
+        return stream
 
-    def _learn_crc(self, entry: PlannedEntry) -> int:
-        crc = _file_crc(entry, self._chunk_bytes)
+    def _learn_crc(self, entry: PlannedEntry, files: FolderFiles) -> int:
+        crc = _file_crc(entry, files, self._chunk_bytes)
         if self._crcs is not None:
             self._crcs.put(entry.snapshot, crc)
         return crc
@@ -409,19 +373,18 @@ class ExportArchive:
         all). Blocking: learning the CRCs of files before ``start`` happens on
         the first pull. Closing it closes any open file."""
         end = self.size - 1 if end is None else end
-        readers: list[Generator[bytes, None, None]] = []
+        if start == 0 and self._unused_full_stream is not None:
+            stream, self._unused_full_stream = self._unused_full_stream, None
+        else:
+            stream = self._stream(skip_data_before=start)
+        pieces = iter(stream)
         try:
-            if start == 0:
-                stream, readers = self._full
-            else:
-                stream, readers = self._stream(skip_data_before=start)
-            pieces = iter(stream)
             yield from (
                 pieces if (start, end) == (0, self.size - 1) else _ranged(pieces, start, end)
             )
         finally:
-            for reader in readers:
-                reader.close()
+            pieces.close()
+            stream.files.close()
 
 
 def plan_archive(
@@ -432,36 +395,35 @@ def plan_archive(
 ) -> ExportArchive:
     """Name every file of the export and check it can be read now (blocking).
 
-    A file that cannot be read is left out and logged; its rel_path is listed
-    in ``skipped``.
+    The sizes and times are the ones the scan saw (in the same hop); reading
+    checks each file against them. A file that cannot be read is left out and
+    logged; its rel_path is listed in ``skipped``.
     """
     allocator = ArcnameAllocator()
+    date_times: dict[int, tuple[int, int, int, int, int, int]] = {}
     entries: list[PlannedEntry] = []
     skipped: list[str] = []
     for item in files:
         step, rel_path, source = item.entry["step"], item.entry["rel_path"], item.source
-        # Two cheap calls instead of an open: reading reopens the file and
-        # checks it against this snapshot and against the root anyway.
-        try:
-            info = os.lstat(source.path)
-            readable = stat.S_ISREG(info.st_mode) and os.access(source.path, os.R_OK)
-        except OSError:
-            readable = False
-        if not readable:
+        if source.size is None or not os.access(source.path, os.R_OK):
             log.warning("leaving %s/%s out of the ZIP: it cannot be opened", step, rel_path)
             skipped.append(f"{step}/{rel_path}")
             continue
-        arcname = allocator.allocate(sanitize_arcname(f"{step}/{rel_path}"))
+        seconds = source.mtime_ns // 1_000_000_000
+        date_time = date_times.get(seconds)
+        if date_time is None:
+            date_time = date_times[seconds] = _dos_date_time(seconds)
         entries.append(
             PlannedEntry(
-                arcname,
+                allocator.allocate(sanitize_arcname(f"{step}/{rel_path}")),
                 rel_path,
                 source.path,
                 root_reals[step],
-                info.st_size,
-                info.st_mtime_ns,
-                info.st_dev,
-                info.st_ino,
+                source.size,
+                source.mtime_ns,
+                source.dev,
+                source.ino,
+                date_time,
             )
         )
     return ExportArchive(entries, skipped, chunk_bytes, crcs)

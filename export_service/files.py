@@ -3,7 +3,8 @@
 Blocking functions. A file is opened without following a final link and
 without blocking (a FIFO swapped in must not hang a reader), and then the open
 descriptor itself is asked where it lies (``/proc/self/fd``), so no link
-swapped in after a check can lead outside the root.
+swapped in after a check can lead outside the root. A ZIP opens many files of
+few folders, so :class:`FolderFiles` asks once per folder instead.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import mimetypes
 import os
 import stat
+from collections import OrderedDict
 from urllib.parse import unquote_to_bytes
 
 from .errors import NotFound, SourceChanged
 from .scanning import is_within
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _PROC_FD = "/proc/self/fd"
 
 # What the AIR steps write; mimetypes covers the rest.
@@ -31,13 +34,19 @@ _CONTENT_TYPES = {
 }
 
 
-def fd_within(fd: int, root_real: str, fallback_path: str) -> bool:
-    """Whether the open file's real path lies inside the (resolved) root."""
+def _real_path(fd: int, fallback_path: str) -> str:
+    """Where the open file or folder really is."""
     try:
-        real = os.readlink(f"{_PROC_FD}/{fd}")
+        return os.readlink(f"{_PROC_FD}/{fd}")
     except OSError:
-        real = os.path.realpath(fallback_path)
-    return is_within(root_real, real)
+        return os.path.realpath(fallback_path)
+
+
+def _regular_file_stat(fd: int) -> os.stat_result:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise SourceChanged("is not a regular file")
+    return info
 
 
 def open_checked(path: str, root_real: str) -> tuple[int, os.stat_result]:
@@ -45,15 +54,65 @@ def open_checked(path: str, root_real: str) -> tuple[int, os.stat_result]:
     when it is something else, OSError when it cannot be opened."""
     fd = os.open(path, _OPEN_FLAGS)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SourceChanged("is not a regular file")
-        if not fd_within(fd, root_real, path):
+        info = _regular_file_stat(fd)
+        if not is_within(root_real, _real_path(fd, path)):
             raise SourceChanged("resolves outside its root")
     except BaseException:
         os.close(fd)
         raise
     return fd, info
+
+
+class FolderFiles:
+    """Opens files by their folder's descriptor, for one download.
+
+    Each folder is opened once and asked where it lies; a file is then opened
+    by its bare name relative to that descriptor, without following a link,
+    so it is a direct child of a checked folder and cannot lead outside the
+    root. That saves a ``/proc/self/fd`` lookup per file (a third of the cost
+    of opening a small one). The last few folders stay open: a run's files
+    come folder by folder. Use as a context manager (closes them).
+    """
+
+    def __init__(self, keep_open: int = 8) -> None:
+        self._keep_open = keep_open
+        self._folders: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+    def _folder_fd(self, folder: str, root_real: str) -> int:
+        key = (folder, root_real)
+        fd = self._folders.get(key)
+        if fd is not None:
+            self._folders.move_to_end(key)
+            return fd
+        fd = os.open(folder, _FOLDER_FLAGS)
+        real = _real_path(fd, folder)
+        if real != root_real and not is_within(root_real, real):
+            os.close(fd)
+            raise SourceChanged("resolves outside its root")
+        self._folders[key] = fd
+        if len(self._folders) > self._keep_open:
+            os.close(self._folders.popitem(last=False)[1])
+        return fd
+
+    def open(self, path: str, root_real: str) -> tuple[int, os.stat_result]:
+        """Like :func:`open_checked`, for the resolved ``path`` of a scanned file."""
+        folder, name = os.path.split(path)
+        fd = os.open(name, _OPEN_FLAGS, dir_fd=self._folder_fd(folder, root_real))
+        try:
+            return fd, _regular_file_stat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def close(self) -> None:
+        while self._folders:
+            os.close(self._folders.popitem()[1])
+
+    def __enter__(self) -> FolderFiles:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def reopenable_path(fd: int, fallback_path: str) -> str:

@@ -6,8 +6,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from export_service.errors import NotFound
-from export_service.files import content_type, open_root_file, url_path_segments
+from export_service.errors import NotFound, SourceChanged
+from export_service.files import (
+    FolderFiles,
+    content_type,
+    open_root_file,
+    url_path_segments,
+)
 from tests.conftest import (
     CANARY,
     AirTree,
@@ -190,3 +195,45 @@ async def test_served_files_leave_no_descriptor_open(
     writer.close()  # gone mid-body
     await wait_until(lambda: not open_paths_under(tree.base))
     assert open_paths_under(tree.base) == []
+
+
+def _read_all(fd: int) -> bytes:
+    try:
+        return os.read(fd, 1 << 20)
+    finally:
+        os.close(fd)
+
+
+def test_folder_files_open_by_folder_and_keep_only_a_few_folders_open(tmp_path: Path) -> None:
+    root = (tmp_path / "root").resolve()
+    for index in range(5):
+        write(root / "run" / f"d{index}" / "a.wav", bytes([index]))
+    write(root / "top.wav", b"top")  # a link target may lie right in the root
+    with FolderFiles(keep_open=2) as files:
+        for index in range(5):
+            fd, info = files.open(str(root / "run" / f"d{index}" / "a.wav"), str(root))
+            assert info.st_size == 1
+            assert _read_all(fd) == bytes([index])
+            assert len(open_paths_under(root)) <= 2
+        fd, _ = files.open(str(root / "top.wav"), str(root))
+        assert _read_all(fd) == b"top"
+    assert open_paths_under(root) == []
+
+
+def test_folder_files_refuse_what_leads_outside_or_is_no_file(tmp_path: Path) -> None:
+    root = (tmp_path / "root").resolve()
+    write(tmp_path / "outside" / "a.wav", CANARY)
+    (root / "run").mkdir(parents=True)
+    (root / "run" / "out").symlink_to(tmp_path / "outside")
+    (root / "run" / "link.wav").symlink_to(tmp_path / "outside" / "a.wav")
+    (root / "run" / "sub").mkdir()
+    os.mkfifo(root / "run" / "fifo.wav")
+    with FolderFiles() as files:
+        with pytest.raises(SourceChanged, match="outside"):
+            files.open(str(root / "run" / "out" / "a.wav"), str(root))
+        with pytest.raises(OSError):  # a link is not followed
+            files.open(str(root / "run" / "link.wav"), str(root))
+        for not_a_file in ("sub", "fifo.wav"):
+            with pytest.raises(SourceChanged, match="not a regular file"):
+                files.open(str(root / "run" / not_a_file), str(root))
+    assert open_paths_under(tmp_path) == []

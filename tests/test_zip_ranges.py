@@ -15,6 +15,7 @@ import pytest
 import export_service.archive as archive_module
 from export_service.archive import CrcCache, ExportArchive, plan_export_archive
 from export_service.errors import SourceChanged
+from export_service.files import FolderFiles
 from export_service.manifest import ExportSources
 from tests.conftest import AirTree, write
 from tests.zips import unzip_test
@@ -69,9 +70,11 @@ def test_a_warm_cache_reads_nothing_before_the_offset(
     learned: list[str] = []
     real_file_crc = archive_module._file_crc
 
-    def counting_file_crc(entry: archive_module.PlannedEntry, chunk_bytes: int) -> int:
+    def counting_file_crc(
+        entry: archive_module.PlannedEntry, files: FolderFiles, chunk_bytes: int
+    ) -> int:
         learned.append(entry.arcname)
-        return real_file_crc(entry, chunk_bytes)
+        return real_file_crc(entry, files, chunk_bytes)
 
     monkeypatch.setattr(archive_module, "_file_crc", counting_file_crc)
     cold = CrcCache()
