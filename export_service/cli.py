@@ -21,7 +21,7 @@ from .archive import plan_export_archive
 from .config import CONFIG_ENV_VAR, ENV_PREFIX, Settings, resolve_settings, settings_from_mapping
 from .errors import ConfigError, ExportServiceError
 from .logs import setup_logging
-from .manifest import ExportSources, build_export, manifest_json
+from .manifest import ExportSources, export_manifest_json
 from .run_ids import check_param_run_id, check_render_run_id
 from .sample import SAMPLE_RENDER_RUN_ID, create_sample_tree
 
@@ -167,8 +167,7 @@ def _run_offline(arguments: argparse.Namespace) -> int:
     if param_run_id is not None:
         check_param_run_id(param_run_id)
     if arguments.command == "manifest":
-        export = build_export(sources, render_run_id, param_run_id)
-        print(manifest_json(export.manifest).decode())
+        print(export_manifest_json(sources, render_run_id, param_run_id).decode())
         return 0
     archive = plan_export_archive(sources, render_run_id, param_run_id)
     with _output(arguments.output) as handle:

@@ -16,7 +16,7 @@ from .archive import plan_export_archive
 from .byte_ranges import requested_range
 from .errors import InvalidRequestBody, LinkNotFound, SourceChanged, TooManyDownloads
 from .files import content_type, open_root_file
-from .manifest import Step, build_export, manifest_json
+from .manifest import Step, export_manifest_json
 from .run_ids import RUN_ID_JSON_SCHEMA, check_param_run_id, check_render_run_id
 from .state import (
     CRC_CACHE,
@@ -66,10 +66,10 @@ def content_disposition(render_run_id: str) -> str:
 @routes.get(EXPORT_PREFIX + "/list/{render_run_id:.*}", allow_head=False)
 async def export_manifest(request: web.Request) -> web.Response:
     render_run_id, param_run_id = _run_ids(request)
-    export = await run_blocking(
-        request, build_export, request.app[SOURCES], render_run_id, param_run_id
+    body = await run_blocking(
+        request, export_manifest_json, request.app[SOURCES], render_run_id, param_run_id
     )
-    return web.Response(body=manifest_json(export.manifest), content_type="application/json")
+    return web.Response(body=body, content_type="application/json")
 
 
 @routes.get(EXPORT_PREFIX + "/zip/{render_run_id:.*}")
