@@ -62,6 +62,9 @@ def make_workload(base: Path, file_sizes: Sequence[int], run_id: str = REFERENCE
         root.mkdir(parents=True, exist_ok=True)
     for index, size in enumerate(file_sizes):
         write_random(roots["render"] / run_id / "stems" / f"stem_{index:05d}.wav", size)
+    # Written back now, so no benchmark run competes with the kernel writing
+    # the workload to disk (it cost the first run after it a third of its speed).
+    os.sync()
     config = base / "config.toml"
     config.write_text(
         '[logging]\nlevel = "WARNING"\n'

@@ -33,6 +33,7 @@ from .state import (
     SETTINGS,
     SHUTTING_DOWN,
     SOURCES,
+    ZIP_EXECUTOR,
     ZIP_SLOTS,
     DownloadSlots,
 )
@@ -140,17 +141,20 @@ def create_app(settings: Settings) -> web.Application:
     app[CRC_CACHE] = CrcCache()
     app[SHUTTING_DOWN] = asyncio.Event()
 
-    async def io_executor(app: web.Application) -> AsyncIterator[None]:
-        executor = ThreadPoolExecutor(
+    async def executors(app: web.Application) -> AsyncIterator[None]:
+        executor = app[IO_EXECUTOR] = ThreadPoolExecutor(
             max_workers=settings.limits.io_threads, thread_name_prefix="export-io"
         )
-        app[IO_EXECUTOR] = executor
+        zip_executor = app[ZIP_EXECUTOR] = ThreadPoolExecutor(
+            max_workers=settings.limits.zip_thread_count, thread_name_prefix="export-zip"
+        )
         problems = await asyncio.get_running_loop().run_in_executor(
             executor, ops.readiness_problems, settings, app[SOURCES].links
         )
         for problem in problems:
             log.warning("not ready yet: %s", problem)
         yield
+        zip_executor.shutdown(wait=True, cancel_futures=True)
         executor.shutdown(wait=True, cancel_futures=True)
 
     async def loop_lag_probe(app: web.Application) -> AsyncIterator[None]:
@@ -163,7 +167,7 @@ def create_app(settings: Settings) -> web.Application:
     async def mark_shutting_down(app: web.Application) -> None:
         app[SHUTTING_DOWN].set()
 
-    app.cleanup_ctx.append(io_executor)
+    app.cleanup_ctx.append(executors)
     app.cleanup_ctx.append(loop_lag_probe)
     app.on_shutdown.append(mark_shutting_down)
     app.on_response_prepare.append(_echo_request_id)

@@ -20,13 +20,14 @@ from .manifest import Step, export_manifest_json
 from .run_ids import RUN_ID_JSON_SCHEMA, check_param_run_id, check_render_run_id
 from .state import (
     CRC_CACHE,
-    IO_EXECUTOR,
     METRICS,
     SETTINGS,
     SHUTTING_DOWN,
     SOURCES,
+    ZIP_EXECUTOR,
     ZIP_SLOTS,
     run_blocking,
+    run_zip_work,
 )
 from .streaming import OffloadedChunks
 
@@ -94,7 +95,7 @@ async def _send_zip(
     request: web.Request, render_run_id: str, param_run_id: str | None, streams: bool
 ) -> web.StreamResponse:
     settings, metrics = request.app[SETTINGS], request.app[METRICS]
-    archive = await run_blocking(
+    archive = await run_zip_work(
         request,
         plan_export_archive,
         request.app[SOURCES],
@@ -134,7 +135,7 @@ async def _send_zip(
     metrics.files_skipped.inc(len(archive.skipped))
     metrics.zips_in_flight.inc()
     chunks = OffloadedChunks(
-        archive.chunks(first, last), request.app[IO_EXECUTOR], settings.limits.batch_bytes
+        archive.chunks(first, last), request.app[ZIP_EXECUTOR], settings.limits.batch_bytes
     )
     send_timeout = settings.limits.send_timeout_seconds
     try:

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -128,3 +129,8 @@ def test_the_example_documents_every_key() -> None:
         model = field.annotation
         assert isinstance(model, type)
         assert set(example[section]) == set(model.model_fields), section
+
+
+def test_zip_threads_default_to_the_cpus_the_process_may_use(tree: AirTree) -> None:
+    assert tree.settings().limits.zip_thread_count == len(os.sched_getaffinity(0))
+    assert tree.settings(limits={"zip_threads": 3}).limits.zip_thread_count == 3

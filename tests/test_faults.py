@@ -30,15 +30,17 @@ def _rss_kib() -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
 
 
-def _io_threads() -> int:
-    return sum(thread.name.startswith("export-io") for thread in threading.enumerate())
+def _threads(prefix: str) -> int:
+    return sum(thread.name.startswith(prefix) for thread in threading.enumerate())
 
 
 async def test_forty_clients_that_reset_leave_nothing_behind(
     tree: AirTree, make_client: ClientFactory
 ) -> None:
     write(tree.render / "r" / "big.wav", os.urandom(24 * 1024 * 1024))
-    client = await make_client(limits={**SMALL_BATCHES, "io_threads": 4, "max_concurrent_zips": 40})
+    client = await make_client(
+        limits={**SMALL_BATCHES, "io_threads": 4, "zip_threads": 2, "max_concurrent_zips": 40}
+    )
     await (await client.get("/api/air/export/zip/r")).read()  # warm: pool threads exist
     fds_before = _fd_count()
 
@@ -55,7 +57,8 @@ async def test_forty_clients_that_reset_leave_nothing_behind(
     await wait_until(lambda: _fd_count() <= fds_before and not open_paths_under(tree.base))
     assert open_paths_under(tree.base) == []
     assert _fd_count() <= fds_before
-    assert _io_threads() <= 4
+    assert _threads("export-io") <= 4
+    assert _threads("export-zip") <= 2
     started = time.monotonic()
     assert (await client.get("/healthz")).status == 200
     assert time.monotonic() - started < 1
