@@ -124,11 +124,102 @@ def exact_run_folder(root: str, run_id: str) -> str | None:
     return run_id if _folder_inside(root_real, os.path.join(root, run_id)) else None
 
 
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _fd_real_path(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def _inside_or_root(root_real: str, path_real: str) -> bool:
+    return path_real == root_real or is_within(root_real, path_real)
+
+
+def _open_folder(path: str, root_real: str) -> tuple[int, str] | None:
+    """A descriptor of the folder at ``path`` and its real path, when what was
+    opened really lies inside the root (checked on the descriptor, so a link
+    swapped in for any folder on the way is caught); None otherwise."""
+    fd = os.open(path, _FOLDER_FLAGS)
+    real = _fd_real_path(fd)
+    if _inside_or_root(root_real, real):
+        return fd, real
+    os.close(fd)
+    log.warning("skipping %s: it now resolves outside the root", path)
+    return None
+
+
+def _link_target(link_path: str, root_real: str) -> tuple[str, os.stat_result] | None:
+    """The real path and stat of what a link points to, when it lies inside
+    the root. Taken from an ``O_PATH`` descriptor of the target (no read
+    permission needed, a FIFO does not block), so the stat is of the checked
+    file itself."""
+    target = os.path.realpath(link_path)
+    if not is_within(root_real, target):
+        log.warning("skipping %s: its link points outside the root", link_path)
+        return None
+    fd = os.open(target, _PATH_FLAGS)
+    try:
+        real = _fd_real_path(fd)
+        if not is_within(root_real, real):
+            log.warning("skipping %s: its target moved outside the root", link_path)
+            return None
+        return real, os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _scan_folder(
+    fd: int,
+    folder_real: str,
+    folder_parts: tuple[str, ...],
+    root_real: str,
+    visited: set[tuple[int, int]],
+    pending: list[tuple[str, tuple[str, ...]]],
+    files: list[ScannedFile],
+) -> None:
+    """List one open folder: its regular files go to ``files``, its folders
+    not seen yet to ``pending``. Entries are stat'ed relative to ``fd``."""
+    try:
+        with os.scandir(fd) as listing:
+            entries = list(listing)
+    except OSError as error:
+        log.warning("cannot list %s: %s", folder_real, error.strerror)
+        return
+    for entry in entries:
+        parts = (*folder_parts, entry.name)
+        path = f"{folder_real}/{entry.name}"
+        try:
+            if entry.is_symlink():
+                target = _link_target(path, root_real)
+                if target is None:
+                    continue
+                path, info = target
+            else:
+                info = entry.stat(follow_symlinks=False)
+        except OSError:
+            if entry.is_file(follow_symlinks=False):
+                files.append(ScannedFile(path, parts, None, 0, 0, 0))
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            key = (info.st_dev, info.st_ino)
+            if key not in visited:
+                visited.add(key)
+                pending.append((path, parts))
+        elif stat.S_ISREG(info.st_mode):
+            files.append(
+                ScannedFile(path, parts, info.st_size, info.st_mtime_ns, info.st_dev, info.st_ino)
+            )
+
+
 def scan_run_folder(root: str, folder: str) -> list[ScannedFile]:
     """Every regular file below ``<root>/<folder>``, recursively, in no set order.
 
     Symbolic links (to files or folders) are followed only into the root;
-    folder cycles are cut; FIFOs, sockets and devices are left out.
+    folder cycles are cut; FIFOs, sockets and devices are left out. Each
+    folder is listed through a descriptor whose real path is checked, and its
+    entries are stat'ed relative to it, so a folder swapped for a link during
+    the scan cannot bring in a name or size from outside the root.
     """
     root_real = os.path.realpath(root)
     top = _folder_inside(root_real, os.path.join(root, folder))
@@ -141,36 +232,15 @@ def scan_run_folder(root: str, folder: str) -> list[ScannedFile]:
     while pending:
         folder_path, folder_parts = pending.pop()
         try:
-            with os.scandir(folder_path) as listing:
-                entries = list(listing)
+            opened = _open_folder(folder_path, root_real)
         except OSError as error:
             log.warning("cannot list %s: %s", folder_path, error.strerror)
             continue
-        for entry in entries:
-            parts = (*folder_parts, entry.name)
-            path = entry.path
-            try:
-                if entry.is_symlink():
-                    path = os.path.realpath(path)
-                    if not is_within(root_real, path):
-                        log.warning("skipping %s: its link points outside the root", entry.path)
-                        continue
-                    info = os.stat(path)
-                else:
-                    info = entry.stat(follow_symlinks=False)
-            except OSError:
-                if entry.is_file(follow_symlinks=False):
-                    files.append(ScannedFile(path, parts, None, 0, 0, 0))
-                continue
-            if stat.S_ISDIR(info.st_mode):
-                key = (info.st_dev, info.st_ino)
-                if key not in visited:
-                    visited.add(key)
-                    pending.append((path, parts))
-            elif stat.S_ISREG(info.st_mode):
-                files.append(
-                    ScannedFile(
-                        path, parts, info.st_size, info.st_mtime_ns, info.st_dev, info.st_ino
-                    )
-                )
+        if opened is None:
+            continue
+        fd, folder_real = opened
+        try:
+            _scan_folder(fd, folder_real, folder_parts, root_real, visited, pending, files)
+        finally:
+            os.close(fd)
     return files

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from export_service import scanning
 from export_service.scanning import (
     RunFolderIndex,
     exact_run_folder,
@@ -46,6 +47,35 @@ def test_a_run_folder_that_links_out_of_its_root_is_empty(tree: AirTree) -> None
     assert exact_run_folder(str(tree.render), "escape") is None
     assert scan_run_folder(str(tree.render), "escape") == []
     assert scan_run_folder(str(tree.render), "..") == []
+
+
+@pytest.mark.parametrize("swapped", ["subfolder", "run_folder"])
+def test_a_folder_swapped_for_a_link_out_during_the_scan_lists_nothing_from_outside(
+    tree: AirTree, monkeypatch: pytest.MonkeyPatch, swapped: str
+) -> None:
+    """The race the scan must survive: a folder is seen as a folder (by the
+    listing of its parent, or by the run-folder check) and swapped for a link
+    to a folder outside the root before it is listed itself."""
+    outside = tree.base / "outside"
+    write(outside / "secret-name.wav", b"s" * 123)
+    run = tree.render / "r"
+    write(run / "own.wav", b"o")
+    write(run / "sub" / "inner.wav", b"i")
+    victim = run / "sub" if swapped == "subfolder" else run
+    real_open_folder = scanning._open_folder
+
+    def swap_then_open(path: str, root_real: str) -> tuple[int, str] | None:
+        if path == str(victim.resolve()) and not victim.is_symlink():
+            victim.rename(victim.with_name(victim.name + ".moved"))
+            victim.symlink_to(outside)
+        return real_open_folder(path, root_real)
+
+    monkeypatch.setattr(scanning, "_open_folder", swap_then_open)
+    listed = _listed(tree.render, "r")
+    assert "secret-name.wav" not in {name.rsplit("/", 1)[-1] for name in listed}
+    assert 123 not in listed.values()
+    if swapped == "subfolder":
+        assert listed == {"own.wav": 1}
 
 
 def test_fifos_and_sockets_are_left_out(tree: AirTree) -> None:
