@@ -46,22 +46,34 @@ _ZIP_MAX_DATE = (2107, 12, 31, 23, 59, 58)
 
 
 _WINDOWS_RESERVED = re.compile(r'[<>:"|?*]')
-# Names sanitize_arcname would return unchanged (most of them): segments of
+# Device names Windows will not create a file under, whatever the extension.
+_WINDOWS_DEVICE_NAMES = r"(?:CON|PRN|AUX|NUL|COM[1-9]|LPT[1-9])"
+_WINDOWS_DEVICE = re.compile(_WINDOWS_DEVICE_NAMES + r"(?=\.|\Z)", re.IGNORECASE)
+# Names the sanitizing would return unchanged (most of them): segments of
 # letters, digits, ``_ - . space``, starting with a letter, digit, ``_`` or
-# ``-`` and not ending in a dot or space.
-_PLAIN_NAME = re.compile(r"(?:[\w-][\w .-]*(?<![ .])/)*[\w-][\w .-]*(?<![ .])\Z", re.ASCII)
+# ``-``, not ending in a dot or space, and no device name.
+_PLAIN_SEGMENT = rf"(?!{_WINDOWS_DEVICE_NAMES}(?:[./]|\Z))[\w-][\w .-]*(?<![ .])"
+_PLAIN_NAME = re.compile(rf"(?:{_PLAIN_SEGMENT}/)*{_PLAIN_SEGMENT}\Z", re.ASCII | re.IGNORECASE)
 
 
 def _clean_segment(segment: str) -> str:
-    """What Windows can extract: reserved characters become ``_``, and trailing
-    dots and spaces (which Windows drops) are trimmed."""
-    return _WINDOWS_RESERVED.sub("_", segment).rstrip(". ")
+    """What Windows can extract: reserved characters become ``_``, trailing
+    dots and spaces (which Windows drops) are trimmed, and a device name
+    gets a ``_`` (``CON.wav`` -> ``CON_.wav``)."""
+    cleaned = _WINDOWS_RESERVED.sub("_", segment).rstrip(". ")
+    return _WINDOWS_DEVICE.sub(r"\g<0>_", cleaned, count=1)
 
 
 def sanitize_arcname(name: str) -> str:
     """A safe relative entry name: ``/`` separators only; no empty, ``.`` or
-    ``..`` segments; no control characters; no ``<>:"|?*`` and no trailing dot
-    or space in a segment; ``file`` when nothing is left."""
+    ``..`` segments; no control characters; no ``<>:"|?*``, no trailing dot
+    or space and no Windows device name in a segment; ``file`` when nothing
+    is left."""
+    return name if _PLAIN_NAME.match(name) else sanitize_arcname_fully(name)
+
+
+def sanitize_arcname_fully(name: str) -> str:
+    """:func:`sanitize_arcname` without its shortcut for plain names."""
     if _DROPPED_CHARACTERS.search(name):
         name = _DROPPED_CHARACTERS.sub("", name)
     segments = [

@@ -41,6 +41,12 @@ def _body(archive: ExportArchive) -> bytes:
         ("", "file"),
         ("./../..", "file"),
         ("ünï/cödé.wav", "ünï/cödé.wav"),
+        ("render/r/CON.wav", "render/r/CON_.wav"),  # Windows device names
+        ("render/nul/lpt9.tar.gz", "render/nul_/lpt9_.tar.gz"),
+        ("render/r/aux", "render/r/aux_"),
+        ("render/r/CONSOLE.wav", "render/r/CONSOLE.wav"),
+        ("render/r/COM0.wav", "render/r/COM0.wav"),
+        ("render/r/con_.wav", "render/r/con_.wav"),
     ],
 )
 def test_sanitize_arcname(name: str, expected: str) -> None:

@@ -8,7 +8,7 @@ import unicodedata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export_service.archive import ArcnameAllocator, sanitize_arcname
+from export_service.archive import ArcnameAllocator, sanitize_arcname, sanitize_arcname_fully
 from export_service.run_ids import RUN_ID_JSON_SCHEMA, run_id_problem
 
 # Text with the characters that matter over-represented.
@@ -18,7 +18,31 @@ TRICKY = st.text(
     ),
     max_size=60,
 )
+# Names that look plain, with the segments the shortcut must not wave through.
+PLAIN_LOOKING = st.lists(
+    st.sampled_from(
+        [
+            "a",
+            "mix.wav",
+            "CON",
+            "con.wav",
+            "Nul",
+            "LPT9.x",
+            "COM0",
+            "x.",
+            "b ",
+            " a",
+            "-b",
+            "_",
+            "..",
+            "",
+        ]
+    ),
+    min_size=1,
+    max_size=5,
+).map("/".join)
 _WINDOWS = re.compile(r'[<>:"|?*]')
+_DEVICE = re.compile(r"(CON|PRN|AUX|NUL|COM[1-9]|LPT[1-9])(\.|$)", re.IGNORECASE)
 _SCHEMA_PATTERN = re.compile(str(RUN_ID_JSON_SCHEMA["pattern"]))
 
 
@@ -45,7 +69,7 @@ def test_an_accepted_run_id_cannot_leave_its_root(value: str) -> None:
     assert accepted == schema_accepts
 
 
-@given(TRICKY)
+@given(st.one_of(TRICKY, PLAIN_LOOKING))
 @settings(max_examples=500)
 def test_sanitized_names_are_safe_and_stable(name: str) -> None:
     safe = sanitize_arcname(name)
@@ -53,7 +77,14 @@ def test_sanitized_names_are_safe_and_stable(name: str) -> None:
     assert not _controls(safe) and not _WINDOWS.search(safe)
     for segment in safe.split("/"):
         assert segment not in {"", ".", ".."} and segment == segment.rstrip(". ")
+        assert not _DEVICE.match(segment)
     assert sanitize_arcname(safe) == safe
+
+
+@given(st.one_of(TRICKY, PLAIN_LOOKING))
+@settings(max_examples=500)
+def test_the_shortcut_for_plain_names_changes_nothing(name: str) -> None:
+    assert sanitize_arcname(name) == sanitize_arcname_fully(name)
 
 
 @given(st.lists(TRICKY, max_size=30))
