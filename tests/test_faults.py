@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import stat
 import struct
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -141,3 +146,50 @@ async def test_a_file_without_read_permission_is_listed_but_left_out_of_the_zip(
     response = await client.get("/api/air/export/zip/r")
     assert response.headers["X-Export-Skipped-Files"] == "1"
     assert read_zip(await response.read()) == {"render/r/good.wav": b"good"}
+
+
+# Runs the CLI as ``nobody``: the child starts as root (the interpreter may
+# live where only root can reach it), loads the service, then drops to
+# nobody's ids before it touches the export.
+_AS_NOBODY = """
+import os, pwd, sys
+from export_service.cli import main
+nobody = pwd.getpwnam("nobody")
+os.setgroups([])
+os.setgid(nobody.pw_gid)
+os.setuid(nobody.pw_uid)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _cli_as_nobody(*arguments: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-c", _AS_NOBODY, *arguments], capture_output=True, check=True
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the test above runs instead")
+def test_a_file_without_read_permission_is_left_out_by_an_unprivileged_service() -> None:
+    """The test above, for when the tests run as root (as CI does): the
+    service runs as ``nobody``, the files are owned by root."""
+    with tempfile.TemporaryDirectory() as temp:
+        base = Path(temp)
+        base.chmod(0o755)  # the rest gets the usual 0o755 / 0o644
+        render = base / "render"
+        write(render / "r" / "good.wav", b"good")
+        write(render / "r" / "secret.wav", b"no").chmod(0o600)
+        for root in ("midi", "param"):
+            (base / root).mkdir()
+        config = base / "config.toml"
+        config.write_text(
+            f'[roots]\nrender = "{render}"\nmidi_generation = "{base / "midi"}"\n'
+            f'param_generation = "{base / "param"}"\n[links]\nfile = "{base / "links.json"}"\n'
+        )
+        manifest = _cli_as_nobody("manifest", "r", "--config", str(config))
+        assert [f["rel_path"] for f in json.loads(manifest.stdout)["files"]] == [
+            "r/good.wav",
+            "r/secret.wav",
+        ]
+        archive = _cli_as_nobody("zip", "r", "--config", str(config), "-o", "-")
+        assert read_zip(archive.stdout) == {"render/r/good.wav": b"good"}
+        assert b"left out (cannot be opened): render/r/secret.wav" in archive.stderr
