@@ -18,7 +18,7 @@ from export_service.errors import SourceChanged
 from export_service.files import FolderFiles
 from export_service.manifest import ExportSources
 from tests.conftest import AirTree, write
-from tests.zips import unzip_test
+from tests.zips import read_zip, unzip_test
 
 
 def _archive(tree: AirTree, crcs: CrcCache | None = None) -> ExportArchive:
@@ -191,3 +191,45 @@ async def test_curl_resumes_a_download_cut_in_the_middle(
     assert result.returncode == 0, result.stderr
     assert partial.read_bytes() == full
     unzip_test(partial.read_bytes(), tmp_path)
+
+
+def test_zip64_records_scaled_down(
+    tree: AirTree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ZIP64 (files or offsets over 4 GiB, over 65,535 entries) with the
+    limits lowered to a few hundred KB and 3 entries, so every ZIP64 record
+    the archive and its ranges depend on is written by a fast test: entries
+    with ZIP64 extra fields and 24-byte data descriptors, ZIP64 offsets in the
+    central directory, and the ZIP64 end records."""
+    import zipstream.ng
+
+    limit = 200_000
+    monkeypatch.setattr(zipstream.ng, "ZIP64_LIMIT", limit)
+    monkeypatch.setattr(zipstream.ng, "ZIP_FILECOUNT_LIMIT", 3)
+    monkeypatch.setattr(archive_module, "ZIP64_LIMIT", limit)
+    _populate(tree)
+    archive = _archive(tree)
+    full = b"".join(archive.chunks())
+    assert len(full) == archive.size
+    assert b"PK\x06\x06" in full[-200:] and b"PK\x06\x07" in full[-200:]  # ZIP64 end records
+    with zipfile.ZipFile(io.BytesIO(full)) as opened:
+        a_wav = opened.getinfo("render/r/a.wav")
+    assert struct.unpack_from("<H", full, a_wav.header_offset + 30 + len(a_wav.filename))[0] == 1
+    contents = {
+        f"render/r/{path.name}": path.read_bytes() for path in (tree.render / "r").iterdir()
+    }
+    assert read_zip(full) == contents
+    unzip_test(full, tmp_path)
+    # Ranges starting on and around every entry's data boundaries, where a
+    # wrong header or descriptor length would show.
+    with zipfile.ZipFile(io.BytesIO(full)) as opened:
+        infos = opened.infolist()
+    starts = set()
+    for info in infos:
+        name_length, extra_length = struct.unpack_from("<HH", full, info.header_offset + 26)
+        data_start = info.header_offset + 30 + name_length + extra_length
+        for boundary in (data_start, data_start + info.file_size):
+            starts.update(range(boundary - 2, boundary + 3))
+    for start in sorted(starts):
+        part = b"".join(_archive(tree, CrcCache()).chunks(start, len(full) - 1))
+        assert part == full[start:], start
