@@ -233,3 +233,23 @@ def test_zip64_records_scaled_down(
     for start in sorted(starts):
         part = b"".join(_archive(tree, CrcCache()).chunks(start, len(full) - 1))
         assert part == full[start:], start
+
+
+def test_more_than_65535_entries_for_real(tree: AirTree, tmp_path: Path) -> None:
+    """The entry-count ZIP64 boundary at its real value (a few seconds)."""
+    run = tree.render / "r"
+    run.mkdir(parents=True)
+    for index in range(65_600):
+        fd = os.open(run / f"{index:05d}.mid", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, index.to_bytes(3, "big"))
+        os.close(fd)
+    archive = _archive(tree)
+    full = b"".join(archive.chunks())
+    assert len(full) == archive.size
+    assert b"PK\x06\x06" in full[-200:]
+    with zipfile.ZipFile(io.BytesIO(full)) as opened:
+        infos = opened.infolist()
+        assert len(infos) == 65_600
+        assert opened.read(infos[-1]) == (65_599).to_bytes(3, "big")
+        assert opened.testzip() is None
+    unzip_test(full, tmp_path)
