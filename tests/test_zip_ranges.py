@@ -224,7 +224,7 @@ def test_zip64_records_scaled_down(
     # wrong header or descriptor length would show.
     with zipfile.ZipFile(io.BytesIO(full)) as opened:
         infos = opened.infolist()
-    starts = set()
+    starts: set[int] = set()
     for info in infos:
         name_length, extra_length = struct.unpack_from("<HH", full, info.header_offset + 26)
         data_start = info.header_offset + 30 + name_length + extra_length
