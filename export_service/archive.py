@@ -267,21 +267,40 @@ class _ExportZipStream(ZipStream):  # type: ignore[misc]
         info.header_offset = self._pos
         info.flag_bits |= _FLAG_DATA_DESCRIPTOR
         zip64 = size * ZIP64_ESTIMATE_FACTOR > ZIP64_LIMIT
-        yield self._track(info.FileHeader(zip64))
+        header = self._track(info.FileHeader(zip64))
+        if known_crc is None and size <= self._chunk_bytes:
+            # A file read in one chunk goes out as one piece with its header
+            # and data descriptor: a third of the pieces to pass along.
+            data = b"".join(_read_planned(planned, self.files, self._chunk_bytes))  # no copy
+            crc = self._read_crc(planned, data)
+            yield header + data + self._descriptor(info, size, crc, zip64)
+            return
+        yield header
         if known_crc is None:
             crc = 0
             for chunk in _read_planned(planned, self.files, self._chunk_bytes):
                 crc = crc32(chunk, crc)
                 yield chunk
-            if self._crcs is not None:
-                self._crcs.put(planned.snapshot, crc)
+            self._read_crc(planned, b"", crc)
         else:
             crc = known_crc
             yield SkippedData(size)
+        yield self._descriptor(info, size, crc, zip64)
+
+    def _read_crc(self, planned: PlannedEntry, data: bytes, crc: int = 0) -> int:
+        """The CRC-32 of a file read in full (continuing ``crc`` over ``data``), cached."""
+        crc = crc32(data, crc)
+        if self._crcs is not None:
+            self._crcs.put(planned.snapshot, crc)
+        return crc
+
+    def _descriptor(self, info: ZipStreamInfo, size: int, crc: int, zip64: bool) -> bytes:
+        """The data descriptor after an entry's data; the entry is then complete."""
         self._pos += size
         info.CRC = crc
-        yield self._track(info.DataDescriptor(zip64))
         self._filelist.append(info)
+        descriptor: bytes = self._track(info.DataDescriptor(zip64))
+        return descriptor
 
 
 def _file_crc(entry: PlannedEntry, files: FolderFiles, chunk_bytes: int) -> int:

@@ -146,9 +146,12 @@ def test_a_file_gone_between_the_scan_and_planning_is_left_out(tree: AirTree) ->
 @pytest.mark.parametrize(
     "change", ["truncate", "grow", "replace", "delete", "symlink_out", "fifo", "folder_out"]
 )
-def test_a_file_that_changes_after_planning_fails_the_stream(tree: AirTree, change: str) -> None:
+@pytest.mark.parametrize("chunk", [4096, 1 << 20], ids=["read_in_chunks", "read_in_one"])
+def test_a_file_that_changes_after_planning_fails_the_stream(
+    tree: AirTree, change: str, chunk: int
+) -> None:
     path = write(tree.render / "r" / "big.wav", b"x" * 20000)
-    archive = _plan(tree, chunk=4096)
+    archive = _plan(tree, chunk=chunk)
     chunks = archive.chunks()
     if change == "truncate":
         path.write_bytes(b"x" * 10)
@@ -173,6 +176,16 @@ def test_a_file_that_changes_after_planning_fails_the_stream(tree: AirTree, chan
     else:
         path.unlink()
         path.symlink_to(tree.canary)
+    with pytest.raises(SourceChanged):
+        for _ in chunks:
+            pass
+
+
+def test_an_empty_file_is_checked_too(tree: AirTree) -> None:
+    path = write(tree.render / "r" / "empty.wav")
+    chunks = _plan(tree).chunks()
+    path.unlink()
+    path.symlink_to(tree.canary)
     with pytest.raises(SourceChanged):
         for _ in chunks:
             pass
