@@ -96,8 +96,8 @@ class FolderFiles:
 
     def open(self, path: str, root_real: str) -> tuple[int, os.stat_result]:
         """Like :func:`open_checked`, for the resolved ``path`` of a scanned file."""
-        folder, name = os.path.split(path)
-        fd = os.open(name, _OPEN_FLAGS, dir_fd=self._folder_fd(folder, root_real))
+        folder, _, name = path.rpartition("/")  # an absolute path: os.path.split's work
+        fd = os.open(name, _OPEN_FLAGS, dir_fd=self._folder_fd(folder or "/", root_real))
         try:
             return fd, _regular_file_stat(fd)
         except BaseException:
