@@ -1,4 +1,5 @@
 import json
+import os
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -163,3 +164,21 @@ async def test_no_absolute_path_appears(tree: AirTree, client: TestClient[Any, A
     _every_case(tree)
     body = await _manifest(client, "/api/air/export/list/run_1")
     assert str(tree.base).encode() not in body
+
+
+async def test_a_run_folder_created_while_serving_is_found_on_the_next_request(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    write(tree.render / "run_9" / "mix.wav", b"m")
+    write(tree.midi / "20261101_000000_run_8" / "x.mid", b"x")
+    settled = 1_600_000_000  # the index trusts a root whose mtime has settled
+    os.utime(tree.midi, (settled, settled))
+    before = json.loads(await _manifest(client, "/api/air/export/list/run_9"))
+    assert before["midi_run_id"] is None  # the index of the MIDI root is now built
+
+    write(tree.midi / "20261124_120000_run_9" / "take.mid", b"MThd")  # changes the mtime
+    after = json.loads(await _manifest(client, "/api/air/export/list/run_9"))
+    assert after["midi_run_id"] == "run_9"
+    assert [f["rel_path"] for f in after["files"] if f["step"] == "midi_generation"] == [
+        "20261124_120000_run_9/take.mid"
+    ]
