@@ -14,13 +14,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies in a layer of their own: it is rebuilt only when pyproject.toml
-# changes, not on every change of the code.
+# changes, not on every change of the code. The placeholder package's build
+# output goes too: setuptools would otherwise keep its empty __init__.py,
+# newer than the real one, in the install below.
 COPY pyproject.toml README.md ./
 RUN mkdir export_service \
     && touch export_service/__init__.py \
     && pip install . \
     && pip uninstall --yes export-service \
-    && rm -r export_service
+    && rm -r export_service build export_service.egg-info
 
 COPY export_service ./export_service
 RUN pip install --no-deps . \
