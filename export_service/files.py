@@ -16,11 +16,9 @@ from collections import OrderedDict
 from urllib.parse import unquote_to_bytes
 
 from .errors import NotFound, SourceChanged
-from .scanning import is_within
+from .scanning import PROC_FD, fd_real_path, is_within, open_folder_inside
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_PROC_FD = "/proc/self/fd"
 
 # What the AIR steps write; mimetypes covers the rest.
 _CONTENT_TYPES = {
@@ -32,14 +30,6 @@ _CONTENT_TYPES = {
     ".ogg": "audio/ogg",
     ".json": "application/json",
 }
-
-
-def _real_path(fd: int, fallback_path: str) -> str:
-    """Where the open file or folder really is."""
-    try:
-        return os.readlink(f"{_PROC_FD}/{fd}")
-    except OSError:
-        return os.path.realpath(fallback_path)
 
 
 def _regular_file_stat(fd: int) -> os.stat_result:
@@ -55,7 +45,7 @@ def open_checked(path: str, root_real: str) -> tuple[int, os.stat_result]:
     fd = os.open(path, _OPEN_FLAGS)
     try:
         info = _regular_file_stat(fd)
-        if not is_within(root_real, _real_path(fd, path)):
+        if not is_within(root_real, fd_real_path(fd, path)):
             raise SourceChanged("resolves outside its root")
     except BaseException:
         os.close(fd)
@@ -84,12 +74,10 @@ class FolderFiles:
         if fd is not None:
             self._folders.move_to_end(key)
             return fd
-        fd = os.open(folder, _FOLDER_FLAGS)
-        real = _real_path(fd, folder)
-        if real != root_real and not is_within(root_real, real):
-            os.close(fd)
+        opened = open_folder_inside(folder, root_real)
+        if opened is None:
             raise SourceChanged("resolves outside its root")
-        self._folders[key] = fd
+        fd = self._folders[key] = opened[0]
         if len(self._folders) > self._keep_open:
             os.close(self._folders.popitem(last=False)[1])
         return fd
@@ -117,7 +105,7 @@ class FolderFiles:
 
 def reopenable_path(fd: int, fallback_path: str) -> str:
     """A path that opens exactly the file behind ``fd`` (``/proc/self/fd/N``)."""
-    path = f"{_PROC_FD}/{fd}"
+    path = f"{PROC_FD}/{fd}"
     return path if os.path.exists(path) else fallback_path
 
 

@@ -124,28 +124,30 @@ def exact_run_folder(root: str, run_id: str) -> str | None:
     return run_id if _folder_inside(root_real, os.path.join(root, run_id)) else None
 
 
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+PROC_FD = "/proc/self/fd"
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _fd_real_path(fd: int) -> str:
-    return os.readlink(f"/proc/self/fd/{fd}")
+def fd_real_path(fd: int, fallback_path: str) -> str:
+    """Where the open file or folder really is (from ``/proc``; without it,
+    the resolved ``fallback_path``)."""
+    try:
+        return os.readlink(f"{PROC_FD}/{fd}")
+    except OSError:
+        return os.path.realpath(fallback_path)
 
 
-def _inside_or_root(root_real: str, path_real: str) -> bool:
-    return path_real == root_real or is_within(root_real, path_real)
-
-
-def _open_folder(path: str, root_real: str) -> tuple[int, str] | None:
+def open_folder_inside(path: str, root_real: str) -> tuple[int, str] | None:
     """A descriptor of the folder at ``path`` and its real path, when what was
-    opened really lies inside the root (checked on the descriptor, so a link
-    swapped in for any folder on the way is caught); None otherwise."""
-    fd = os.open(path, _FOLDER_FLAGS)
-    real = _fd_real_path(fd)
-    if _inside_or_root(root_real, real):
+    opened really is the root or lies inside it (checked on the descriptor, so
+    a link swapped in for any folder on the way is caught); None otherwise.
+    OSError when it cannot be opened."""
+    fd = os.open(path, FOLDER_FLAGS)
+    real = fd_real_path(fd, path)
+    if real == root_real or is_within(root_real, real):
         return fd, real
     os.close(fd)
-    log.warning("skipping %s: it now resolves outside the root", path)
     return None
 
 
@@ -160,7 +162,7 @@ def _link_target(link_path: str, root_real: str) -> tuple[str, os.stat_result] |
         return None
     fd = os.open(target, _PATH_FLAGS)
     try:
-        real = _fd_real_path(fd)
+        real = fd_real_path(fd, target)
         if not is_within(root_real, real):
             log.warning("skipping %s: its target moved outside the root", link_path)
             return None
@@ -232,11 +234,12 @@ def scan_run_folder(root: str, folder: str) -> list[ScannedFile]:
     while pending:
         folder_path, folder_parts = pending.pop()
         try:
-            opened = _open_folder(folder_path, root_real)
+            opened = open_folder_inside(folder_path, root_real)
         except OSError as error:
             log.warning("cannot list %s: %s", folder_path, error.strerror)
             continue
         if opened is None:
+            log.warning("skipping %s: it now resolves outside the root", folder_path)
             continue
         fd, folder_real = opened
         try:

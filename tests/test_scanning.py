@@ -62,7 +62,7 @@ def test_a_folder_swapped_for_a_link_out_during_the_scan_lists_nothing_from_outs
     write(run / "own.wav", b"o")
     write(run / "sub" / "inner.wav", b"i")
     victim = run / "sub" if swapped == "subfolder" else run
-    real_open_folder = scanning._open_folder
+    real_open_folder = scanning.open_folder_inside
 
     def swap_then_open(path: str, root_real: str) -> tuple[int, str] | None:
         if path == str(victim.resolve()) and not victim.is_symlink():
@@ -70,7 +70,7 @@ def test_a_folder_swapped_for_a_link_out_during_the_scan_lists_nothing_from_outs
             victim.symlink_to(outside)
         return real_open_folder(path, root_real)
 
-    monkeypatch.setattr(scanning, "_open_folder", swap_then_open)
+    monkeypatch.setattr(scanning, "open_folder_inside", swap_then_open)
     listed = _listed(tree.render, "r")
     assert "secret-name.wav" not in {name.rsplit("/", 1)[-1] for name in listed}
     assert 123 not in listed.values()
