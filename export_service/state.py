@@ -48,25 +48,24 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-def in_request_context(
-    function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
-) -> Callable[[], _T]:
-    """The call, to run in another thread in the current context (so its log
-    lines carry the request id)."""
-    return functools.partial(contextvars.copy_context().run, function, *args, **kwargs)
+async def _run_in_pool(
+    pool: ThreadPoolExecutor, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+) -> _T:
+    """Run a blocking function in ``pool``, as one hop, in the current context
+    (so its log lines carry the request id)."""
+    call = functools.partial(contextvars.copy_context().run, function, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(pool, call)
 
 
 async def run_blocking(
     request: web.Request, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
 ) -> _T:
     """Run a blocking function in the I/O pool, as one hop."""
-    call = in_request_context(function, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(request.app[IO_EXECUTOR], call)
+    return await _run_in_pool(request.app[IO_EXECUTOR], function, *args, **kwargs)
 
 
 async def run_zip_work(
     request: web.Request, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
 ) -> _T:
     """Run a ZIP's CPU-bound work (planning) in the ZIP pool, as one hop."""
-    call = in_request_context(function, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(request.app[ZIP_EXECUTOR], call)
+    return await _run_in_pool(request.app[ZIP_EXECUTOR], function, *args, **kwargs)
