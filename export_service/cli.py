@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -160,8 +161,9 @@ def _run_offline(arguments: argparse.Namespace) -> int:
     sources = ExportSources.from_settings(settings)
     render_run_id = check_render_run_id(arguments.render_run_id)
     if arguments.command == "link":
-        record = sources.links.link(render_run_id, check_param_run_id(arguments.param_run_id))
-        print(json.dumps({"render_run_id": render_run_id, **record}, ensure_ascii=False))
+        link = sources.links.link(render_run_id, check_param_run_id(arguments.param_run_id))
+        record = {"render_run_id": render_run_id, **dataclasses.asdict(link)}
+        print(json.dumps(record, ensure_ascii=False))
         return 0
     param_run_id = arguments.param_run_id or None
     if param_run_id is not None:

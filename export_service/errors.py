@@ -51,6 +51,13 @@ class LinksFileCorrupt(ExportServiceError):
     code = "links_file_corrupt"
 
 
+class LinksFileUnwritable(ExportServiceError):
+    """The links folder is read-only, full, or not writable by this process."""
+
+    status = 503
+    code = "links_file_unwritable"
+
+
 class Unauthorized(ExportServiceError):
     status = 401
     code = "unauthorized"

@@ -1,84 +1,220 @@
 """step_links.json: render_run_id -> param_run_id, shared with the AIR backend.
 
 The file format is the backend's: ``{"<render_run_id>": {"param_run_id": "<id>",
-"updated_at": <unix seconds>, ...}, ...}``. Keys of a record this service does
-not know are kept. Reads take no lock; a parsed copy is cached by the file's
-(mtime_ns, size, inode), so a large file is not parsed again per manifest.
-Writes lock a file beside it (``flock``), read, modify, write a temp file in the
-same folder, fsync it, rename it over the old one and fsync the folder: several
+"updated_at": <unix seconds>, ...}, ...}``, UTF-8 JSON, read with the same
+parser the backend uses (Python's ``json``). Content either parses into links
+or the whole file counts as corrupt (not UTF-8, not JSON, nested deeper or with
+integers longer than that parser takes, not an object): then no link is used,
+readiness says why, and the file is never overwritten.
+
+Reads take no lock. The parsed links are cached by the file's (mtime_ns, size,
+inode); a change is parsed once, by the first reader to see it, while the
+others wait for that parse (single-flight) instead of parsing it again.
+
+Writes lock a file beside the configured path (``flock``), read, modify, write
+a temp file beside the real file (the target, when the path is a symbolic
+link), fsync it, rename it over the old one and fsync the folder: several
 processes writing at once lose nothing, and a crash leaves the old content.
-A corrupt file is never overwritten.
+Every record but the one written is copied back byte for byte, so values this
+service cannot use (lone surrogates, huge numbers, deep nesting, unknown keys)
+are kept exactly as the backend's parser read them, and never break a write.
+
+The AIR backend's own helpers, :func:`link_param_to_render` and
+:func:`get_param_for_render`, are here with its signatures, writing through the
+same lock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
+import math
 import os
+import re
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import LinksFileCorrupt
+from .config import CONFIG_ENV_VAR, ENV_PREFIX, load_settings
+from .errors import ExportServiceError, LinksFileCorrupt, LinksFileUnwritable
 from .run_ids import run_id_problem
 
 log = logging.getLogger(__name__)
 
-Records = dict[str, Any]
+LINKS_FILE_ENV_VAR = ENV_PREFIX + "LINKS_FILE"
+
 _FileKey = tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLink:
+    """One record's usable values: ``param_run_id`` as written (any string),
+    ``updated_at`` when it is a finite number, else None."""
+
+    param_run_id: str
+    updated_at: float | None
+
+
+Links = dict[str, StoredLink]
 
 
 @dataclass(frozen=True, slots=True)
 class _Snapshot:
     key: _FileKey | None  # None: the file does not exist
-    records: Records
+    links: Links
     problem: str | None  # why the file is unusable, or None
 
 
 _ABSENT = _Snapshot(None, {}, None)
 
 
-def _parse(raw: bytes) -> tuple[Records, str | None]:
+def _finite_time(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        return {}, f"not valid UTF-8 JSON ({error})"
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _each_object(value: dict[str, Any]) -> dict[str, Any]:
+    """The parser's object hook: calling back into Python once per object lets
+    the event loop's thread take the GIL during a long parse."""
+    return value
+
+
+def _decode(raw: bytes) -> tuple[Any, str | None]:
+    """The file's JSON value as the backend's parser reads it, or why it cannot be read."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return None, f"not valid UTF-8 ({error})"
+    try:
+        return json.loads(text, object_hook=_each_object), None
+    except RecursionError:
+        return None, "nested too deeply for a JSON parser"
+    except ValueError as error:  # JSONDecodeError, or an integer too long to convert
+        return None, f"not valid JSON ({error})"
+
+
+def _parse(raw: bytes) -> tuple[Links, str | None]:
+    data, problem = _decode(raw)
+    if problem:
+        return {}, problem
     if not isinstance(data, dict):
         return {}, f"top level is a JSON {type(data).__name__}, not an object"
-    return data, None
+    links = {}
+    for render_run_id, record in data.items():
+        if isinstance(record, dict):
+            param_run_id = record.get("param_run_id")
+            if isinstance(param_run_id, str):
+                links[render_run_id] = StoredLink(
+                    param_run_id, _finite_time(record.get("updated_at"))
+                )
+    return links, None
+
+
+# -- writing one record back into the file's own text ------------------------
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+@dataclass(frozen=True, slots=True)
+class _Member:
+    key: str
+    start: int  # of the key's opening quote
+    value_start: int
+    end: int  # after the value
+
+
+def _skip_space(text: str, index: int) -> int:
+    match = _SPACE.match(text, index)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
+
+
+def _members(text: str, start: int) -> list[_Member]:
+    """The members of the JSON object whose ``{`` is at ``start``, with their
+    spans in ``text`` (which json.loads accepted)."""
+    members: list[_Member] = []
+    index = _skip_space(text, start + 1)
+    if text[index] == "}":
+        return members
+    while True:
+        key, after_key = _DECODER.raw_decode(text, index)  # a JSON string
+        value_start = _skip_space(text, _skip_space(text, after_key) + 1)  # past the ':'
+        _, end = _DECODER.raw_decode(text, value_start)
+        members.append(_Member(key, index, value_start, end))
+        index = _skip_space(text, end)
+        if text[index] == "}":
+            return members
+        index = _skip_space(text, index + 1)  # past the ','
+
+
+def _with_link(text: str, render_run_id: str, link: StoredLink) -> str:
+    """``text`` (a JSON object json.loads accepted) with the record of
+    ``render_run_id`` set to ``link``: every other member, and the record's
+    other keys, copied as they are; the new values escaped to ASCII."""
+    members = _members(text, _skip_space(text, 0))
+    kept = [text[m.start : m.end] for m in members if m.key != render_run_id]
+    own = [m for m in members if m.key == render_run_id]
+    record_members = [
+        json.dumps("param_run_id") + ": " + json.dumps(link.param_run_id),
+        json.dumps("updated_at") + ": " + repr(link.updated_at),
+    ]
+    if own and text[own[-1].value_start] == "{":  # the parser keeps the last duplicate
+        record_members += [
+            text[m.start : m.end]
+            for m in _members(text, own[-1].value_start)
+            if m.key not in ("param_run_id", "updated_at")
+        ]
+    kept.append(json.dumps(render_run_id) + ": {" + ", ".join(record_members) + "}")
+    return "{\n  " + ",\n  ".join(kept) + "\n}\n"
 
 
 class LinkStore:
+    """The links file of one path: cached, single-flight reads; locked,
+    atomic writes that keep every other record as it is."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock_path = path.with_name(path.name + ".lock")
         self._snapshot = _ABSENT
         self._reported_key: _FileKey | None = None
+        self._parsing = threading.Lock()
 
     # -- reading ---------------------------------------------------------
 
     def _current(self) -> _Snapshot:
-        try:
-            with self.path.open("rb") as handle:
-                info = os.fstat(handle.fileno())
-                key = (info.st_mtime_ns, info.st_size, info.st_ino)
-                cached = self._snapshot
-                if cached.key == key:
-                    return cached
-                raw = handle.read()
-        except FileNotFoundError:
-            self._snapshot = _ABSENT
-            return _ABSENT
-        except OSError as error:
-            return _Snapshot(None, {}, f"cannot be read ({error.strerror})")
-        records, problem = _parse(raw)
-        snapshot = _Snapshot(key, records, problem)
-        self._snapshot = snapshot
+        # One reader at a time checks the file and, after a change, parses it;
+        # the others wait here and then find the new snapshot cached.
+        with self._parsing:
+            try:
+                with self.path.open("rb") as handle:
+                    info = os.fstat(handle.fileno())
+                    key = (info.st_mtime_ns, info.st_size, info.st_ino)
+                    if self._snapshot.key == key:
+                        return self._snapshot
+                    raw = handle.read()
+            except FileNotFoundError:
+                self._snapshot = _ABSENT
+                return _ABSENT
+            except OSError as error:
+                return _Snapshot(None, {}, f"cannot be read ({error.strerror})")
+            return self._remember(key, raw)
+
+    def _remember(self, key: _FileKey, raw: bytes) -> _Snapshot:
+        links, problem = _parse(raw)
+        snapshot = self._snapshot = _Snapshot(key, links, problem)
         if problem and self._reported_key != key:
             self._reported_key = key
             log.error("links file %s is unusable: %s; no links are used", self.path, problem)
@@ -88,21 +224,42 @@ class LinkStore:
         """Why the links file cannot be used (for readiness), or None."""
         return self._current().problem
 
-    def record(self, render_run_id: str) -> dict[str, Any] | None:
-        """The link of ``render_run_id``; None when absent or the file is unusable."""
-        record = self._current().records.get(render_run_id)
-        return record if isinstance(record, dict) else None
+    def stored(self, render_run_id: str) -> StoredLink | None:
+        """The record of ``render_run_id`` as stored, whatever its param run id."""
+        return self._current().links.get(render_run_id)
+
+    def link_for(self, render_run_id: str) -> StoredLink | None:
+        """The link of ``render_run_id`` when its param run id is a valid run id."""
+        link = self.stored(render_run_id)
+        if link is None:
+            return None
+        if run_id_problem(link.param_run_id) is not None:
+            log.warning(
+                "ignoring link %s -> %r: not a valid run id", render_run_id, link.param_run_id
+            )
+            return None
+        return link
 
     def param_run_id_for(self, render_run_id: str) -> str | None:
         """The linked param run id, when there is a valid one."""
-        record = self.record(render_run_id)
-        value = record.get("param_run_id") if record else None
-        if not isinstance(value, str):
-            return None
-        if run_id_problem(value) is not None:
-            log.warning("ignoring link %s -> %r: not a valid run id", render_run_id, value)
-            return None
-        return value
+        link = self.link_for(render_run_id)
+        return link.param_run_id if link else None
+
+    def write_problem(self) -> str | None:
+        """Why a write would fail now (for readiness), or None: the folders
+        that would get the lock file and the temp file must be writable by
+        this process, and the file system must have room."""
+        target = Path(os.path.realpath(self.path))
+        for folder in dict.fromkeys((self.path.parent, target.parent)):
+            existing = _nearest_existing(folder)
+            if not os.access(existing, os.W_OK | os.X_OK):
+                return f"folder {str(existing)!r} is not writable by this process"
+            space = os.statvfs(existing)
+            if space.f_bavail == 0 or space.f_favail == 0:
+                return f"folder {str(existing)!r} is on a full file system"
+        if self._lock_path.exists() and not os.access(self._lock_path, os.W_OK):
+            return f"lock file {str(self._lock_path)!r} is not writable by this process"
+        return None
 
     # -- writing ---------------------------------------------------------
 
@@ -119,45 +276,68 @@ class LinkStore:
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
-    def link(self, render_run_id: str, param_run_id: str) -> dict[str, Any]:
-        """Set the link, keeping the record's other keys; returns the record."""
-        with self._exclusive():
-            snapshot = self._current()
-            if snapshot.problem:
-                raise LinksFileCorrupt(
-                    f"the links file is unusable ({snapshot.problem}); it is left as it is"
-                )
-            records = dict(snapshot.records)
-            old = records.get(render_run_id)
-            record = dict(old) if isinstance(old, dict) else {}
-            record["param_run_id"] = param_run_id
-            record["updated_at"] = time.time()
-            records[render_run_id] = record
-            self._replace(json.dumps(records, ensure_ascii=False, indent=2).encode())
-            return record
+    def link(self, render_run_id: str, param_run_id: str) -> StoredLink:
+        """Set the link, keeping the record's other keys and every other record.
 
-    def _remove_dead_writers_temp_files(self) -> None:
+        :class:`LinksFileCorrupt` when the file is unusable (it is left as it
+        is), :class:`LinksFileUnwritable` when it cannot be written (nothing
+        is left behind).
+        """
+        try:
+            with self._exclusive():
+                target = Path(os.path.realpath(self.path))
+                text = self._validated_text(target)
+                link = StoredLink(param_run_id, time.time())
+                self._replace(target, _with_link(text, render_run_id, link).encode())
+                return link
+        except OSError as error:
+            where = error.filename or self.path.parent
+            raise LinksFileUnwritable(
+                f"the links file cannot be written ({error.strerror}: {str(where)!r})"
+            ) from None
+
+    def _validated_text(self, target: Path) -> str:
+        """The file's text, read under the lock; "{}" when it does not exist."""
+        try:
+            with target.open("rb") as handle:
+                info = os.fstat(handle.fileno())
+                raw = handle.read()
+        except FileNotFoundError:
+            return "{}"
+        key = (info.st_mtime_ns, info.st_size, info.st_ino)
+        with self._parsing:
+            snapshot = self._snapshot if self._snapshot.key == key else self._remember(key, raw)
+        if snapshot.problem:
+            raise LinksFileCorrupt(
+                f"the links file is unusable ({snapshot.problem}); it is left as it is"
+            )
+        return raw.decode("utf-8")
+
+    def _remove_dead_writers_temp_files(self, target: Path) -> None:
         """Temp files are only made under the lock, so one found while holding
         it was left by a writer that died before its rename."""
-        for leftover in self.path.parent.glob(f".{self.path.name}.*"):
+        for leftover in target.parent.glob(f".{target.name}.*"):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
 
-    def _replace(self, content: bytes) -> None:
-        self._remove_dead_writers_temp_files()
-        folder = self.path.parent
+    def _replace(self, target: Path, content: bytes) -> None:
+        """Write ``content`` to a temp file beside ``target`` and rename it
+        over ``target`` (a regular file: the path's symbolic links are
+        already resolved, so they keep pointing to it)."""
+        self._remove_dead_writers_temp_files(target)
+        folder = target.parent
         try:
-            mode = self.path.stat().st_mode & 0o7777
+            mode = target.stat().st_mode & 0o7777
         except FileNotFoundError:
             mode = 0o644
-        handle, temp_name = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=folder)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=folder)
         try:
             with os.fdopen(handle, "wb") as temp:
                 temp.write(content)
                 temp.flush()
                 os.fchmod(temp.fileno(), mode)
                 os.fsync(temp.fileno())
-            os.replace(temp_name, self.path)
+            os.replace(temp_name, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp_name)
@@ -167,3 +347,75 @@ class LinkStore:
             os.fsync(folder_handle)
         finally:
             os.close(folder_handle)
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """``folder``, or its closest ancestor that exists (where mkdir starts)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+# -- the AIR backend's helpers -------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _store_at(path: str) -> LinkStore:
+    return LinkStore(Path(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _links_file_of_config(config_path: str) -> str:
+    return str(load_settings(Path(config_path), os.environ).links.file)
+
+
+def _configured_store() -> LinkStore | None:
+    """The store of ``EXPORT_SERVICE_LINKS_FILE``, else of the links file in
+    the config named by ``EXPORT_SERVICE_CONFIG``; None (logged) when neither is set."""
+    path = os.environ.get(LINKS_FILE_ENV_VAR, "").strip()
+    if not path:
+        config_path = os.environ.get(CONFIG_ENV_VAR, "").strip()
+        if not config_path:
+            log.error("no links file: set %s or %s", LINKS_FILE_ENV_VAR, CONFIG_ENV_VAR)
+            return None
+        path = _links_file_of_config(config_path)
+    return _store_at(path)
+
+
+def link_param_to_render(render_run_id: str, param_run_id: str) -> None:
+    """Record ``render_run_id`` -> ``param_run_id`` (the AIR backend's helper).
+
+    Both ids are stripped; nothing happens when either is empty. Best-effort,
+    as the backend calls it: any failure (corrupt or unwritable file, no file
+    configured) is logged, never raised.
+    """
+    try:
+        render = (render_run_id or "").strip()
+        param = (param_run_id or "").strip()
+        if not render or not param:
+            return
+        store = _configured_store()
+        if store is not None:
+            store.link(render, param)
+    except ExportServiceError as error:
+        log.error("link %r -> %r not written: %s", render_run_id, param_run_id, error.message)
+    except Exception:
+        log.exception("link %r -> %r not written", render_run_id, param_run_id)
+
+
+def get_param_for_render(render_run_id: str) -> str | None:
+    """The param run linked to ``render_run_id`` (the AIR backend's helper).
+
+    The id is stripped; None when it is empty, when there is no record, or
+    when its ``param_run_id`` is not a string with a non-blank character
+    (returned as stored, as the backend does). Never raises: failures are
+    logged and give None.
+    """
+    try:
+        render = (render_run_id or "").strip()
+        store = _configured_store() if render else None
+        link = store.stored(render) if store is not None else None
+        return link.param_run_id if link is not None and link.param_run_id.strip() else None
+    except Exception:
+        log.exception("link of %r not read", render_run_id)
+        return None

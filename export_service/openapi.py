@@ -47,7 +47,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "request body too large",
         416: "range not satisfiable",
         422: "invalid run id, param run id or body",
-        503: "links file unusable, too many downloads, or not ready",
+        503: "links file unusable or unwritable, too many downloads, or not ready",
     }
     return {str(status): _json(ErrorBody, texts[status]) for status in statuses}
 
@@ -186,7 +186,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         },
         "/readyz": {
             "get": {
-                "summary": "Readiness: roots readable, links file absent or parsing",
+                "summary": "Readiness: roots readable, links file absent or parsing, and writable",
                 "security": [],
                 "responses": {"200": _json(Status, "ready"), **_errors(503)},
             }

@@ -26,9 +26,9 @@ def readiness_problems(settings: Settings, links: LinkStore) -> list[str]:
             problems.append(f"roots.{key}: {str(path)!r} does not exist or is not a folder")
         elif not os.access(path, os.R_OK | os.X_OK):
             problems.append(f"roots.{key}: {str(path)!r} is not readable")
-    links_problem = links.problem()
-    if links_problem:
-        problems.append(f"links.file: {links_problem}")
+    for links_problem in (links.problem(), links.write_problem()):
+        if links_problem:
+            problems.append(f"links.file: {links_problem}")
     return problems
 
 
@@ -41,7 +41,7 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/readyz", allow_head=False)
 async def readyz(request: web.Request) -> web.Response:
     """200 when the roots are readable folders and the links file is absent or
-    parses; otherwise 503 naming each problem."""
+    parses and can be written; otherwise 503 naming each problem."""
     problems = await run_blocking(
         request, readiness_problems, request.app[SETTINGS], request.app[SOURCES].links
     )

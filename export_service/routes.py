@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote
 
 from aiohttp import hdrs, web
@@ -16,6 +16,7 @@ from .archive import plan_export_archive
 from .byte_ranges import requested_range
 from .errors import InvalidRequestBody, LinkNotFound, SourceChanged, TooManyDownloads
 from .files import content_type, open_root_file
+from .links import StoredLink
 from .manifest import Step, export_manifest_json
 from .run_ids import RUN_ID_JSON_SCHEMA, check_param_run_id, check_render_run_id
 from .state import (
@@ -186,12 +187,11 @@ class Link(BaseModel):
     updated_at: float | None
 
 
-def _link(render_run_id: str, record: dict[str, Any]) -> web.Response:
-    updated_at = record.get("updated_at")
+def _link(render_run_id: str, stored: StoredLink) -> web.Response:
     link = Link(
         render_run_id=render_run_id,
-        param_run_id=record["param_run_id"],
-        updated_at=updated_at if isinstance(updated_at, int | float) else None,
+        param_run_id=stored.param_run_id,
+        updated_at=stored.updated_at,
     )
     return web.Response(body=link.model_dump_json().encode(), content_type="application/json")
 
@@ -200,10 +200,10 @@ def _link(render_run_id: str, record: dict[str, Any]) -> web.Response:
 async def get_link(request: web.Request) -> web.Response:
     render_run_id = check_render_run_id(request.match_info["render_run_id"])
     links = request.app[SOURCES].links
-    record = await run_blocking(request, links.record, render_run_id)
-    if record is None or not isinstance(record.get("param_run_id"), str):
+    stored = await run_blocking(request, links.link_for, render_run_id)
+    if stored is None:
         raise LinkNotFound(f"no param run is linked to render run {render_run_id!r}")
-    return _link(render_run_id, record)
+    return _link(render_run_id, stored)
 
 
 @routes.put(EXPORT_PREFIX + "/links/{render_run_id:.*}")
@@ -220,8 +220,8 @@ async def put_link(request: web.Request) -> web.Response:
         ) from None
     param_run_id = check_param_run_id(update.param_run_id)
     links = request.app[SOURCES].links
-    record = await run_blocking(request, links.link, render_run_id, param_run_id)
-    return _link(render_run_id, record)
+    stored = await run_blocking(request, links.link, render_run_id, param_run_id)
+    return _link(render_run_id, stored)
 
 
 class _VerifiedFileResponse(web.FileResponse):

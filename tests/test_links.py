@@ -12,6 +12,7 @@ import export_service.links as links_module
 from export_service.errors import LinksFileCorrupt
 from export_service.links import LinkStore
 from tests.conftest import AirTree, write
+from tests.zips import read_zip
 
 PROCESSES, THREADS, LINKS_PER_THREAD = 2, 4, 60
 
@@ -58,9 +59,9 @@ def test_processes_and_threads_writing_at_once_lose_nothing(tmp_path: Path) -> N
 def test_first_write_creates_the_file_and_its_folder(tmp_path: Path) -> None:
     store = LinkStore(tmp_path / "a" / "b" / "step_links.json")
     assert store.param_run_id_for("r") is None
-    record = store.link("r", "p")
-    assert record["param_run_id"] == "p"
-    assert isinstance(record["updated_at"], float)
+    link = store.link("r", "p")
+    assert link.param_run_id == "p"
+    assert isinstance(link.updated_at, float)
     assert store.param_run_id_for("r") == "p"
     assert oct((tmp_path / "a" / "b" / "step_links.json").stat().st_mode & 0o777) == "0o644"
 
@@ -197,7 +198,167 @@ def test_a_writer_killed_before_its_rename_leaves_the_old_content(tmp_path: Path
     writer.wait()
     assert path.read_bytes() == before
     assert len(list(tmp_path.glob(".step_links.json.*"))) == 1  # the dead writer's temp file
-    assert LinkStore(path).link("r3", "p3")["param_run_id"] == "p3"  # the lock was released
+    assert LinkStore(path).link("r3", "p3").param_run_id == "p3"  # the lock was released
     records = json.loads(path.read_text())
     assert set(records) == {"r1", "r3"}
     assert list(tmp_path.glob(".step_links.json.*")) == []  # cleaned up under the lock
+
+
+# -- hostile but valid content (issue 12 item 3) ------------------------------
+
+DEEP = b"[" * 2000 + b"]" * 2000
+NESTED_500 = b'{"a": ' * 500 + b"1" + b"}" * 500
+
+# (content, why the whole file is corrupt, or None when it parses)
+UNPARSABLE = {
+    "nesting 2,000 deep": (
+        b'{"r": {"param_run_id": "p9", "x": ' + DEEP + b"}}",
+        "nested too deeply",
+    ),
+    "integer of 5,000 digits": (
+        b'{"r": {"param_run_id": "p9", "n": ' + b"7" * 5000 + b"}}",
+        "integer string conversion",
+    ),
+    "UTF-8 byte order mark": (b'\xef\xbb\xbf{"r": {"param_run_id": "p9"}}', "not valid JSON"),
+}
+
+
+async def _link_routes(client: TestClient[Any, Any]) -> dict[str, Any]:
+    """What every route that touches the links file answers for render run r."""
+    manifest = await client.get("/api/air/export/list/r")
+    archive = await client.get("/api/air/export/zip/r")
+    ready = await client.get("/readyz")
+    got = await client.get("/api/air/export/links/r")
+    return {
+        "manifest": (manifest.status, (await manifest.json()).get("param_run_id")),
+        "zip": (archive.status, sorted(read_zip(await archive.read()))),
+        "readyz": (ready.status, await ready.json()),
+        "get": (got.status, await got.json()),
+    }
+
+
+def _param_tree(tree: AirTree) -> None:
+    write(tree.render / "r" / "mix.wav", b"m")
+    write(tree.param / "20261101_101200_p9" / "params.json", b"{}")
+    write(tree.param / "20261101_101200_p7" / "params.json", b"{}")
+
+
+@pytest.mark.parametrize(("content", "why"), UNPARSABLE.values(), ids=UNPARSABLE.keys())
+async def test_content_the_parser_refuses_counts_as_corrupt_on_every_route(
+    tree: AirTree, client: TestClient[Any, Any], content: bytes, why: str
+) -> None:
+    _param_tree(tree)
+    write(tree.links, content)
+    answers = await _link_routes(client)
+    assert answers["manifest"] == (200, None)  # goes on without the link
+    assert answers["zip"] == (200, ["render/r/mix.wav"])
+    status, body = answers["readyz"]
+    assert status == 503 and "links.file: " in body["detail"]["message"]
+    assert why in body["detail"]["message"]
+    assert answers["get"][0] == 404
+    put = await client.put("/api/air/export/links/r", json={"param_run_id": "p7"})
+    assert put.status == 503
+    assert (await put.json())["detail"]["error"] == "links_file_corrupt"
+    assert tree.links.read_bytes() == content
+
+
+# (content, the link GET answers for r: (param_run_id, updated_at) or None)
+PARSABLE = {
+    "lone surrogate as the param run id": (b'{"r": {"param_run_id": "\\ud800"}}', None),
+    "lone surrogate in another key": (
+        b'{"r": {"param_run_id": "p9", "updated_at": 5, "note": "\\ud800"}}',
+        ("p9", 5.0),
+    ),
+    "lone surrogate as a render run id": (
+        b'{"\\udfff": {"param_run_id": "p7"}, "r": {"param_run_id": "p9", "updated_at": 1.5}}',
+        ("p9", 1.5),
+    ),
+    "updated_at of 400 digits": (
+        b'{"r": {"param_run_id": "p9", "updated_at": 1' + b"0" * 400 + b"}}",
+        ("p9", None),
+    ),
+    "updated_at beyond a float": (
+        b'{"r": {"param_run_id": "p9", "updated_at": 1e400}}',
+        ("p9", None),
+    ),
+    "updated_at NaN": (b'{"r": {"param_run_id": "p9", "updated_at": NaN}}', ("p9", None)),
+    "updated_at true": (b'{"r": {"param_run_id": "p9", "updated_at": true}}', ("p9", None)),
+    "nesting 500 deep in a record": (
+        b'{"r": {"param_run_id": "p9", "updated_at": 2, "x": ' + NESTED_500 + b"}}",
+        ("p9", 2.0),
+    ),
+    "integer of 4,000 digits": (
+        b'{"r": {"param_run_id": "p9", "updated_at": 3, "n": ' + b"7" * 4000 + b"}}",
+        ("p9", 3.0),
+    ),
+    "param run id with a slash": (b'{"r": {"param_run_id": "../p9"}}', None),
+    "record not an object": (b'{"r": [1, 2]}', None),
+}
+
+
+@pytest.mark.parametrize(("content", "served"), PARSABLE.values(), ids=PARSABLE.keys())
+async def test_hostile_records_are_skipped_or_served_clean_and_puts_keep_them(
+    tree: AirTree, client: TestClient[Any, Any], content: bytes, served: tuple[str, Any] | None
+) -> None:
+    _param_tree(tree)
+    write(tree.links, content)
+    answers = await _link_routes(client)
+    assert answers["readyz"] == (200, {"status": "ready"})
+    if served is None:
+        assert answers["manifest"] == (200, None)
+        assert answers["get"][0] == 404
+        assert answers["zip"] == (200, ["render/r/mix.wav"])
+    else:
+        assert answers["manifest"] == (200, served[0])
+        assert answers["get"] == (
+            200,
+            {"render_run_id": "r", "param_run_id": served[0], "updated_at": served[1]},
+        )
+        assert answers["zip"] == (
+            200,
+            ["param_generation/20261101_101200_p9/params.json", "render/r/mix.wav"],
+        )
+
+    # A PUT of another record copies this one back byte for byte, as JSON
+    # that Python's parser (the backend's) reads.
+    put = await client.put("/api/air/export/links/other", json={"param_run_id": "p7"})
+    assert put.status == 200
+    written = tree.links.read_bytes()
+    record = content[content.index(b'"r": ') : -1]
+    assert record in written
+    assert json.loads(written)["other"]["param_run_id"] == "p7"
+    assert (await client.get("/readyz")).status == 200
+
+    # A PUT of the record itself keeps its other keys as they were.
+    put = await client.put("/api/air/export/links/r", json={"param_run_id": "p7"})
+    assert put.status == 200
+    assert (await put.json())["param_run_id"] == "p7"
+    written = tree.links.read_bytes()
+    old = json.loads(content)["r"]
+    new = json.loads(written)["r"]
+    assert new["param_run_id"] == "p7" and isinstance(new["updated_at"], float)
+    if isinstance(old, dict):
+        for key in set(old) - {"param_run_id", "updated_at"}:
+            assert repr(new[key]) == repr(old[key])
+    assert (await client.get("/api/air/export/list/r")).status == 200
+    assert (await (await client.get("/api/air/export/links/r")).json())["param_run_id"] == "p7"
+
+
+def test_a_write_keeps_duplicates_unknown_keys_and_formatting_of_other_records(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path / "step_links.json",
+        b'{ "a" :{"param_run_id":"p1"} , "r": {"param_run_id": "old", "k": [1,\n2]},'
+        b' "a": {"param_run_id": "p2", "\\u00e9": "\\u00e9"},'
+        b' "r": {"param_run_id": "older", "z": 1}}',
+    )
+    LinkStore(path).link("r", "new")
+    text = path.read_text()
+    assert '"a" :{"param_run_id":"p1"}' in text
+    assert '"a": {"param_run_id": "p2", "\\u00e9": "\\u00e9"}' in text
+    records = json.loads(text)
+    assert records["a"] == {"param_run_id": "p2", "é": "é"}  # the parser keeps the last one
+    assert records["r"]["param_run_id"] == "new"
+    assert records["r"]["z"] == 1 and "k" not in records["r"]  # the record the parser saw
+    assert text.count('"r"') == 1
