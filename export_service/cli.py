@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -162,7 +161,7 @@ def _run_offline(arguments: argparse.Namespace) -> int:
     render_run_id = check_render_run_id(arguments.render_run_id)
     if arguments.command == "link":
         link = sources.links.link(render_run_id, check_param_run_id(arguments.param_run_id))
-        record = {"render_run_id": render_run_id, **dataclasses.asdict(link)}
+        record = {"render_run_id": render_run_id, **link._asdict()}
         print(json.dumps(record, ensure_ascii=False))
         return 0
     param_run_id = arguments.param_run_id or None

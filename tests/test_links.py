@@ -1,7 +1,9 @@
+import asyncio
 import json
 import logging
 import multiprocessing
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,32 @@ def test_a_large_file_is_parsed_once_until_it_changes(
     store.link("r0", "changed")
     assert store.param_run_id_for("r0") == "changed"
     assert parses == 2
+
+
+async def test_a_change_is_parsed_once_while_concurrent_manifests_wait_for_it(
+    tree: AirTree, client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tree.render / "r" / "mix.wav", b"m")
+    write(tree.param / "20261101_101200_p9" / "params.json", b"{}")
+    tree.link({"r": {"param_run_id": "p1"}})
+    assert (await client.get("/api/air/export/list/r")).status == 200  # parsed, cached
+    parses = 0
+    real_parse = links_module._parse
+
+    def slow_counting_parse(raw: bytes) -> Any:
+        nonlocal parses
+        parses += 1
+        time.sleep(0.3)  # long enough for every request below to arrive meanwhile
+        return real_parse(raw)
+
+    monkeypatch.setattr(links_module, "_parse", slow_counting_parse)
+    tree.link({"r": {"param_run_id": "p9"}, "other": {"param_run_id": "p1"}})
+    answers = await asyncio.gather(
+        *(client.get("/api/air/export/list/r") for _ in range(8)), client.get("/readyz")
+    )
+    assert [a.status for a in answers] == [200] * 9
+    assert [(await a.json())["param_run_id"] for a in answers[:8]] == ["p9"] * 8
+    assert parses == 1
 
 
 async def test_link_endpoints(tree: AirTree, client: TestClient[Any, Any]) -> None:
