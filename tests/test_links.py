@@ -1,9 +1,19 @@
 import asyncio
+import contextlib
+import errno
 import json
 import logging
 import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +24,7 @@ import export_service.links as links_module
 from export_service.errors import LinksFileCorrupt
 from export_service.links import LinkStore
 from tests.conftest import AirTree, write
+from tests.live import free_port
 from tests.zips import read_zip
 
 PROCESSES, THREADS, LINKS_PER_THREAD = 2, 4, 60
@@ -390,3 +401,166 @@ def test_a_write_keeps_duplicates_unknown_keys_and_formatting_of_other_records(
     assert records["r"]["param_run_id"] == "new"
     assert records["r"]["z"] == 1 and "k" not in records["r"]  # the record the parser saw
     assert text.count('"r"') == 1
+
+
+# -- a links folder that cannot be written (issue 12 item 5) -------------------
+
+
+@contextlib.contextmanager
+def _tmpfs(folder: Path, options: str) -> Iterator[None]:
+    """A tmpfs mounted at ``folder`` (root only; a visible skip elsewhere)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """The folder's files and their content, but the lock file (which stays)."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.endswith(".lock")}
+
+
+async def _put_is_refused(client: TestClient[Any, Any], tree: AirTree, why: str) -> None:
+    """PUT answers 503 links_file_unwritable naming ``why``; the file and its
+    folder are as they were."""
+    before = _files(tree.links.parent)
+    response = await client.put("/api/air/export/links/r", json={"param_run_id": "p2"})
+    assert response.status == 503
+    detail = (await response.json())["detail"]
+    assert detail["error"] == "links_file_unwritable"
+    assert why in detail["message"]
+    assert _files(tree.links.parent) == before
+    assert (await (await client.get("/api/air/export/links/r")).json())["param_run_id"] == "p1"
+
+
+async def test_a_read_only_links_folder_is_503_and_not_ready(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    with _tmpfs(tree.links.parent, "size=1m"):
+        tree.link({"r": {"param_run_id": "p1"}})
+        remount = ["mount", "-o", "remount,ro", str(tree.links.parent)]
+        await asyncio.to_thread(subprocess.run, remount, check=True)
+        ready = await client.get("/readyz")
+        assert ready.status == 503
+        message = (await ready.json())["detail"]["message"]
+        assert f"links.file: folder '{tree.links.parent}' is not writable" in message
+        await _put_is_refused(client, tree, "Read-only file system")
+
+
+async def test_a_full_links_folder_is_503_and_leaves_nothing_behind(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    with _tmpfs(tree.links.parent, "size=256k"):
+        # A file of 200 KiB: the folder has room (ready), but not for its copy.
+        tree.link({"r": {"param_run_id": "p1"}, "pad": {"x": "x" * 200 * 1024}})
+        assert (await client.get("/readyz")).status == 200
+        await _put_is_refused(client, tree, "No space left on device")
+        filler = tree.links.parent / "filler"
+        with contextlib.suppress(OSError), filler.open("wb") as handle:
+            while True:
+                handle.write(b"\0" * 4096)
+                handle.flush()
+        ready = await client.get("/readyz")
+        assert ready.status == 503
+        message = (await ready.json())["detail"]["message"]
+        assert f"links.file: folder '{tree.links.parent}' is on a full file system" in message
+        filler.unlink()
+
+
+async def test_a_failing_write_is_503_and_leaves_nothing_behind(
+    tree: AirTree, client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test above without a mount: ENOSPC from the temp file's fsync."""
+    tree.link({"r": {"param_run_id": "p1"}})
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(links_module.os, "fsync", no_space)
+    await _put_is_refused(client, tree, "No space left on device")
+
+
+# Runs the service as ``nobody`` when the tests run as root (as CI does), so
+# that the links folder, owned by root, is not writable by the service.
+_SERVE_AS_NOBODY = """
+import os, pwd, sys
+from export_service.cli import main
+if os.geteuid() == 0:
+    nobody = pwd.getpwnam("nobody")
+    os.setgroups([])
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_links_folder_the_service_cannot_write_is_503_and_not_ready() -> None:
+    with tempfile.TemporaryDirectory() as temp:
+        base = Path(temp)
+        base.chmod(0o755)
+        for root in ("render", "midi", "param"):
+            (base / root).mkdir()
+        links = base / "links" / "step_links.json"
+        write(links, json.dumps({"r": {"param_run_id": "p1"}}).encode())
+        if os.geteuid() != 0:
+            links.parent.chmod(0o555)
+        port = free_port()
+        env = {
+            **os.environ,
+            **{f"EXPORT_SERVICE_ROOTS_{k.upper()}": str(base / v) for k, v in ROOTS.items()},
+            "EXPORT_SERVICE_LINKS_FILE": str(links),
+            "EXPORT_SERVICE_SERVER_HOST": "127.0.0.1",
+        }
+        with tempfile.TemporaryFile("w+") as log:
+            service = subprocess.Popen(
+                [sys.executable, "-c", _SERVE_AS_NOBODY, "serve", "--port", str(port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                url = f"http://127.0.0.1:{port}"
+                assert _wait_for(url + "/healthz", service), log.read()
+                ready = _request("GET", url + "/readyz")
+                assert ready[0] == 503
+                assert f"links.file: folder '{links.parent}' is not writable" in ready[1]
+                put = _request("PUT", url + "/api/air/export/links/r", b'{"param_run_id": "p2"}')
+                assert put[0] == 503
+                assert '"links_file_unwritable"' in put[1] and "Permission denied" in put[1]
+                assert json.loads(links.read_text()) == {"r": {"param_run_id": "p1"}}
+                assert sorted(p.name for p in links.parent.iterdir()) == ["step_links.json"]
+            finally:
+                service.terminate()
+                service.wait(30)
+            links.parent.chmod(0o755)
+
+
+ROOTS = {"render": "render", "midi_generation": "midi", "param_generation": "param"}
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(url, timeout=5).close()
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _request(method: str, url: str, body: bytes | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=body, method=method)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
