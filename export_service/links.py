@@ -251,6 +251,8 @@ class LinkStore:
         that would get the lock file and the temp file must be writable by
         this process, and the file system must have room."""
         target = Path(os.path.realpath(self.path))
+        if self.path.is_symlink() and not target.parent.is_dir():
+            return f"it is a symbolic link to {str(target)!r}, whose folder does not exist"
         for folder in dict.fromkeys((self.path.parent, target.parent)):
             existing = _nearest_existing(folder)
             if not os.access(existing, os.W_OK | os.X_OK):

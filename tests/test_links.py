@@ -484,7 +484,7 @@ async def test_a_failing_write_is_503_and_leaves_nothing_behind(
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(links_module.os, "fsync", no_space)
+    monkeypatch.setattr(os, "fsync", no_space)
     await _put_is_refused(client, tree, "No space left on device")
 
 
@@ -564,3 +564,64 @@ def _request(method: str, url: str, body: bytes | None = None) -> tuple[int, str
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+# -- a symbolic link as the links file (issue 12 item 6) -----------------------
+
+
+@pytest.mark.parametrize("relative", [False, True])
+async def test_a_put_writes_through_a_symbolic_link_to_its_target(
+    tree: AirTree, client: TestClient[Any, Any], tmp_path: Path, relative: bool
+) -> None:
+    target = write(tmp_path / "shared" / "real_links.json", b'{"r": {"param_run_id": "p1"}}')
+    target.chmod(0o640)
+    hop = tmp_path / "hop.json"  # a chain: links -> hop -> target
+    hop.symlink_to(target)
+    tree.links.parent.mkdir(parents=True)
+    tree.links.symlink_to("../../../hop.json" if relative else hop)  # links: air/projects/output
+    put = await client.put("/api/air/export/links/r2", json={"param_run_id": "p2"})
+    assert put.status == 200
+    assert tree.links.is_symlink() and hop.is_symlink()
+    assert json.loads(target.read_text()) == {
+        "r": {"param_run_id": "p1"},
+        "r2": {"param_run_id": "p2", "updated_at": (await put.json())["updated_at"]},
+    }
+    assert oct(target.stat().st_mode & 0o777) == "0o640"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["real_links.json"]
+    assert sorted(p.name for p in tree.links.parent.iterdir()) == [
+        "step_links.json",
+        "step_links.json.lock",  # the lock stays beside the configured path
+    ]
+    got = await client.get("/api/air/export/links/r2")
+    assert (await got.json())["param_run_id"] == "p2"
+    assert (await client.get("/readyz")).status == 200
+
+
+async def test_a_dangling_symbolic_link_gets_its_target_created(
+    tree: AirTree, client: TestClient[Any, Any], tmp_path: Path
+) -> None:
+    target = tmp_path / "shared" / "real_links.json"
+    target.parent.mkdir()
+    tree.links.parent.mkdir(parents=True)
+    tree.links.symlink_to(target)
+    assert (await client.get("/readyz")).status == 200
+    put = await client.put("/api/air/export/links/r", json={"param_run_id": "p1"})
+    assert put.status == 200
+    assert tree.links.is_symlink()
+    assert json.loads(target.read_text())["r"]["param_run_id"] == "p1"
+
+
+async def test_a_symbolic_link_whose_target_folder_is_missing_is_503_and_not_ready(
+    tree: AirTree, client: TestClient[Any, Any], tmp_path: Path
+) -> None:
+    tree.links.parent.mkdir(parents=True)
+    tree.links.symlink_to(tmp_path / "nowhere" / "real_links.json")
+    ready = await client.get("/readyz")
+    assert ready.status == 503
+    assert "whose folder does not exist" in (await ready.json())["detail"]["message"]
+    put = await client.put("/api/air/export/links/r", json={"param_run_id": "p1"})
+    assert put.status == 503
+    detail = (await put.json())["detail"]
+    assert detail["error"] == "links_file_unwritable"
+    assert "No such file or directory" in detail["message"]
+    assert tree.links.is_symlink() and not (tmp_path / "nowhere").exists()
