@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .config import CONFIG_ENV_VAR, ENV_PREFIX, load_settings
-from .errors import ExportServiceError, LinksFileCorrupt, LinksFileUnwritable
+from .errors import ConfigError, ExportServiceError, LinksFileCorrupt, LinksFileUnwritable
 from .run_ids import run_id_problem
 
 log = logging.getLogger(__name__)
@@ -400,8 +400,8 @@ def link_param_to_render(render_run_id: str, param_run_id: str) -> None:
         store = _configured_store()
         if store is not None:
             store.link(render, param)
-    except ExportServiceError as error:
-        log.error("link %r -> %r not written: %s", render_run_id, param_run_id, error.message)
+    except (ExportServiceError, ConfigError) as error:
+        log.error("link %r -> %r not written: %s", render_run_id, param_run_id, error)
     except Exception:
         log.exception("link %r -> %r not written", render_run_id, param_run_id)
 
@@ -419,6 +419,9 @@ def get_param_for_render(render_run_id: str) -> str | None:
         store = _configured_store() if render else None
         link = store.stored(render) if store is not None else None
         return link.param_run_id if link is not None and link.param_run_id.strip() else None
+    except ConfigError as error:
+        log.error("link of %r not read: %s", render_run_id, error)
+        return None
     except Exception:
         log.exception("link of %r not read", render_run_id)
         return None

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,9 @@ from aiohttp.test_utils import TestClient
 
 import export_service.links as links_module
 from export_service.errors import LinksFileCorrupt
-from export_service.links import LinkStore
+from export_service.links import LinkStore, get_param_for_render, link_param_to_render
 from tests.conftest import AirTree, write
-from tests.live import free_port
+from tests.live import free_port, live_service
 from tests.zips import read_zip
 
 PROCESSES, THREADS, LINKS_PER_THREAD = 2, 4, 60
@@ -625,3 +626,211 @@ async def test_a_symbolic_link_whose_target_folder_is_missing_is_503_and_not_rea
     assert detail["error"] == "links_file_unwritable"
     assert "No such file or directory" in detail["message"]
     assert tree.links.is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+# -- the AIR backend's helpers (issue 15 item 1) -------------------------------
+
+
+@pytest.fixture
+def links_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "output" / "step_links.json"
+    monkeypatch.delenv("EXPORT_SERVICE_CONFIG", raising=False)
+    monkeypatch.setenv("EXPORT_SERVICE_LINKS_FILE", str(path))
+    return path
+
+
+def test_the_helpers_strip_ids_and_ignore_empty_ones_as_the_backend_does(links_env: Path) -> None:
+    assert get_param_for_render("r") is None
+    link_param_to_render("  r \n", "\tp1 ")
+    assert json.loads(links_env.read_text())["r"]["param_run_id"] == "p1"
+    assert get_param_for_render(" r ") == "p1"
+    before = links_env.read_bytes()
+    for render, param in [
+        ("", "p"),
+        ("r", ""),
+        ("  ", "p"),
+        ("r", " \t"),
+        (None, "p"),
+        ("r", None),
+    ]:
+        link_param_to_render(render, param)  # type: ignore[arg-type]
+    assert links_env.read_bytes() == before
+    assert get_param_for_render("") is None
+    assert get_param_for_render("   ") is None
+    assert get_param_for_render(None) is None  # type: ignore[arg-type]
+
+
+def test_get_param_for_render_returns_what_is_stored_as_the_backend_does(links_env: Path) -> None:
+    write(
+        links_env,
+        json.dumps(
+            {
+                "padded": {"param_run_id": " p 1 "},
+                "blank": {"param_run_id": "  "},
+                "number": {"param_run_id": 5},
+                "not_a_record": "p",
+                "a/b": {"param_run_id": "../x"},
+            }
+        ).encode(),
+    )
+    assert get_param_for_render("padded") == " p 1 "
+    assert get_param_for_render("blank") is None
+    assert get_param_for_render("number") is None
+    assert get_param_for_render("not_a_record") is None
+    assert get_param_for_render("a/b") == "../x"  # the backend's rule: any non-blank string
+    assert get_param_for_render("missing") is None
+
+
+def test_the_helpers_keep_other_records_and_their_unknown_keys(links_env: Path) -> None:
+    write(
+        links_env, b'{"r": {"param_run_id": "old", "by": "ui", "n": 1e400}, "s": {"x": "\\ud800"}}'
+    )
+    link_param_to_render("r", "new")
+    records = json.loads(links_env.read_text())
+    assert records["r"]["param_run_id"] == "new" and records["r"]["by"] == "ui"
+    assert records["s"] == {"x": "\ud800"}
+    assert '"s": {"x": "\\ud800"}' in links_env.read_text()
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1]", b"", b'{"r": ' + DEEP + b"}"])
+def test_the_helpers_leave_a_corrupt_file_untouched_and_do_not_raise(
+    links_env: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(links_env, content)
+    with caplog.at_level(logging.ERROR):
+        link_param_to_render("r", "p")
+        assert get_param_for_render("r") is None
+    assert links_env.read_bytes() == content
+    assert "links_file" not in caplog.text  # logged as a sentence, not an error code
+    assert "link 'r' -> 'p' not written: the links file is unusable" in caplog.text
+    assert sorted(p.name for p in links_env.parent.iterdir()) == [
+        "step_links.json",
+        "step_links.json.lock",
+    ]
+
+
+def test_the_helpers_log_instead_of_raising(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("EXPORT_SERVICE_LINKS_FILE", raising=False)
+    monkeypatch.delenv("EXPORT_SERVICE_CONFIG", raising=False)
+    with caplog.at_level(logging.ERROR):
+        link_param_to_render("r", "p")
+        assert get_param_for_render("r") is None
+    assert caplog.text.count("no links file: set EXPORT_SERVICE_LINKS_FILE") == 2
+    caplog.clear()
+    monkeypatch.setenv("EXPORT_SERVICE_CONFIG", str(tmp_path / "missing.toml"))
+    with caplog.at_level(logging.ERROR):
+        link_param_to_render("r", "p")
+        assert get_param_for_render("r") is None
+    assert caplog.text.count("does not exist") == 2
+    caplog.clear()
+    monkeypatch.setenv("EXPORT_SERVICE_LINKS_FILE", str(tmp_path / "a_file" / "step_links.json"))
+    write(tmp_path / "a_file", b"")  # the links folder is a file
+    with caplog.at_level(logging.ERROR):
+        link_param_to_render("r", "p")
+    assert "link 'r' -> 'p' not written: the links file cannot be written" in caplog.text
+    with caplog.at_level(logging.ERROR):
+        link_param_to_render(5, "p")  # type: ignore[arg-type]
+    assert "link 5 -> 'p' not written" in caplog.text
+
+
+def test_the_helpers_find_the_links_file_in_the_config(
+    tree: AirTree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write(
+        tmp_path / "config.toml",
+        (
+            f'[roots]\nrender = "{tree.render}"\nmidi_generation = "{tree.midi}"\n'
+            f'param_generation = "{tree.param}"\n[links]\nfile = "{tree.links}"\n'
+        ).encode(),
+    )
+    monkeypatch.delenv("EXPORT_SERVICE_LINKS_FILE", raising=False)
+    monkeypatch.setenv("EXPORT_SERVICE_CONFIG", str(config))
+    link_param_to_render("r", "p1")
+    assert json.loads(tree.links.read_text())["r"]["param_run_id"] == "p1"
+    assert get_param_for_render("r") == "p1"
+    monkeypatch.setenv("EXPORT_SERVICE_LINKS_FILE", str(tmp_path / "other.json"))  # it wins
+    assert get_param_for_render("r") is None
+
+
+def test_importing_the_helpers_does_not_load_aiohttp() -> None:
+    code = "import sys, export_service.links; print('aiohttp' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+HELPER_PROCESSES, HELPER_THREADS, HELPER_LINKS, PUTS_PER_SERVICE = 2, 4, 40, 80
+
+
+def _link_with_the_helper(path: str, process: int) -> None:
+    """Run in a separate process, as the backend would: threads calling the helper."""
+    os.environ["EXPORT_SERVICE_LINKS_FILE"] = path
+
+    def writer(thread: int) -> None:
+        for index in range(HELPER_LINKS):
+            link_param_to_render(f"h_{process}_{thread}_{index}", f"p_{process}_{thread}_{index}")
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(HELPER_THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _put_links(base_url: str, service: int) -> list[int]:
+    statuses = []
+    for index in range(PUTS_PER_SERVICE):
+        status, _ = _request(
+            "PUT",
+            f"{base_url}/api/air/export/links/s_{service}_{index}",
+            json.dumps({"param_run_id": f"q_{service}_{index}"}).encode(),
+        )
+        statuses.append(status)
+    return statuses
+
+
+def test_backend_processes_and_two_services_writing_at_once_lose_nothing(tree: AirTree) -> None:
+    tree.link({"kept": {"param_run_id": "p", "x": [1]}})
+    env = {
+        **{f"EXPORT_SERVICE_ROOTS_{k.upper()}": str(v) for k, v in tree_roots(tree).items()},
+        "EXPORT_SERVICE_LINKS_FILE": str(tree.links),
+        "EXPORT_SERVICE_LOGGING_LEVEL": "WARNING",
+    }
+    context = multiprocessing.get_context("spawn")
+    with live_service(env=env) as first, live_service(env=env) as second:
+        backends = [
+            context.Process(target=_link_with_the_helper, args=(str(tree.links), p))
+            for p in range(HELPER_PROCESSES)
+        ]
+        for backend in backends:
+            backend.start()
+        with ThreadPoolExecutor(2) as pool:
+            statuses = list(pool.map(_put_links, [first.base_url, second.base_url], [0, 1]))
+        for backend in backends:
+            backend.join(120)
+            assert backend.exitcode == 0
+        assert statuses == [[200] * PUTS_PER_SERVICE] * 2
+        records = json.loads(tree.links.read_text())
+        assert records.pop("kept") == {"param_run_id": "p", "x": [1]}
+        expected = {
+            f"h_{p}_{t}_{i}": f"p_{p}_{t}_{i}"
+            for p in range(HELPER_PROCESSES)
+            for t in range(HELPER_THREADS)
+            for i in range(HELPER_LINKS)
+        } | {f"s_{s}_{i}": f"q_{s}_{i}" for s in range(2) for i in range(PUTS_PER_SERVICE)}
+        assert {key: record["param_run_id"] for key, record in records.items()} == expected
+        for render_run_id in ("h_1_3_39", "s_0_79", "s_1_0"):  # each service reads them all
+            for service in (first, second):
+                status, body = _request(
+                    "GET", f"{service.base_url}/api/air/export/links/{render_run_id}"
+                )
+                assert status == 200 and json.loads(body)["param_run_id"] == expected[render_run_id]
+    assert sorted(p.name for p in tree.links.parent.iterdir()) == [
+        "step_links.json",
+        "step_links.json.lock",
+    ]
+
+
+def tree_roots(tree: AirTree) -> dict[str, Path]:
+    return {"render": tree.render, "midi_generation": tree.midi, "param_generation": tree.param}
