@@ -150,6 +150,7 @@ def main() -> None:
     if arguments.baseline:
         checkouts = {f"baseline ({arguments.baseline})": arguments.baseline.resolve(), **checkouts}
     results: dict[str, list[Round]] = {name: [] for name in checkouts}
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-links-") as temp:
         os.chdir(temp)  # `python -m` puts the working folder first on the import path
         for _ in range(arguments.rounds):
@@ -181,6 +182,7 @@ def main() -> None:
             ],
         )
     )
+    print(f"(1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after)")
 
 
 if __name__ == "__main__":

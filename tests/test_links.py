@@ -834,3 +834,33 @@ def test_backend_processes_and_two_services_writing_at_once_lose_nothing(tree: A
 
 def tree_roots(tree: AirTree) -> dict[str, Path]:
     return {"render": tree.render, "midi_generation": tree.midi, "param_generation": tree.param}
+
+
+BACKEND_USE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from app.air.export.links import get_param_for_render, link_param_to_render
+link_param_to_render(" r ", "p1 ")
+print(get_param_for_render("r"))
+"""
+
+
+@pytest.mark.parametrize("links_file_set", [False, True])
+def test_the_readmes_backend_module_uses_the_helpers(tmp_path: Path, links_file_set: bool) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    after = readme.split("its `app/air/export/links.py` becomes these two", 1)[1]
+    module = after.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(module.splitlines()) == 2
+    write(tmp_path / "app" / "air" / "export" / "links.py", module.encode())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXPORT_SERVICE_")}
+    chosen = tmp_path / "elsewhere" / "links.json"
+    if links_file_set:
+        env["EXPORT_SERVICE_LINKS_FILE"] = str(chosen)
+    result = subprocess.run(
+        [sys.executable, "-c", BACKEND_USE, str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert result.stdout == "p1\n", result.stderr
+    default = tmp_path / "app" / "air" / "projects" / "output" / "step_links.json"
+    written = chosen if links_file_set else default
+    assert json.loads(written.read_text())["r"]["param_run_id"] == "p1"
+    assert not (default if links_file_set else chosen).exists()
