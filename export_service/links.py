@@ -291,7 +291,17 @@ class LinkStore:
                 target = Path(os.path.realpath(self.path))
                 text = self._validated_text(target)
                 link = StoredLink(param_run_id, time.time())
-                self._replace(target, _with_link(text, render_run_id, link).encode())
+                try:
+                    content = _with_link(text, render_run_id, link)
+                except RecursionError:
+                    # The file was parsed (perhaps cached) from a shallower call
+                    # stack than this writer's, e.g. a backend thread deep in
+                    # its framework calling link_param_to_render.
+                    raise LinksFileCorrupt(
+                        "the links file nests too deeply to be rewritten from here;"
+                        " it is left as it is"
+                    ) from None
+                self._replace(target, content.encode())
                 return link
         except OSError as error:
             where = error.filename or self.path.parent

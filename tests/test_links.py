@@ -864,3 +864,22 @@ def test_the_readmes_backend_module_uses_the_helpers(tmp_path: Path, links_file_
     written = chosen if links_file_set else default
     assert json.loads(written.read_text())["r"]["param_run_id"] == "p1"
     assert not (default if links_file_set else chosen).exists()
+
+
+def test_a_writer_deeper_in_its_stack_than_the_parse_refuses_instead_of_crashing(
+    tmp_path: Path,
+) -> None:
+    depth = sys.getrecursionlimit() - 100
+    content = b'{"r": {"param_run_id": "p1", "x": ' + b"[" * depth + b"]" * depth + b"}}"
+    path = write(tmp_path / "step_links.json", content)
+    store = LinkStore(path)
+    assert store.param_run_id_for("r") == "p1"  # parsed from a shallow stack
+
+    def deep(frames: int) -> Any:
+        return deep(frames - 1) if frames else store.link("r", "p2")
+
+    with pytest.raises(LinksFileCorrupt, match="nests too deeply to be rewritten from here"):
+        deep(200)
+    assert path.read_bytes() == content
+    assert store.link("r", "p2").param_run_id == "p2"  # from a shallow stack it works
+    assert content[content.index(b"[") : content.rindex(b"]") + 1] in path.read_bytes()
