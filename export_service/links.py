@@ -258,7 +258,8 @@ class LinkStore:
             if not os.access(existing, os.W_OK | os.X_OK):
                 return f"folder {str(existing)!r} is not writable by this process"
             space = os.statvfs(existing)
-            if space.f_bavail == 0 or space.f_favail == 0:
+            # File systems without fixed counts (btrfs has no inode count) report 0 totals.
+            if (space.f_blocks and not space.f_bavail) or (space.f_files and not space.f_favail):
                 return f"folder {str(existing)!r} is on a full file system"
         if self._lock_path.exists() and not os.access(self._lock_path, os.W_OK):
             return f"lock file {str(self._lock_path)!r} is not writable by this process"

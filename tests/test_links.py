@@ -883,3 +883,37 @@ def test_a_writer_deeper_in_its_stack_than_the_parse_refuses_instead_of_crashing
     assert path.read_bytes() == content
     assert store.link("r", "p2").param_run_id == "p2"  # from a shallow stack it works
     assert content[content.index(b"[") : content.rindex(b"]") + 1] in path.read_bytes()
+
+
+async def test_a_links_folder_out_of_inodes_is_not_ready(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    with _tmpfs(tree.links.parent, "size=1m,nr_inodes=8"):
+        tree.link({"r": {"param_run_id": "p1"}})
+        assert (await client.get("/readyz")).status == 200
+        with contextlib.suppress(OSError):
+            for index in range(100):
+                (tree.links.parent / f"f{index}").touch()
+        ready = await client.get("/readyz")
+        assert ready.status == 503
+        assert "is on a full file system" in (await ready.json())["detail"]["message"]
+        await _put_is_refused(client, tree, "No space left on device")
+        for leftover in tree.links.parent.glob("f*"):
+            leftover.unlink()
+
+
+def test_a_file_system_without_inode_counts_is_not_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """btrfs reports 0 inodes in total and 0 free: that is not a full disk."""
+    real = os.statvfs(tmp_path)
+    fields = [getattr(real, f"f_{name}") for name in STATVFS_FIELDS]
+    fields[STATVFS_FIELDS.index("files")] = 0
+    fields[STATVFS_FIELDS.index("ffree")] = 0
+    fields[STATVFS_FIELDS.index("favail")] = 0
+    monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result(fields))
+    assert LinkStore(tmp_path / "step_links.json").write_problem() is None
+
+
+STATVFS_FIELDS = ["bsize", "frsize", "blocks", "bfree", "bavail", "files", "ffree", "favail"]
+STATVFS_FIELDS += ["flag", "namemax"]
