@@ -12,20 +12,21 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from . import ops
+from .access import remember_response, track_exchange
 from .archive import CrcCache
 from .config import Settings
 from .errors import ExportServiceError, Unauthorized
-from .logs import AccessLog, request_id
+from .file_urls import file_route
+from .logs import request_id
 from .manifest import ExportSources
 from .metrics import Metrics
 from .openapi import openapi_route
-from .routes import file_route, routes
+from .routes import routes
 from .state import (
     CRC_CACHE,
     IO_EXECUTOR,
@@ -41,10 +42,6 @@ from .state import (
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-# Passed to the server runner (run_app, tests): the access log is also where
-# request metrics are counted.
-RUNNER_OPTIONS: dict[str, Any] = {"access_log_class": AccessLog}
 
 _HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -107,7 +104,10 @@ def bearer_auth(token: str) -> Middleware:
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in ops.OPEN_PATHS:
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
+            # surrogateescape: a header byte that is not UTF-8 must compare
+            # unequal, not fail to encode.
+            given_bytes = given.encode("utf-8", "surrogateescape")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, expected):
                 raise Unauthorized(
                     "a valid 'Authorization: Bearer <token>' header is required",
                     headers={"WWW-Authenticate": 'Bearer realm="export-service"'},
@@ -130,7 +130,7 @@ async def _measure_loop_lag(metrics: Metrics) -> None:
 
 
 def create_app(settings: Settings) -> web.Application:
-    middlewares: list[Middleware] = [request_context, json_errors]
+    middlewares: list[Middleware] = [request_context, track_exchange, json_errors]
     if settings.auth.token:
         middlewares.append(bearer_auth(settings.auth.token))
     app = web.Application(middlewares=middlewares)
@@ -171,6 +171,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(loop_lag_probe)
     app.on_shutdown.append(mark_shutting_down)
     app.on_response_prepare.append(_echo_request_id)
+    app.on_response_prepare.append(remember_response)
     app.add_routes(routes)
     app.add_routes(ops.routes)
     urls = settings.urls

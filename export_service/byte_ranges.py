@@ -1,19 +1,43 @@
-"""HTTP byte ranges for the ZIP endpoint: one range, ``If-Range``, 416.
+"""HTTP byte ranges (RFC 9110 section 14) for the ZIP and the file URLs: one
+range, ``If-Range``, 416.
 
 Only a single range is served; a request for several gets the whole
 representation (RFC 9110 allows ignoring Range), as does a Range header that
-does not parse.
+does not parse or names another unit. Pure functions of header values; no
+input makes them fail but a range outside the body (416).
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from .errors import RangeNotSatisfiable
 
-_SINGLE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_SINGLE_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)
+# Longer than any HTTP date; a longer value is not one.
+_MAX_DATE_LENGTH = 64
+# A position with more digits than this lies beyond any file; it is not
+# converted (Python refuses to convert more than 4,300 digits at all).
+_MAX_DIGITS = 30
+_BEYOND_ANY_SIZE = 10**_MAX_DIGITS
+
+
+def http_date(value: str | None) -> datetime | None:
+    """An HTTP date as an aware UTC datetime; None when absent or not a date."""
+    if value is None or len(value) > _MAX_DATE_LENGTH:
+        return None
+    try:
+        date = parsedate_to_datetime(value)
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None
+    return date.replace(tzinfo=UTC) if date.tzinfo is None else date
+
+
+def _position(digits: str) -> int:
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) <= _MAX_DIGITS else _BEYOND_ANY_SIZE
 
 
 def requested_range(
@@ -22,10 +46,12 @@ def requested_range(
     size: int,
     etag: str,
     last_modified: datetime | None,
+    what: str = "the ZIP",
 ) -> tuple[int, int] | None:
     """The (first, last) byte to send, inclusive, or None for the whole body.
 
-    :class:`RangeNotSatisfiable` when the one range asked for lies outside it.
+    :class:`RangeNotSatisfiable` when the one range asked for lies outside it
+    (``what`` names the body in its message).
     """
     if range_header is None or not _if_range_holds(if_range, etag, last_modified):
         return None
@@ -36,16 +62,16 @@ def requested_range(
     if not first and not last:
         return None
     if not first:  # the last N bytes
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0 or size == 0:
-            raise _unsatisfiable(size)
+            raise _unsatisfiable(size, what)
         return max(0, size - suffix), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if last and int(last) < start:
+    start = _position(first)
+    if last and _position(last) < start:
         return None  # invalid: ignored
     if start >= size:
-        raise _unsatisfiable(size)
+        raise _unsatisfiable(size, what)
+    end = min(_position(last), size - 1) if last else size - 1
     return start, end
 
 
@@ -56,15 +82,12 @@ def _if_range_holds(if_range: str | None, etag: str, last_modified: datetime | N
     value = if_range.strip()
     if value.startswith(('"', "W/")):
         return value == etag  # weak tags never match for ranges
-    try:
-        date = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return False
-    return last_modified is not None and date == last_modified
+    date = http_date(value)
+    return date is not None and last_modified is not None and date == last_modified
 
 
-def _unsatisfiable(size: int) -> RangeNotSatisfiable:
+def _unsatisfiable(size: int, what: str) -> RangeNotSatisfiable:
     return RangeNotSatisfiable(
-        f"the ZIP has {size} bytes; the range asked for lies outside it",
+        f"{what} has {size} bytes; the range asked for lies outside it",
         headers={"Content-Range": f"bytes */{size}"},
     )

@@ -16,7 +16,8 @@ from typing import BinaryIO
 
 from aiohttp import web
 
-from .app import RUNNER_OPTIONS, create_app
+from .access import runner_options
+from .app import create_app
 from .archive import plan_export_archive
 from .config import CONFIG_ENV_VAR, ENV_PREFIX, Settings, resolve_settings, settings_from_mapping
 from .errors import ConfigError, ExportServiceError
@@ -102,17 +103,17 @@ def _required_settings(config_path: Path | None) -> Settings:
 
 def _serve(settings: Settings, host: str | None, port: int | None) -> None:
     server = settings.server
+    app = create_app(settings)
     web.run_app(
-        create_app(settings),
+        app,
         host=host or server.host,
         port=port if port is not None else server.port,
         print=None,
-        access_log=logging.getLogger("export_service.access"),
         shutdown_timeout=server.shutdown_grace_seconds,
         # A client that hangs up cancels its handler at once, so a download in
         # flight closes its files without waiting for its next write to fail.
         handler_cancellation=True,
-        **RUNNER_OPTIONS,
+        **runner_options(app),
     )
 
 

@@ -8,6 +8,8 @@ status. The shape is the original AIR module's, whose front end reads
 
 from __future__ import annotations
 
+import errno
+
 
 class ExportServiceError(Exception):
     """Base of every error the service reports to a client."""
@@ -71,6 +73,32 @@ class TooManyDownloads(ExportServiceError):
 class RangeNotSatisfiable(ExportServiceError):
     status = 416
     code = "range_not_satisfiable"
+
+
+class PreconditionFailed(ExportServiceError):
+    status = 412
+    code = "precondition_failed"
+
+
+class OutOfDescriptors(ExportServiceError):
+    """The process (or the system) has no file descriptor left to open with."""
+
+    status = 503
+    code = "out_of_descriptors"
+
+
+def raise_if_out_of_descriptors(error: OSError) -> None:
+    """Turn EMFILE/ENFILE into :class:`OutOfDescriptors`.
+
+    Called where an OSError would otherwise mean "this file or folder is not
+    there": without a descriptor to open with, every file looks missing, and
+    a manifest or ZIP would come out empty with a 200.
+    """
+    if error.errno in (errno.EMFILE, errno.ENFILE):
+        raise OutOfDescriptors(
+            "the service has run out of file descriptors; try again shortly",
+            headers={"Retry-After": "5"},
+        ) from error
 
 
 class NotReady(ExportServiceError):

@@ -9,14 +9,16 @@ few folders, so :class:`FolderFiles` asks once per folder instead.
 
 from __future__ import annotations
 
+import io
 import mimetypes
 import os
 import stat
 from collections import OrderedDict
+from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
-from .errors import NotFound, SourceChanged
-from .scanning import PROC_FD, fd_real_path, is_within, open_folder_inside
+from .errors import NotFound, SourceChanged, raise_if_out_of_descriptors
+from .scanning import fd_real_path, is_within, open_folder_inside
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -103,12 +105,6 @@ class FolderFiles:
         self.close()
 
 
-def reopenable_path(fd: int, fallback_path: str) -> str:
-    """A path that opens exactly the file behind ``fd`` (``/proc/self/fd/N``)."""
-    path = f"{PROC_FD}/{fd}"
-    return path if os.path.exists(path) else fallback_path
-
-
 def content_type(name: str) -> str:
     extension = os.path.splitext(name)[1].lower()
     guessed = _CONTENT_TYPES.get(extension) or mimetypes.guess_type(name)[0]
@@ -130,18 +126,34 @@ def url_path_segments(raw_tail: str) -> list[str]:
     return segments
 
 
-def open_root_file(root: str, raw_tail: str) -> tuple[int, str, str]:
-    """Open the file a manifest URL names below ``root``: (fd, a path that
-    opens exactly that file, its real path).
+@dataclass
+class RootFile:
+    """A file of a root, open for reading, with the stat taken from its
+    descriptor (the file being sent is the file checked). Close it."""
 
-    :class:`NotFound` for anything that is not a regular file inside the root.
+    file: io.FileIO
+    info: os.stat_result
+    real_path: str
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def open_root_file(root: str, raw_tail: str) -> RootFile:
+    """Open the file a manifest URL names below ``root``.
+
+    :class:`NotFound` for anything that is not a regular file inside the
+    root; :class:`OutOfDescriptors` when there is no descriptor to open it with.
     """
     root_real = os.path.realpath(root)
     path = os.path.realpath(os.path.join(root_real, *url_path_segments(raw_tail)))
     if not is_within(root_real, path):
         raise NotFound("no such file")
     try:
-        fd, _ = open_checked(path, root_real)
-    except (OSError, SourceChanged):
+        fd, info = open_checked(path, root_real)
+    except OSError as error:
+        raise_if_out_of_descriptors(error)
         raise NotFound("no such file") from None
-    return fd, reopenable_path(fd, path), path
+    except SourceChanged:
+        raise NotFound("no such file") from None
+    return RootFile(io.FileIO(fd, "rb"), info, path)

@@ -8,6 +8,10 @@ copy the context).
 Records are handed to a listener thread through a bounded queue, so a slow
 log reader (a full pipe, a stalled collector) never blocks the event loop;
 when the queue is full, records are dropped and counted instead.
+
+Every line is one record: JSON escapes control characters by itself, and
+the text format escapes them (``\n``, ``\x1b``...) and indents a traceback,
+so a request path holding ``%0A`` cannot write a line of its own.
 """
 
 from __future__ import annotations
@@ -22,11 +26,6 @@ import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
-
-from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
-
-from .state import METRICS
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -56,6 +55,44 @@ class JsonFormatter(logging.Formatter):
         if record.exc_text:
             entry["exception"] = record.exc_text
         return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+# Control characters (C0, DEL, C1) and the Unicode line breaks, as Python
+# writes them in a string literal; the backslash too, so an escape in the
+# log cannot be mistaken for one in the data.
+_ESCAPES = {
+    code: repr(chr(code))[1:-1]
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, ord("\\"))
+}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` on one line: control characters written as escapes."""
+    return text.translate(_ESCAPES)
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger message``, one line per record; a traceback
+    follows on lines indented by two spaces (no line of it starts like a
+    record)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = copy.copy(record)  # other handlers see the record unchanged
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = _indent(record.exc_text)
+        return super().format(record)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + escape_controls(line) for line in text.splitlines())
 
 
 class _DroppingQueueHandler(logging.handlers.QueueHandler):
@@ -90,11 +127,7 @@ def setup_logging(level: str, format: str, queue_size: int = 10_000) -> None:
     global _listener
     stop_logging()
     writer = logging.StreamHandler(sys.stderr)
-    writer.setFormatter(
-        JsonFormatter()
-        if format == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-    )
+    writer.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
     records: queue.Queue[logging.LogRecord] = queue.Queue(queue_size)
     handler = _DroppingQueueHandler(records)
     handler.addFilter(RequestIdFilter())  # runs in the caller, where the request's context is
@@ -112,45 +145,3 @@ def stop_logging() -> None:
     if _listener is not None:
         _listener.stop()
         _listener = None
-
-
-def route_name(request: web.BaseRequest) -> str:
-    """The route's pattern (bounded label values), or ``unmatched``."""
-    match_info = getattr(request, "match_info", None)
-    route = getattr(match_info, "route", None)
-    resource = getattr(route, "resource", None)
-    return resource.canonical if resource is not None else "unmatched"
-
-
-class AccessLog(AbstractAccessLogger):
-    """Called by aiohttp once a response is completely sent: one log line and
-    the request metrics, with the final byte count and duration."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        route = route_name(request)
-        app = getattr(request, "app", None)
-        if app is not None and METRICS in app:
-            metrics = app[METRICS]
-            metrics.requests.labels(route, request.method, str(response.status)).inc()
-            metrics.latency.labels(route).observe(time)
-        fields = {
-            "method": request.method,
-            "path": request.path,
-            "status": response.status,
-            "bytes": response.body_length,
-            "duration_ms": round(time * 1000, 2),
-            "remote": request.remote,
-            "request_id": response.headers.get("X-Request-ID"),
-        }
-        self.logger.info(
-            "%s %s %s %s",
-            request.method,
-            request.path,
-            response.status,
-            response.body_length,
-            extra={"fields": fields},
-        )
-
-    @property
-    def enabled(self) -> bool:
-        return True  # metrics are counted here even when the log level hides the line

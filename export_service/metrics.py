@@ -25,6 +25,14 @@ class Metrics:
             ["route", "method", "status"],
             registry=self.registry,
         )
+        self.requests_cut_short = Counter(
+            "export_http_requests_cut_short",
+            "Requests that ended before their response was complete, by route and how "
+            "(cut_short: the body stopped early; client_gone, shutdown: cancelled before "
+            "the end; error)",
+            ["route", "ended"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "export_http_request_duration_seconds",
             "Time from request to the last byte of the response, by route",

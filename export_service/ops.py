@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -18,9 +20,24 @@ routes = web.RouteTableDef()
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
+def descriptor_problem() -> str | None:
+    """Whether the process can still open a file (blocking): at its
+    descriptor limit every manifest, ZIP and file URL would fail."""
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as error:
+        if error.errno in (errno.EMFILE, errno.ENFILE):
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            return f"descriptors: none left to open a file with ({error.strerror}; limit {limit})"
+    return None
+
+
 def readiness_problems(settings: Settings, links: LinkStore) -> list[str]:
     """What keeps the service from serving exports (blocking)."""
     problems = []
+    descriptors = descriptor_problem()
+    if descriptors:
+        problems.append(descriptors)
     for key, path in settings.roots:
         if not path.is_dir():
             problems.append(f"roots.{key}: {str(path)!r} does not exist or is not a folder")
@@ -40,8 +57,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz", allow_head=False)
 async def readyz(request: web.Request) -> web.Response:
-    """200 when the roots are readable folders and the links file is absent or
-    parses and can be written; otherwise 503 naming each problem."""
+    """200 when the process can open files, the roots are readable folders
+    and the links file is absent or parses and can be written; otherwise 503
+    naming each problem."""
     problems = await run_blocking(
         request, readiness_problems, request.app[SETTINGS], request.app[SOURCES].links
     )

@@ -1,23 +1,22 @@
-"""HTTP handlers: manifest, streamed ZIP, links, and the manifest's file URLs."""
+"""HTTP handlers: manifest, streamed ZIP and links (the file URLs: file_urls.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-import os
 from typing import Annotated
 from urllib.parse import quote
 
 from aiohttp import hdrs, web
-from aiohttp.abc import AbstractStreamWriter
 from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
 
 from .archive import plan_export_archive
 from .byte_ranges import requested_range
+from .conditional import not_modified_response
 from .errors import InvalidRequestBody, LinkNotFound, SourceChanged, TooManyDownloads
-from .files import content_type, open_root_file
 from .links import StoredLink
-from .manifest import Step, export_manifest_json
+from .manifest import ExportSources, export_manifest_json
 from .run_ids import RUN_ID_JSON_SCHEMA, check_param_run_id, check_render_run_id
 from .state import (
     CRC_CACHE,
@@ -65,13 +64,25 @@ def content_disposition(render_run_id: str) -> str:
     return value
 
 
-@routes.get(EXPORT_PREFIX + "/list/{render_run_id:.*}", allow_head=False)
+def _manifest_and_etag(
+    sources: ExportSources, render_run_id: str, param_run_id: str | None
+) -> tuple[bytes, str]:
+    """The manifest's JSON and its strong ETag, a hash of exactly those bytes
+    (blocking: hashed in the same hop)."""
+    body = export_manifest_json(sources, render_run_id, param_run_id)
+    return body, f'"{hashlib.sha256(body).hexdigest()[:40]}"'
+
+
+@routes.get(EXPORT_PREFIX + "/list/{render_run_id:.*}")
 async def export_manifest(request: web.Request) -> web.Response:
     render_run_id, param_run_id = _run_ids(request)
-    body = await run_blocking(
-        request, export_manifest_json, request.app[SOURCES], render_run_id, param_run_id
+    body, etag = await run_blocking(
+        request, _manifest_and_etag, request.app[SOURCES], render_run_id, param_run_id
     )
-    return web.Response(body=body, content_type="application/json")
+    cached = not_modified_response(request, etag, None)
+    if cached is not None:
+        return cached
+    return web.Response(body=body, content_type="application/json", headers={hdrs.ETAG: etag})
 
 
 @routes.get(EXPORT_PREFIX + "/zip/{render_run_id:.*}")
@@ -104,6 +115,9 @@ async def _send_zip(
         param_run_id,
         request.app[CRC_CACHE],
     )
+    cached = not_modified_response(request, archive.etag, archive.last_modified)
+    if cached is not None:
+        return cached
     byte_range = requested_range(
         request.headers.get(hdrs.RANGE),
         request.headers.get(hdrs.IF_RANGE),
@@ -222,39 +236,3 @@ async def put_link(request: web.Request) -> web.Response:
     links = request.app[SOURCES].links
     stored = await run_blocking(request, links.link, render_run_id, param_run_id)
     return _link(render_run_id, stored)
-
-
-class _VerifiedFileResponse(web.FileResponse):
-    """A FileResponse of a file already opened and checked by this service.
-
-    It re-opens exactly that file through its descriptor (``/proc/self/fd/N``),
-    so a link swapped in after the check cannot redirect it, and there is no
-    ``.gz``/``.br`` sibling for it to pick instead. The descriptor is closed
-    once the response has been sent; aiohttp prepares a returned response
-    right after the handler, so the close always runs.
-    """
-
-    def __init__(self, fd: int, path_to_open: str, real_path: str) -> None:
-        super().__init__(path_to_open, headers={hdrs.CONTENT_TYPE: content_type(real_path)})
-        self._fd: int | None = fd
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        try:
-            return await super().prepare(request)
-        finally:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
-
-
-def file_route(step: Step, prefix: str) -> web.RouteDef:
-    """``GET|HEAD <prefix>/<run folder>/<path>``: one file of a root, the
-    manifest's URL, with Range, ETag and Last-Modified."""
-
-    async def serve_file(request: web.Request) -> web.StreamResponse:
-        raw_tail = request.rel_url.raw_path[len(prefix) + 1 :]
-        root = str(getattr(request.app[SETTINGS].roots, step))
-        fd, path_to_open, real_path = await run_blocking(request, open_root_file, root, raw_tail)
-        return _VerifiedFileResponse(fd, path_to_open, real_path)
-
-    return web.get(prefix + "/{tail:.+}", serve_file, name=f"file_{step}")

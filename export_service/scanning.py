@@ -16,6 +16,8 @@ import threading
 import time
 from typing import NamedTuple
 
+from .errors import raise_if_out_of_descriptors
+
 log = logging.getLogger(__name__)
 
 
@@ -54,6 +56,7 @@ def run_folder_names(root: str) -> list[str]:
         with os.scandir(root) as entries:
             return [entry.name for entry in entries]
     except OSError as error:
+        raise_if_out_of_descriptors(error)
         log.warning("cannot list root %s: %s", root, error.strerror)
         return []
 
@@ -186,6 +189,7 @@ def _scan_folder(
         with os.scandir(fd) as listing:
             entries = list(listing)
     except OSError as error:
+        raise_if_out_of_descriptors(error)
         log.warning("cannot list %s: %s", folder_real, error.strerror)
         return
     for entry in entries:
@@ -199,7 +203,8 @@ def _scan_folder(
                 path, info = target
             else:
                 info = entry.stat(follow_symlinks=False)
-        except OSError:
+        except OSError as error:
+            raise_if_out_of_descriptors(error)
             if entry.is_file(follow_symlinks=False):
                 files.append(ScannedFile(path, parts, None, 0, 0, 0))
             continue
@@ -236,6 +241,7 @@ def scan_run_folder(root: str, folder: str) -> list[ScannedFile]:
         try:
             opened = open_folder_inside(folder_path, root_real)
         except OSError as error:
+            raise_if_out_of_descriptors(error)
             log.warning("cannot list %s: %s", folder_path, error.strerror)
             continue
         if opened is None:

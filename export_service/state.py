@@ -6,8 +6,8 @@ import asyncio
 import contextvars
 import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import ParamSpec, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -48,6 +48,13 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=Closable)
+
+
 async def _run_in_pool(
     pool: ThreadPoolExecutor, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
 ) -> _T:
@@ -69,3 +76,27 @@ async def run_zip_work(
 ) -> _T:
     """Run a ZIP's CPU-bound work (planning) in the ZIP pool, as one hop."""
     return await _run_in_pool(request.app[ZIP_EXECUTOR], function, *args, **kwargs)
+
+
+async def open_off_loop(
+    request: web.Request, function: Callable[_P, _C], *args: _P.args, **kwargs: _P.kwargs
+) -> _C:
+    """Run a blocking function that opens something in the I/O pool, as one hop.
+
+    If the awaiting request is cancelled (its client hung up), the thread
+    may still be opening: whatever it returns is closed as soon as it does,
+    so an abandoned request leaves no descriptor behind. (A function that is
+    still queued is not run at all.)
+    """
+    call = functools.partial(contextvars.copy_context().run, function, *args, **kwargs)
+    future = request.app[IO_EXECUTOR].submit(call)
+    try:
+        return await asyncio.wrap_future(future)
+    except BaseException:
+        future.add_done_callback(_close_result)
+        raise
+
+
+def _close_result(future: Future[_C]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()

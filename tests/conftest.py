@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from export_service.app import RUNNER_OPTIONS, create_app
+from export_service.access import runner_options
+from export_service.app import create_app
 from export_service.config import Settings, settings_from_mapping
 
 CANARY = b"CANARY-outside-the-roots"
@@ -114,9 +115,10 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 def make_client(aiohttp_client: Any, tree: AirTree) -> ClientFactory:
     async def factory(**sections: dict[str, Any]) -> TestClient[Any, Any]:
         # The runner options go to start_server (TestServer() would drop them),
-        # so tests run with the production access log and its metrics.
+        # so tests run with the production access log and its metrics
+        # (TestServer cancels a handler whose client hangs up, as serve does).
         server = TestServer(create_app(tree.settings(**sections)))
-        await server.start_server(**RUNNER_OPTIONS)
+        await server.start_server(**runner_options(server.app))
         client: TestClient[Any, Any] = await aiohttp_client(server)
         return client
 

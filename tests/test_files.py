@@ -147,11 +147,11 @@ def test_url_segments_are_decoded_once_from_bytes() -> None:
 
 def test_open_root_file_refuses_what_is_not_a_file_inside(tree: AirTree) -> None:
     write(tree.render / "r" / "a.wav", b"a")
-    fd, path_to_open, path = open_root_file(str(tree.render), "r/a.wav")
-    with open(path_to_open, "rb") as reopened:
-        assert reopened.read() == b"a"
-    os.close(fd)
-    assert path == str((tree.render / "r" / "a.wav").resolve())
+    opened = open_root_file(str(tree.render), "r/a.wav")
+    assert opened.file.read() == b"a"
+    assert opened.info.st_size == 1
+    opened.close()
+    assert opened.real_path == str((tree.render / "r" / "a.wav").resolve())
     (tree.render / "r" / "out").symlink_to(tree.canary)
     for tail in ["r/out", "r", "r/missing.wav"]:
         with pytest.raises(NotFound):

@@ -71,7 +71,7 @@ async def test_request_ids_are_taken_or_made_and_echoed(client: TestClient[Any, 
 async def test_one_json_access_line_per_request(
     client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="aiohttp.access"):
+    with caplog.at_level(logging.INFO, logger="export_service.access"):
         await client.get("/api/air/export/list/r", headers={"X-Request-ID": "line-1"})
         for _ in range(50):
             if any(getattr(r, "fields", {}).get("request_id") == "line-1" for r in caplog.records):

@@ -1,0 +1,253 @@
+"""The access log and the request metrics: one line per request, however it ended.
+
+aiohttp calls the access logger only for a response it finished sending; a
+request cancelled on the way (the client hung up, the shutdown grace ran
+out) would leave no trace. So the outermost middleware opens an
+:class:`Exchange` per request and watches the request's task: when the task
+ends without the access logger having written its line, the line is written
+then, with how the request ended.
+
+``bytes`` is the body bytes handed to the connection, not the headers: what
+the response's writer wrote minus the header block, plus what a handler sent
+around the writer (``sendfile``, see :func:`note_body_bytes`).
+
+A request line that aiohttp cannot parse (``GET /a\\x01b HTTP/1.1``) never
+reaches the application: aiohttp answers 400 itself. It gets one plain line
+(``ended`` ``rejected``), is counted, and aiohttp's traceback for it is
+dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
+
+from .logs import request_id
+from .metrics import Metrics
+from .state import METRICS, SHUTTING_DOWN
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# The status logged and counted for a request that ended before its
+# response's headers went out (nginx's "client closed request").
+NOTHING_SENT = 499
+
+
+@dataclass
+class Exchange:
+    """What is known of one request while it is served."""
+
+    started: float
+    response: web.StreamResponse | None = None
+    body_bytes_around_writer: int = 0
+    logged: bool = False
+
+
+_exchange: ContextVar[Exchange | None] = ContextVar("exchange", default=None)
+
+
+def note_body_bytes(count: int) -> None:
+    """Count body bytes that a handler sent around the response's writer."""
+    exchange = _exchange.get()
+    if exchange is not None:
+        exchange.body_bytes_around_writer += count
+
+
+@web.middleware
+async def track_exchange(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Opens the request's :class:`Exchange`; logs it if it ends unlogged."""
+    exchange = Exchange(asyncio.get_running_loop().time())
+    _exchange.set(exchange)
+    task = asyncio.current_task()
+    if task is not None:
+        task.add_done_callback(functools.partial(_log_if_cut, request, exchange))
+    return await handler(request)
+
+
+async def remember_response(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: the response whose headers are about to go out."""
+    exchange = _exchange.get()
+    if exchange is not None:
+        exchange.response = response
+
+
+def _header_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:
+    """The size of the response's header block as HTTP/1.1 writes it: the
+    status line, ``Name: value`` lines, each ended by CRLF, and a CRLF."""
+    version = request.version
+    status_line = f"HTTP/{version.major}.{version.minor} {response.status} {response.reason}"
+    return (
+        len(status_line.encode())
+        + sum(
+            len(name.encode()) + len(value.encode()) + 4 for name, value in response.headers.items()
+        )
+        + 4
+    )
+
+
+def _body_bytes(
+    request: web.BaseRequest, response: web.StreamResponse, exchange: Exchange | None
+) -> int:
+    written = request.writer.output_size
+    around = exchange.body_bytes_around_writer if exchange is not None else 0
+    return max(0, written - _header_bytes(request, response)) + around
+
+
+def _expected_body(request: web.BaseRequest, response: web.StreamResponse) -> int | None:
+    if request.method == hdrs.METH_HEAD or response.status in (204, 304):
+        return 0
+    return response.content_length
+
+
+def _connection_open(request: web.BaseRequest) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
+class AccessLog(AbstractAccessLogger):
+    """Called by aiohttp once a response has been sent (or failed to be):
+    one log line and the request metrics."""
+
+    metrics: Metrics  # set per application by :func:`runner_options`
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        exchange = _exchange.get()
+        if exchange is None:  # aiohttp answered without the application
+            write_line(
+                self.logger,
+                self.metrics,
+                request,
+                response.status,
+                "unmatched",
+                _body_bytes(request, response, None),
+                time,
+                "rejected",
+            )
+            return
+        exchange.logged = True
+        sent = _body_bytes(request, response, exchange)
+        expected = _expected_body(request, response)
+        complete = (expected is None or sent >= expected) and _connection_open(request)
+        write_line(
+            self.logger,
+            self.metrics,
+            request,
+            response.status,
+            route_name(request),
+            sent,
+            time,
+            "complete" if complete else "cut_short",
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return True  # metrics are counted here even when the log level hides the line
+
+
+def _log_if_cut(request: web.Request, exchange: Exchange, task: asyncio.Task[Any]) -> None:
+    """The request's task ended: write its line if aiohttp did not."""
+    if exchange.logged:
+        return
+    if task.cancelled():
+        ended = "shutdown" if request.app[SHUTTING_DOWN].is_set() else "client_gone"
+    else:
+        ended = "error"
+    response = exchange.response
+    if response is not None and request.writer.output_size > 0:
+        status, sent = response.status, _body_bytes(request, response, exchange)
+    else:
+        status, sent = NOTHING_SENT, exchange.body_bytes_around_writer
+    duration = asyncio.get_running_loop().time() - exchange.started
+    write_line(
+        ACCESS_LOGGER,
+        request.app[METRICS],
+        request,
+        status,
+        route_name(request),
+        sent,
+        duration,
+        ended,
+    )
+
+
+ACCESS_LOGGER = logging.getLogger("export_service.access")
+
+
+def route_name(request: web.BaseRequest) -> str:
+    """The route's pattern (bounded label values), or ``unmatched``. Only for
+    a request the application saw (aiohttp's own 400s have no match info)."""
+    if not isinstance(request, web.Request):
+        return "unmatched"
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def write_line(
+    logger: logging.Logger,
+    metrics: Metrics,
+    request: web.BaseRequest,
+    status: int,
+    route: str,
+    sent: int,
+    duration: float,
+    ended: str,
+) -> None:
+    metrics.requests.labels(route, request.method, str(status)).inc()
+    metrics.latency.labels(route).observe(duration)
+    if ended not in ("complete", "rejected"):
+        metrics.requests_cut_short.labels(route, ended).inc()
+    fields = {
+        "method": request.method,
+        "path": request.path,
+        "status": status,
+        "bytes": sent,
+        "duration_ms": round(duration * 1000, 2),
+        "remote": request.remote,
+        "request_id": request_id.get(),
+        "ended": ended,
+    }
+    logger.info(
+        "%s %s %s %s %s",
+        request.method,
+        request.path,
+        status,
+        sent,
+        ended,
+        extra={"fields": fields},
+    )
+
+
+class _DropParseErrorTracebacks(logging.Filter):
+    """aiohttp logs a traceback for every request it cannot parse; the access
+    line says all there is to say about it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], HttpProcessingError))
+
+
+_DROP_PARSE_ERROR_TRACEBACKS = _DropParseErrorTracebacks()
+
+
+def runner_options(app: web.Application) -> dict[str, Any]:
+    """What the server runner of ``app`` needs (``run_app``, tests): the
+    access log, bound to the app's metrics."""
+    logging.getLogger("aiohttp.server").addFilter(_DROP_PARSE_ERROR_TRACEBACKS)
+    metrics = app[METRICS]
+
+    class AppAccessLog(AccessLog):
+        pass
+
+    AppAccessLog.metrics = metrics
+    return {
+        "access_log": ACCESS_LOGGER,
+        "access_log_class": AppAccessLog,
+    }

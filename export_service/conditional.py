@@ -1,0 +1,94 @@
+"""Conditional requests (RFC 9110 section 13) for every route that has a
+validator: the file URLs, the ZIP and the manifest.
+
+The preconditions are evaluated in the RFC's order (13.2.2): ``If-Match``
+(else ``If-Unmodified-Since``) can fail with 412; then ``If-None-Match``
+(else ``If-Modified-Since``) can answer 304 to a GET or HEAD. ``If-Range``
+belongs to the ranges (byte_ranges.py). A header that does not parse counts
+as absent, except an ``If-Match`` that names no entity tag: nothing matches
+it, so it fails.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from aiohttp import hdrs, web
+
+from .byte_ranges import http_date
+from .errors import PreconditionFailed
+
+# An entity tag: optional weak prefix, then a quoted opaque tag.
+_ENTITY_TAG = re.compile(r'(W/)?("[^"]*")')
+
+
+def _matches(header: str, etag: str, weak: bool) -> bool:
+    """Whether a list of entity tags (or ``*``) names ``etag`` (strong).
+
+    Strong comparison (``weak=False``) never matches a weak tag; weak
+    comparison compares the opaque tags only.
+    """
+    if header.strip() == "*":
+        return True
+    return any(
+        tag == etag and (weak or not weak_prefix)
+        for weak_prefix, tag in _ENTITY_TAG.findall(header)
+    )
+
+
+def not_modified(
+    method: str,
+    if_match: str | None,
+    if_none_match: str | None,
+    if_modified_since: str | None,
+    if_unmodified_since: str | None,
+    etag: str,
+    last_modified: datetime | None,
+) -> bool:
+    """True when a GET or HEAD is to be answered 304 Not Modified.
+
+    :class:`PreconditionFailed` (412) when ``If-Match`` or
+    ``If-Unmodified-Since`` fails, or ``If-None-Match`` matches another method.
+    ``last_modified`` has whole seconds, as HTTP dates do.
+    """
+    safe = method in (hdrs.METH_GET, hdrs.METH_HEAD)
+    if if_match is not None:
+        if not _matches(if_match, etag, weak=False):
+            raise PreconditionFailed(f"If-Match names no current version (the ETag is {etag})")
+    elif (date := http_date(if_unmodified_since)) is not None and (
+        last_modified is not None and last_modified > date
+    ):
+        raise PreconditionFailed("modified since the If-Unmodified-Since date")
+    if if_none_match is not None:
+        if not _matches(if_none_match, etag, weak=True):
+            return False
+        if safe:
+            return True
+        raise PreconditionFailed(f"If-None-Match names the current version ({etag})")
+    date = http_date(if_modified_since)
+    return safe and date is not None and last_modified is not None and last_modified <= date
+
+
+def not_modified_response(
+    request: web.BaseRequest, etag: str, last_modified: datetime | None
+) -> web.Response | None:
+    """The 304 to answer ``request`` with, or None to answer it in full.
+
+    Raises :class:`PreconditionFailed` for a failed precondition (412).
+    """
+    headers = request.headers
+    if not not_modified(
+        request.method,
+        headers.get(hdrs.IF_MATCH),
+        headers.get(hdrs.IF_NONE_MATCH),
+        headers.get(hdrs.IF_MODIFIED_SINCE),
+        headers.get(hdrs.IF_UNMODIFIED_SINCE),
+        etag,
+        last_modified,
+    ):
+        return None
+    response = web.Response(status=304, headers={hdrs.ETAG: etag})
+    if last_modified is not None:
+        response.last_modified = last_modified
+    return response

@@ -1,0 +1,133 @@
+"""The manifest's file URLs: ``GET|HEAD <prefix>/<run folder>/<path>``.
+
+The service's own file response, not aiohttp's ``FileResponse``, so that the
+file URLs follow the same rules as the ZIP: ``If-Range`` with a strong ETag
+or the exact date, one byte range (several, or another unit, give the whole
+file), a 416 with ``Content-Range: bytes */N``, 304 and 412 from the shared
+preconditions, and every error in the service's JSON shape.
+
+The file is opened and checked in one hop off the event loop (closed there
+if the client is gone by then), then sent from that very descriptor with
+``sendfile``, 1 MiB at a time: each piece must leave within
+``limits.send_timeout_seconds``, and the body bytes sent are counted for the
+access log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from datetime import UTC, datetime
+
+from aiohttp import hdrs, web
+
+from .access import note_body_bytes
+from .byte_ranges import requested_range
+from .conditional import not_modified_response
+from .files import RootFile, content_type, open_root_file
+from .manifest import Step
+from .state import SETTINGS, open_off_loop
+
+log = logging.getLogger(__name__)
+
+# sendfile() in pieces of this size: each piece bounds how long a stalled
+# client can hold the file (the send timeout applies per piece) and how many
+# bytes of a cut transfer go uncounted.
+SENDFILE_PIECE = 1024 * 1024
+
+
+def file_etag(info: RootFile) -> str:
+    """Strong: the file's mtime (ns) and size, the same tags aiohttp gave."""
+    return f'"{info.info.st_mtime_ns:x}-{info.info.st_size:x}"'
+
+
+def file_route(step: Step, prefix: str) -> web.RouteDef:
+    """The route of one root's file URLs. The tail matches any character,
+    newlines included: every name a manifest lists must be fetchable."""
+
+    async def serve_file(request: web.Request) -> web.StreamResponse:
+        raw_tail = request.rel_url.raw_path[len(prefix) + 1 :]
+        root = str(getattr(request.app[SETTINGS].roots, step))
+        opened = await open_off_loop(request, open_root_file, root, raw_tail)
+        try:
+            return await _send(request, opened)
+        finally:
+            opened.close()
+
+    return web.get(prefix + r"/{tail:[\s\S]+}", serve_file, name=f"file_{step}")
+
+
+async def _send(request: web.Request, opened: RootFile) -> web.StreamResponse:
+    size = opened.info.st_size
+    etag = file_etag(opened)
+    last_modified = datetime.fromtimestamp(opened.info.st_mtime_ns // 1_000_000_000, UTC)
+    cached = not_modified_response(request, etag, last_modified)
+    if cached is not None:
+        return cached
+    byte_range = requested_range(
+        request.headers.get(hdrs.RANGE),
+        request.headers.get(hdrs.IF_RANGE),
+        size,
+        etag,
+        last_modified,
+        what="the file",
+    )
+    first, last = byte_range or (0, size - 1)
+    response = web.StreamResponse(
+        status=206 if byte_range else 200,
+        headers={hdrs.ETAG: etag, hdrs.ACCEPT_RANGES: "bytes"},
+    )
+    if byte_range:
+        response.headers[hdrs.CONTENT_RANGE] = f"bytes {first}-{last}/{size}"
+    response.content_type = content_type(opened.real_path)
+    response.content_length = last - first + 1
+    response.last_modified = last_modified
+    await response.prepare(request)
+    if request.method == hdrs.METH_HEAD or size == 0:
+        return response
+    timeout = request.app[SETTINGS].limits.send_timeout_seconds
+    try:
+        sent = await _sendfile(request, opened.file, first, last - first + 1, timeout)
+    except TimeoutError:
+        log.info("file %s cut: the client took nothing for %s s", request.path, timeout)
+        if request.transport is not None:
+            request.transport.abort()  # a graceful close would wait on the same client
+        return response
+    except ConnectionError:
+        log.info("file %s: the client went away", request.path)
+        return response
+    if sent < last - first + 1:
+        log.error("file %s cut short: it shrank while being sent", request.path)
+        response.force_close()  # the client sees fewer bytes than Content-Length
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _sendfile(
+    request: web.Request, file: io.FileIO, offset: int, count: int, piece_seconds: float
+) -> int:
+    """Send ``count`` bytes of ``file`` from ``offset``; the bytes sent (fewer
+    when the file ended early). Counts them for the access log as they go."""
+    loop = asyncio.get_running_loop()
+    sent = 0
+    while sent < count:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        start = offset + sent
+        file.seek(start)  # sendfile leaves the position after what it sent, even on error
+        try:
+            async with asyncio.timeout(piece_seconds):
+                piece = await loop.sendfile(
+                    transport, file, start, min(SENDFILE_PIECE, count - sent)
+                )
+        except (OSError, TimeoutError):
+            note_body_bytes(max(0, file.tell() - start))
+            raise
+        note_body_bytes(piece)
+        sent += piece
+        if piece == 0:
+            break
+    return sent

@@ -1,0 +1,221 @@
+"""The file URLs over HTTP: RFC 9110 ranges and preconditions, JSON errors,
+every manifest URL served, and no descriptor left by an abandoned request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import struct
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import AirTree, ClientFactory, open_paths_under, raw_exchange, wait_until, write
+
+CONTENT = bytes(range(256)) * 40  # 10,240 bytes
+MTIME = 1_700_000_000
+LAST_MODIFIED = "Tue, 14 Nov 2023 22:13:20 GMT"
+URL = "/api/audio/r/mix.wav"
+
+
+@pytest.fixture
+def mix(tree: AirTree) -> AirTree:
+    write(tree.render / "r" / "mix.wav", CONTENT, mtime=MTIME)
+    return tree
+
+
+async def _get(client: TestClient[Any, Any], **headers: str) -> tuple[int, Any, bytes]:
+    response = await client.get(URL, headers=headers)
+    return response.status, response.headers, await response.read()
+
+
+async def test_if_range_serves_the_range_only_for_the_current_version(
+    mix: AirTree, client: TestClient[Any, Any]
+) -> None:
+    status, headers, _ = await _get(client)
+    etag = headers["ETag"]
+    assert status == 200 and etag.startswith('"')
+    for if_range in (etag, LAST_MODIFIED):
+        status, headers, body = await _get(client, Range="bytes=10-19", **{"If-Range": if_range})
+        assert (status, body) == (206, CONTENT[10:20])
+        assert headers["Content-Range"] == f"bytes 10-19/{len(CONTENT)}"
+    for if_range in (
+        "W/" + etag,  # weak tags never match for ranges
+        '"another"',
+        "Tue, 14 Nov 2023 22:13:19 GMT",  # an older date
+        "Tue, 14 Nov 2023 22:13:21 GMT",  # a later one is no exact match either
+        "not a date",
+    ):
+        status, headers, body = await _get(client, Range="bytes=10-19", **{"If-Range": if_range})
+        assert (status, body) == (200, CONTENT), if_range
+        assert "Content-Range" not in headers
+
+
+async def test_a_resume_after_the_file_was_rewritten_restarts_instead_of_splicing(
+    mix: AirTree, client: TestClient[Any, Any]
+) -> None:
+    _, headers, _ = await _get(client)
+    old_etag = headers["ETag"]
+    new_content = os.urandom(len(CONTENT))
+    write(mix.render / "r" / "mix.wav", new_content, mtime=MTIME + 60)
+    status, headers, body = await _get(client, Range="bytes=5000-", **{"If-Range": old_etag})
+    assert status == 200 and body == new_content
+    assert headers["ETag"] != old_etag
+
+
+@pytest.mark.parametrize(
+    ("range_header", "status", "first", "last"),
+    [
+        ("bytes=0-9", 206, 0, 9),
+        ("bytes=10240-10240", 416, None, None),
+        ("bytes=-10", 206, 10230, 10239),
+        ("bytes=-99999", 206, 0, 10239),
+        ("bytes=10000-", 206, 10000, 10239),
+        ("bytes=10000-99999999", 206, 10000, 10239),
+        ("BYTES=1-2", 206, 1, 2),
+        ("bytes=-0", 416, None, None),
+        ("bytes=99999-", 416, None, None),
+        ("items=0-1", 200, 0, 10239),
+        ("bytes=0-1,5-6", 200, 0, 10239),
+        ("bytes=5-1", 200, 0, 10239),
+        ("bytes=", 200, 0, 10239),
+        ("bytes=a-b", 200, 0, 10239),
+        ("bytes=" + "9" * 5000 + "-", 416, None, None),
+        ("bytes=0-" + "9" * 5000, 206, 0, 10239),
+        ("bytes=-" + "9" * 5000, 206, 0, 10239),
+        ("bytes=" + "0" * 5000 + "1-2", 206, 1, 2),
+    ],
+)
+async def test_range_forms(
+    mix: AirTree,
+    client: TestClient[Any, Any],
+    range_header: str,
+    status: int,
+    first: int | None,
+    last: int | None,
+) -> None:
+    got, headers, body = await _get(client, Range=range_header)
+    assert got == status
+    if status == 416:
+        assert headers["Content-Range"] == f"bytes */{len(CONTENT)}"
+        assert json.loads(body)["detail"]["error"] == "range_not_satisfiable"
+        assert headers["Content-Length"] == str(len(body))
+    else:
+        assert first is not None and last is not None
+        assert body == CONTENT[first : last + 1]
+        assert headers["Content-Length"] == str(len(body))
+
+
+async def test_preconditions(mix: AirTree, client: TestClient[Any, Any]) -> None:
+    _, headers, _ = await _get(client)
+    etag = headers["ETag"]
+    for condition in (
+        {"If-None-Match": etag},
+        {"If-None-Match": f'"x", W/{etag}'},  # weak comparison
+        {"If-None-Match": "*"},
+        {"If-Modified-Since": LAST_MODIFIED},
+        {"If-Modified-Since": "Wed, 15 Nov 2023 00:00:00 GMT"},
+    ):
+        status, headers, body = await _get(client, **condition)
+        assert (status, body) == (304, b""), condition
+        assert headers["ETag"] == etag
+    for condition in (
+        {"If-Match": '"another"'},
+        {"If-Match": f"W/{etag}"},  # strong comparison
+        {"If-Match": "garbage"},
+        {"If-Unmodified-Since": "Tue, 14 Nov 2023 22:13:19 GMT"},
+    ):
+        status, headers, body = await _get(client, **condition)
+        assert status == 412, condition
+        assert json.loads(body)["detail"]["error"] == "precondition_failed"
+        assert headers["Content-Length"] == str(len(body))
+    for condition in (
+        {"If-Match": etag},
+        {"If-Match": "*"},
+        {"If-None-Match": '"another"'},
+        {"If-Modified-Since": "Tue, 14 Nov 2023 22:13:19 GMT"},
+        {"If-Modified-Since": "yesterday"},
+        {"If-Unmodified-Since": LAST_MODIFIED},
+        # If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2)
+        {"If-None-Match": '"another"', "If-Modified-Since": LAST_MODIFIED},
+    ):
+        status, _, body = await _get(client, **condition)
+        assert (status, body) == (200, CONTENT), condition
+
+
+async def test_head_sends_the_headers_of_the_get(
+    mix: AirTree, client: TestClient[Any, Any]
+) -> None:
+    head = await client.head(URL, headers={"Range": "bytes=0-9"})
+    assert head.status == 206 and head.headers["Content-Length"] == "10"
+    assert await head.read() == b""
+    head = await client.head(URL)
+    assert head.headers["Content-Length"] == str(len(CONTENT))
+    assert head.headers["Last-Modified"] == LAST_MODIFIED
+    assert head.headers["Accept-Ranges"] == "bytes"
+
+
+async def test_an_empty_file(tree: AirTree, client: TestClient[Any, Any]) -> None:
+    write(tree.render / "r" / "empty.wav", b"")
+    response = await client.get("/api/audio/r/empty.wav")
+    assert response.status == 200 and await response.read() == b""
+    assert (await client.get("/api/audio/r/empty.wav", headers={"Range": "bytes=0-"})).status == 416
+
+
+async def test_names_with_newlines_and_controls_are_served_at_their_manifest_urls(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    names = ["two\nlines.wav", "cr\rname.wav", "tab\there.wav", "esc\x1b.wav", "del\x7f.wav"]
+    for name in names:
+        write(tree.render / "r" / "deep\nfolder" / name, name.encode())
+    manifest = await (await client.get("/api/air/export/list/r")).json()
+    assert len(manifest["files"]) == len(names)
+    for item in manifest["files"]:
+        assert "%0A" in item["url"]
+        head, body = await raw_exchange(
+            client, f"GET {item['url']} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+        )
+        assert head.startswith(b"HTTP/1.1 200"), (item, head)
+        assert body == item["rel_path"].split("/")[-1].encode()
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def _abandon(client: TestClient[Any, Any], request: bytes) -> None:
+    """Send a request and reset the connection at once (SO_LINGER 0), as an
+    audio element does when the listener seeks."""
+    sock = socket.create_connection((client.server.host, client.server.port))
+    sock.sendall(request)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        f"GET {URL} HTTP/1.1\r\nHost: t\r\n\r\n",
+        f"GET {URL} HTTP/1.1\r\nHost: t\r\nRange: bytes=100-200\r\n\r\n",
+        "GET /api/air/export/zip/r HTTP/1.1\r\nHost: t\r\n\r\n",
+        "GET /api/air/export/zip/r HTTP/1.1\r\nHost: t\r\nRange: bytes=1000-\r\n\r\n",
+    ],
+)
+async def test_a_thousand_abandoned_requests_leave_no_descriptor(
+    mix: AirTree, make_client: ClientFactory, request_line: str
+) -> None:
+    write(mix.render / "r" / "big.wav", os.urandom(2_000_000))
+    client = await make_client(limits={"io_threads": 2})
+    await (await client.get(URL)).read()  # warm: pool threads exist
+    await (await client.get("/api/air/export/zip/r")).read()
+    fds_before = _fd_count()
+    for _ in range(1000):
+        await _abandon(client, request_line.encode())
+    await wait_until(lambda: _fd_count() <= fds_before and not open_paths_under(mix.base))
+    assert open_paths_under(mix.base) == []
+    assert _fd_count() <= fds_before
+    assert (await client.get("/healthz")).status == 200
