@@ -1,0 +1,164 @@
+"""The access log and request metrics: body bytes, cut requests, bad request lines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from export_service.logs import TextFormatter
+from tests.conftest import AirTree, ClientFactory, raw_exchange, wait_until, write
+
+ACCESS = "export_service.access"
+
+
+def _lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [r.fields for r in caplog.records if r.name == ACCESS]
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the series of ``name`` that carry these labels."""
+    wanted = {f'{key}="{value}"' for key, value in labels.items()}
+    total = 0.0
+    for line in text.splitlines():
+        metric, _, value = line.rpartition(" ")
+        if metric.startswith(name + "{") and wanted <= set(metric[len(name) + 1 : -1].split(",")):
+            total += float(value)
+    return total
+
+
+async def test_bytes_is_the_body_sent_on_every_route(
+    tree: AirTree, client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    size = 2_600_000
+    write(tree.render / "r" / "mix.wav", os.urandom(size))
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    sizes = {}
+    for method, path, headers in [
+        ("GET", "/api/audio/r/mix.wav", {}),
+        ("GET", "/api/audio/r/mix.wav", {"Range": "bytes=100-199"}),
+        ("HEAD", "/api/audio/r/mix.wav", {}),
+        ("GET", "/api/air/export/list/r", {}),
+        ("HEAD", "/api/air/export/list/r", {}),
+        ("GET", "/api/air/export/zip/r", {}),
+        ("GET", "/api/air/export/zip/r", {"Range": "bytes=10-"}),
+        ("GET", "/nope", {}),
+        ("GET", "/healthz", {}),
+    ]:
+        response = await client.request(method, path, headers={**headers, "X-Request-ID": path})
+        sizes[(method, path, str(headers))] = len(await response.read())
+    await wait_until(lambda: len(_lines(caplog)) == len(sizes))
+    lines = _lines(caplog)
+    assert [line["bytes"] for line in lines] == list(sizes.values())
+    assert lines[0]["bytes"] == size and lines[1]["bytes"] == 100 and lines[2]["bytes"] == 0
+    assert all(line["ended"] == "complete" for line in lines)
+
+
+async def _cut_zip(client: TestClient[Any, Any], after: int) -> None:
+    sock = socket.create_connection((client.server.host, client.server.port))
+    sock.setblocking(False)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"GET /api/air/export/zip/r HTTP/1.1\r\nHost: t\r\nX-Request-ID: cut\r\n\r\n")
+    await reader.readexactly(after)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()
+
+
+async def test_a_download_the_client_resets_gets_its_line_and_is_counted(
+    tree: AirTree, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tree.render / "r" / "big.wav", os.urandom(32 * 1024 * 1024))
+    client = await make_client(limits={"read_chunk_bytes": 65536, "batch_bytes": 65536})
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    await _cut_zip(client, 1024 * 1024)
+    await wait_until(lambda: any(line["request_id"] == "cut" for line in _lines(caplog)))
+    (line,) = [line for line in _lines(caplog) if line["request_id"] == "cut"]
+    assert line["status"] == 200
+    assert line["ended"] in ("client_gone", "cut_short")
+    assert 1024 * 1024 - 1000 < line["bytes"] < 32 * 1024 * 1024
+    metrics = await (await client.get("/metrics")).text()
+    route = "/api/air/export/zip/{render_run_id}"
+    assert _metric(metrics, "export_http_requests_total", route=route, method="GET", status="200")
+    assert (
+        _metric(metrics, "export_http_requests_cut_short_total", route=route, ended=line["ended"])
+        == 1
+    )
+
+
+async def test_a_request_abandoned_before_its_answer_gets_a_499_line(
+    tree: AirTree, client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tree.render / "r" / "a.wav", b"a")
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    for _ in range(200):
+        sock = socket.create_connection((client.server.host, client.server.port))
+        sock.sendall(b"GET /api/air/export/list/r HTTP/1.1\r\nHost: t\r\n\r\n")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        await asyncio.sleep(0)
+    await wait_until(lambda: len(_lines(caplog)) == 200)
+    lines = _lines(caplog)
+    assert len(lines) == 200
+    assert {line["ended"] for line in lines} <= {"client_gone", "complete", "cut_short"}
+    gone = [line for line in lines if line["ended"] == "client_gone"]
+    assert gone and all(line["status"] == 499 and line["bytes"] == 0 for line in gone)
+    metrics = await (await client.get("/metrics")).text()
+    route = "/api/air/export/list/{render_run_id}"
+    counted = sum(
+        _metric(metrics, "export_http_requests_total", route=route, method="GET", status=status)
+        for status in ("200", "499")
+    )
+    assert counted == 200
+
+
+async def test_malformed_request_lines_are_one_plain_line_each_and_counted(
+    client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    for _ in range(1000):
+        head, _ = await raw_exchange(client, b"GET /a\x01b HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert head.split()[1] == b"400"
+    await wait_until(lambda: len(_lines(caplog)) == 1000)
+    lines = _lines(caplog)
+    assert len(lines) == 1000
+    assert all(line["status"] == 400 and line["ended"] == "rejected" for line in lines)
+    assert [r for r in caplog.records if r.name != ACCESS] == []
+    assert all(r.exc_info is None for r in caplog.records)
+    metrics = await (await client.get("/metrics")).text()
+    assert _metric(metrics, "export_http_requests_total", route="unmatched", status="400") == 1000
+
+
+async def test_text_lines_cannot_be_forged_through_the_path(
+    client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    forged = (
+        "/x%0A2026-11-24%2000:00:00,000%20INFO%20export_service.access%20GET%20/admin%20200"
+        "%0D%1B[2J"
+    )
+    await raw_exchange(
+        client, f"GET {forged} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+    )
+    await wait_until(lambda: len(_lines(caplog)) == 1)
+    (record,) = [r for r in caplog.records if r.name == ACCESS]
+    text = TextFormatter().format(record)
+    assert "\n" not in text and "\r" not in text and "\x1b" not in text
+    assert "/x\\n2026-11-24 00:00:00,000 INFO" in text and "200\\r\\x1b[2J" in text
+
+
+def test_text_tracebacks_are_indented_and_escaped() -> None:
+    try:
+        raise ValueError("boom\n2026-11-24 00:00:00,000 INFO forged")
+    except ValueError as error:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "a\\b %s", ("\x00",), None)
+        record.exc_info = (ValueError, error, error.__traceback__)
+    lines = TextFormatter().format(record).split("\n")
+    assert lines[0].endswith("ERROR t a\\\\b \\x00")
+    assert all(line.startswith("  ") for line in lines[1:])
+    assert "  2026-11-24 00:00:00,000 INFO forged" in lines
