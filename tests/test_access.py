@@ -19,7 +19,7 @@ ACCESS = "export_service.access"
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [r.fields for r in caplog.records if r.name == ACCESS]
+    return [getattr(r, "fields", {}) for r in caplog.records if r.name == ACCESS]
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
