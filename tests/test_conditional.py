@@ -1,0 +1,116 @@
+"""Conditional requests: the RFC 9110 evaluation, and 304/412 on the manifest and the ZIP."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from export_service.conditional import not_modified
+from export_service.errors import PreconditionFailed
+from tests.conftest import AirTree, write
+
+ETAG = '"abc"'
+WHEN = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
+AT = "Tue, 14 Nov 2023 22:13:20 GMT"
+BEFORE = "Tue, 14 Nov 2023 22:13:19 GMT"
+
+
+def _check(method: str = "GET", **headers: str) -> bool:
+    return not_modified(
+        method,
+        headers.get("if_match"),
+        headers.get("if_none_match"),
+        headers.get("if_modified_since"),
+        headers.get("if_unmodified_since"),
+        ETAG,
+        WHEN,
+    )
+
+
+def test_the_rfc_9110_order() -> None:
+    assert _check() is False
+    assert _check(if_none_match=ETAG) is True
+    assert _check("HEAD", if_none_match='W/"abc"') is True
+    assert _check(if_none_match='"x", "abc"') is True
+    assert _check(if_modified_since=AT) is True
+    assert _check(if_modified_since=BEFORE) is False
+    # If-None-Match is evaluated instead of If-Modified-Since, not with it
+    assert _check(if_none_match='"x"', if_modified_since=AT) is False
+    assert _check(if_match=ETAG, if_none_match=ETAG) is True
+    # If-Match is evaluated instead of If-Unmodified-Since
+    assert _check(if_match=ETAG, if_unmodified_since=BEFORE) is False
+    assert _check(if_unmodified_since="not a date") is False
+    for failing in (
+        {"if_match": '"x"'},
+        {"if_match": 'W/"abc"'},
+        {"if_match": ""},
+        {"if_unmodified_since": BEFORE},
+    ):
+        with pytest.raises(PreconditionFailed):
+            _check(**failing)
+    with pytest.raises(PreconditionFailed):
+        _check("PUT", if_none_match="*")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Mon, 1 Jan 99999999999 00:00:00 GMT",
+        "Tue, 14 Nov 2023 22:13:20 -0000",  # a naive result
+        "Tue, 99 Nov 2023 99:99:99 GMT",
+        "9" * 5000,
+        "\udcff",
+        "",
+    ],
+)
+def test_any_date_value_is_a_date_or_ignored(value: str) -> None:
+    """Dates that overflow, are naive or are no dates fail no request (500)."""
+    assert _check(if_modified_since=value) is value.endswith("-0000")
+    with pytest.raises(PreconditionFailed) if value.endswith("-0000") else contextlib.nullcontext():
+        _check(if_unmodified_since=value.replace("22:13:20", "22:13:19"))
+
+
+@pytest.fixture
+def run(tree: AirTree) -> AirTree:
+    write(tree.render / "r" / "mix.wav", os.urandom(1000), mtime=1_700_000_000)
+    return tree
+
+
+@pytest.mark.parametrize("path", ["/api/air/export/list/r", "/api/air/export/zip/r"])
+async def test_304_and_412_on_the_manifest_and_the_zip(
+    run: AirTree, client: TestClient[Any, Any], path: str
+) -> None:
+    full = await client.get(path)
+    etag = full.headers["ETag"]
+    assert etag.startswith('"') and len(etag) > 10
+    body = await full.read()
+    cached = await client.get(path, headers={"If-None-Match": etag})
+    assert cached.status == 304 and await cached.read() == b""
+    assert cached.headers["ETag"] == etag
+    failed = await client.get(path, headers={"If-Match": '"old"'})
+    assert failed.status == 412
+    error = await failed.read()
+    assert json.loads(error)["detail"]["error"] == "precondition_failed"
+    assert failed.headers["Content-Length"] == str(len(error))
+    matching = await client.get(path, headers={"If-Match": etag})
+    assert matching.status == 200 and await matching.read() == body
+    head = await client.head(path)
+    assert head.status == 200 and head.headers["ETag"] == etag
+    assert head.headers["Content-Length"] == str(len(body))
+    write(run.render / "r" / "new.wav", b"new")
+    changed = await client.get(path, headers={"If-None-Match": etag})
+    assert changed.status == 200 and changed.headers["ETag"] != etag
+
+
+async def test_the_zip_answers_if_modified_since(
+    run: AirTree, client: TestClient[Any, Any]
+) -> None:
+    path = "/api/air/export/zip/r"
+    assert (await client.get(path, headers={"If-Modified-Since": AT})).status == 304
+    assert (await client.get(path, headers={"If-Modified-Since": BEFORE})).status == 200
