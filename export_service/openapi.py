@@ -45,9 +45,13 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "missing or wrong bearer token",
         404: "not found",
         413: "request body too large",
+        412: "If-Match or If-Unmodified-Since failed",
         416: "range not satisfiable",
         422: "invalid run id, param run id or body",
-        503: "links file unusable or unwritable, too many downloads, or not ready",
+        503: (
+            "links file unusable or unwritable, too many downloads, out of file descriptors, "
+            "or not ready"
+        ),
     }
     return {str(status): _json(ErrorBody, texts[status]) for status in statuses}
 
@@ -116,7 +120,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "content": zip_body,
             },
             "206": {"description": "one range of that ZIP", "content": zip_body},
-            **_errors(*denied, 416, 422, 503),
+            "304": {"description": "not modified (If-None-Match, If-Modified-Since)"},
+            **_errors(*denied, 412, 416, 422, 503),
         },
     }
     file_operation = {
@@ -127,20 +132,22 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "responses": {
             "200": {"description": "the file", "content": {"*/*": {"schema": {}}}},
             "206": {"description": "the requested range", "content": {"*/*": {"schema": {}}}},
-            "304": {"description": "not modified"},
-            **_errors(*denied, 404, 416),
+            "304": {"description": "not modified (If-None-Match, If-Modified-Since)"},
+            **_errors(*denied, 404, 412, 416, 503),
+        },
+    }
+    manifest_operation = {
+        "parameters": [_RENDER_RUN_ID, _PARAM_RUN_ID],
+        "responses": {
+            "200": _json(ExportManifest, "the manifest, with a strong ETag of its bytes"),
+            "304": {"description": "not modified (If-None-Match)"},
+            **_errors(*denied, 412, 422, 503),
         },
     }
     paths: dict[str, Any] = {
         f"{EXPORT_PREFIX}/list/{{render_run_id}}": {
-            "get": {
-                "summary": "The export manifest of one project",
-                "parameters": [_RENDER_RUN_ID, _PARAM_RUN_ID],
-                "responses": {
-                    "200": _json(ExportManifest, "the manifest"),
-                    **_errors(*denied, 422),
-                },
-            }
+            "get": {"summary": "The export manifest of one project", **manifest_operation},
+            "head": {"summary": "The manifest's headers (ETag), no body", **manifest_operation},
         },
         f"{EXPORT_PREFIX}/zip/{{render_run_id}}": {
             "get": {"summary": "All files of the manifest as one ZIP", **zip_operation},

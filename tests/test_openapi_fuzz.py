@@ -35,7 +35,7 @@ def test_every_operation_answers_as_documented() -> None:
     with live_service() as service:
         schema = schemathesis.openapi.from_url(f"{service.base_url}/api/air/export/openapi.json")
         operations = [_unwrap(result) for result in schema.get_all_operations()]
-        assert len(operations) == 14  # list, zip x2, links x2, openapi, 3 ops, 3 file prefixes x2
+        assert len(operations) == 15  # list x2, zip x2, links x2, openapi, 3 ops, 3 files x2
         for operation in operations:
 
             @given(case=operation.as_strategy())
