@@ -219,3 +219,21 @@ async def test_a_thousand_abandoned_requests_leave_no_descriptor(
     assert open_paths_under(mix.base) == []
     assert _fd_count() <= fds_before
     assert (await client.get("/healthz")).status == 200
+
+
+async def test_a_client_that_stops_reading_is_cut_and_its_file_closed(
+    tree: AirTree, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tree.render / "r" / "big.wav", os.urandom(64 * 1024 * 1024))
+    client = await make_client(limits={"send_timeout_seconds": 1.0})
+    caplog.set_level("INFO", logger="export_service.access")
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(b"GET /api/audio/r/big.wav HTTP/1.1\r\nHost: t\r\nX-Request-ID: stall\r\n\r\n")
+    await reader.readexactly(100_000)  # then read nothing more
+    await wait_until(lambda: not open_paths_under(tree.base), seconds=15)
+    assert open_paths_under(tree.base) == []
+    await wait_until(lambda: any(r.name == "export_service.access" for r in caplog.records))
+    (line,) = [getattr(r, "fields", {}) for r in caplog.records if r.name == "export_service.access"]
+    assert line["ended"] == "cut_short" and line["status"] == 200
+    assert 100_000 <= line["bytes"] < 64 * 1024 * 1024
+    writer.close()
