@@ -232,8 +232,9 @@ async def test_a_client_that_stops_reading_is_cut_and_its_file_closed(
     await reader.readexactly(100_000)  # then read nothing more
     await wait_until(lambda: not open_paths_under(tree.base), seconds=15)
     assert open_paths_under(tree.base) == []
-    await wait_until(lambda: any(r.name == "export_service.access" for r in caplog.records))
-    (line,) = [getattr(r, "fields", {}) for r in caplog.records if r.name == "export_service.access"]
+    access = "export_service.access"
+    await wait_until(lambda: any(r.name == access for r in caplog.records))
+    (line,) = [getattr(r, "fields", {}) for r in caplog.records if r.name == access]
     assert line["ended"] == "cut_short" and line["status"] == 200
     assert 100_000 <= line["bytes"] < 64 * 1024 * 1024
     writer.close()
