@@ -121,7 +121,8 @@ class AccessLog(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         exchange = _exchange.get()
-        if exchange is None:  # aiohttp answered without the application
+        if exchange is None:  # aiohttp's parser refused the request: 400 in plain text
+            text = response.text if isinstance(response, web.Response) else None
             write_line(
                 self.logger,
                 self.metrics,
@@ -131,6 +132,7 @@ class AccessLog(AbstractAccessLogger):
                 _body_bytes(request, response, None),
                 time,
                 "rejected",
+                error=text.partition("\n")[0] if text else None,
             )
             return
         exchange.logged = True
@@ -200,14 +202,19 @@ def write_line(
     sent: int,
     duration: float,
     ended: str,
+    error: str | None = None,
 ) -> None:
-    metrics.requests.labels(route, request.method, str(status)).inc()
+    """One access line and the request's metrics. A rejected request has no
+    method or path to tell (aiohttp puts a placeholder there): ``-``, with
+    aiohttp's reason as ``error``."""
+    method, path = ("-", "-") if ended == "rejected" else (request.method, request.path)
+    metrics.requests.labels(route, method, str(status)).inc()
     metrics.latency.labels(route).observe(duration)
     if ended not in ("complete", "rejected"):
         metrics.requests_cut_short.labels(route, ended).inc()
-    fields = {
-        "method": request.method,
-        "path": request.path,
+    fields: dict[str, object] = {
+        "method": method,
+        "path": path,
         "status": status,
         "bytes": sent,
         "duration_ms": round(duration * 1000, 2),
@@ -215,13 +222,16 @@ def write_line(
         "request_id": request_id.get(),
         "ended": ended,
     }
+    if error:
+        fields["error"] = error
     logger.info(
-        "%s %s %s %s %s",
-        request.method,
-        request.path,
+        "%s %s %s %s %s%s",
+        method,
+        path,
         status,
         sent,
         ended,
+        f" ({error})" if error else "",
         extra={"fields": fields},
     )
 

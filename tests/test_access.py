@@ -128,6 +128,7 @@ async def test_malformed_request_lines_are_one_plain_line_each_and_counted(
     lines = _lines(caplog)
     assert len(lines) == 1000
     assert all(line["status"] == 400 and line["ended"] == "rejected" for line in lines)
+    assert lines[0]["path"] == "-" and lines[0]["error"] == "Invalid char in url path:"
     assert [r for r in caplog.records if r.name != ACCESS] == []
     assert all(r.exc_info is None for r in caplog.records)
     metrics = await (await client.get("/metrics")).text()
