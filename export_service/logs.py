@@ -1,16 +1,15 @@
-"""Logging: JSON lines (or plain text), request ids, and one line per request.
+"""Logging: JSON lines (or plain text) and request ids (the access log: access.py).
 
 The request id (``X-Request-ID`` from the client, else generated) lives in a
 context variable, so every log line written while serving a request carries
-it, also from the worker threads (``state.run_blocking`` and ``state.run_zip_work``
-copy the context).
+it, also from the worker threads (the hops in ``state`` copy the context).
 
 Records are handed to a listener thread through a bounded queue, so a slow
 log reader (a full pipe, a stalled collector) never blocks the event loop;
 when the queue is full, records are dropped and counted instead.
 
 Every line is one record: JSON escapes control characters by itself, and
-the text format escapes them (``\n``, ``\x1b``...) and indents a traceback,
+the text format escapes them (``\\n``, ``\\x1b``...) and indents a traceback,
 so a request path holding ``%0A`` cannot write a line of its own.
 """
 
