@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 SENDFILE_PIECE = 1024 * 1024
 
 
-def file_etag(info: RootFile) -> str:
+def _etag(opened: RootFile) -> str:
     """Strong: the file's mtime (ns) and size, the same tags aiohttp gave."""
-    return f'"{info.info.st_mtime_ns:x}-{info.info.st_size:x}"'
+    return f'"{opened.info.st_mtime_ns:x}-{opened.info.st_size:x}"'
 
 
 def file_route(step: Step, prefix: str) -> web.RouteDef:
@@ -60,7 +60,7 @@ def file_route(step: Step, prefix: str) -> web.RouteDef:
 
 async def _send(request: web.Request, opened: RootFile) -> web.StreamResponse:
     size = opened.info.st_size
-    etag = file_etag(opened)
+    etag = _etag(opened)
     last_modified = datetime.fromtimestamp(opened.info.st_mtime_ns // 1_000_000_000, UTC)
     cached = not_modified_response(request, etag, last_modified)
     if cached is not None:
