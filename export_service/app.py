@@ -27,8 +27,10 @@ from .manifest import ExportSources
 from .metrics import Metrics
 from .openapi import openapi_route
 from .routes import routes
+from .shutdown import RequestsInFlight, tracking_middleware
 from .state import (
     CRC_CACHE,
+    IN_FLIGHT,
     IO_EXECUTOR,
     METRICS,
     SETTINGS,
@@ -130,10 +132,17 @@ async def _measure_loop_lag(metrics: Metrics) -> None:
 
 
 def create_app(settings: Settings) -> web.Application:
-    middlewares: list[Middleware] = [request_context, track_exchange, json_errors]
+    in_flight = RequestsInFlight()
+    middlewares: list[Middleware] = [
+        tracking_middleware(in_flight),
+        request_context,
+        track_exchange,
+        json_errors,
+    ]
     if settings.auth.token:
         middlewares.append(bearer_auth(settings.auth.token))
     app = web.Application(middlewares=middlewares)
+    app[IN_FLIGHT] = in_flight
     app[SETTINGS] = settings
     app[SOURCES] = ExportSources.from_settings(settings)
     app[METRICS] = Metrics()
@@ -167,9 +176,13 @@ def create_app(settings: Settings) -> web.Application:
     async def mark_shutting_down(app: web.Application) -> None:
         app[SHUTTING_DOWN].set()
 
+    async def drain_requests(app: web.Application) -> None:
+        await app[IN_FLIGHT].drain(settings.server.shutdown_grace_seconds)
+
     app.cleanup_ctx.append(executors)
     app.cleanup_ctx.append(loop_lag_probe)
     app.on_shutdown.append(mark_shutting_down)
+    app.on_shutdown.append(drain_requests)
     app.on_response_prepare.append(_echo_request_id)
     app.on_response_prepare.append(remember_response)
     app.add_routes(routes)

@@ -25,6 +25,7 @@ from .logs import setup_logging
 from .manifest import ExportSources, export_manifest_json
 from .run_ids import check_param_run_id, check_render_run_id
 from .sample import SAMPLE_RENDER_RUN_ID, create_sample_tree
+from .shutdown import CANCEL_WAIT_SECONDS
 
 log = logging.getLogger("export_service")
 
@@ -109,7 +110,10 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         host=host or server.host,
         port=port if port is not None else server.port,
         print=None,
-        shutdown_timeout=server.shutdown_grace_seconds,
+        # The app's own shutdown gives requests in flight the grace and then cuts
+        # them (export_service/shutdown.py); aiohttp's, which would wait twice as
+        # long, finds nothing left but gets a short backstop.
+        shutdown_timeout=CANCEL_WAIT_SECONDS,
         # A client that hangs up cancels its handler at once, so a download in
         # flight closes its files without waiting for its next write to fail.
         handler_cancellation=True,

@@ -15,6 +15,7 @@ from .archive import CrcCache
 from .config import Settings
 from .manifest import ExportSources
 from .metrics import Metrics
+from .shutdown import RequestsInFlight
 
 
 class DownloadSlots:
@@ -43,6 +44,7 @@ METRICS = web.AppKey("metrics", Metrics)
 ZIP_SLOTS = web.AppKey("zip_slots", DownloadSlots)
 CRC_CACHE = web.AppKey("crc_cache", CrcCache)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
+IN_FLIGHT = web.AppKey("in_flight", RequestsInFlight)
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")

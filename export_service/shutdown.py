@@ -1,0 +1,82 @@
+"""Graceful shutdown that keeps to ``server.shutdown_grace_seconds``.
+
+aiohttp's own shutdown waits ``shutdown_timeout`` for requests in flight, then
+"cancels" them in a way that does not stop a handler blocked on a stalled
+client, and waits ``shutdown_timeout`` again: a download was cut at about twice
+the grace and the process exited later still. Here every connection that has
+served a request is tracked; on shutdown (after the listening socket and the
+idle connections are closed) the requests in flight get the grace period to
+finish, then their tasks are cancelled and their connections aborted, so
+nothing is left for aiohttp to wait on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+log = logging.getLogger(__name__)
+
+# How long cancelled requests get to run their cleanup (close files, log).
+CANCEL_WAIT_SECONDS = 1.0
+
+
+class RequestsInFlight:
+    """The tasks serving connections that have had a request, with their transports."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[asyncio.Task[object], asyncio.Transport | None] = {}
+
+    def track(self, request: web.Request) -> None:
+        """Remember the task serving ``request``'s connection until it ends.
+
+        The task also sends a response's body after the handler returned
+        (file URLs), so it is the task, not the handler, that is waited for."""
+        task = asyncio.current_task()
+        if task is None or task in self._tasks:
+            return
+        self._tasks[task] = request.transport
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[object]) -> None:
+        self._tasks.pop(task, None)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, grace: float) -> None:
+        """Let the requests in flight finish within ``grace`` seconds, then cut them."""
+        tasks = set(self._tasks)
+        if not tasks:
+            return
+        log.info("shutting down: %d connection(s) busy, waiting up to %s s", len(tasks), grace)
+        _, pending = await asyncio.wait(tasks, timeout=grace) if grace > 0 else (set(), tasks)
+        if not pending:
+            return
+        log.warning("shutting down: cutting %d request(s) still in flight", len(pending))
+        for task in pending:
+            transport = self._tasks.get(task)
+            task.cancel()
+            if transport is not None:
+                # A graceful close would wait for a stalled client to take the
+                # buffered bytes; abort sends a reset at once.
+                transport.abort()
+        await asyncio.wait(pending, timeout=CANCEL_WAIT_SECONDS)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def tracking_middleware(in_flight: RequestsInFlight) -> Middleware:
+    """The outermost middleware: tracks every request's connection in ``in_flight``."""
+
+    @web.middleware
+    async def track(request: web.Request, handler: Handler) -> web.StreamResponse:
+        in_flight.track(request)
+        return await handler(request)
+
+    return track

@@ -1,0 +1,75 @@
+"""Shutdown keeps to server.shutdown_grace_seconds, with a real process and a
+client that stopped reading (issue 12, item 10)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import AirTree, write
+from tests.live import live_service
+
+GRACE = 2.0
+
+
+def _config(tree: AirTree, path: Path) -> Path:
+    path.write_text(
+        f'[roots]\nrender = "{tree.render}"\nmidi_generation = "{tree.midi}"\n'
+        f'param_generation = "{tree.param}"\n[links]\nfile = "{tree.links}"\n'
+        f"[server]\nshutdown_grace_seconds = {GRACE}\n"
+    )
+    return path
+
+
+def _stalled_download(base_url: str, path: str) -> socket.socket:
+    """A GET whose client reads the head and then nothing: the server's send
+    buffer fills and its writes block, as with a paused browser download."""
+    host, port = base_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    assert sock.recv(64 * 1024).startswith(b"HTTP/1.1 200")
+    return sock
+
+
+def _log_times(output: str, message: str) -> list[float]:
+    stamps = re.findall(r'"time": "([^"]+)"[^\n]*' + re.escape(message), output)
+    return [datetime.fromisoformat(stamp).timestamp() for stamp in stamps]
+
+
+@pytest.mark.parametrize("path", ["/api/air/export/zip/r", "/api/audio/r/big.wav"])
+def test_a_stalled_download_is_cut_at_the_grace_and_the_process_exits_soon_after(
+    tree: AirTree, tmp_path: Path, path: str
+) -> None:
+    write(tree.render / "r" / "big.wav", os.urandom(48 * 1024 * 1024))
+    config = _config(tree, tmp_path / "c.toml")
+    with live_service(["--config", str(config)]) as service:
+        sock = _stalled_download(service.base_url, path)
+        time.sleep(0.3)  # the transfer is under way and blocked on the client
+        signalled = time.time()
+        started = time.monotonic()
+        code, output = service.stop(timeout=4 * GRACE + 10)
+        exited_after = time.monotonic() - started
+        sock.close()
+    assert code == 0, output
+    assert "Traceback" not in output
+    # Exit within the grace plus 2 s (before: about twice the grace).
+    assert exited_after <= GRACE + 2, (exited_after, output)
+    # Cut at the grace (not earlier: it was a grace; not at twice it, as before).
+    (cut,) = _log_times(output, "cutting 1 request(s) still in flight")
+    assert GRACE - 0.1 <= cut - signalled <= GRACE + 0.5, output
+
+
+def test_an_idle_service_exits_at_once(tree: AirTree, tmp_path: Path) -> None:
+    config = _config(tree, tmp_path / "c.toml")
+    with live_service(["--config", str(config)]) as service:
+        started = time.monotonic()
+        code, output = service.stop()
+        assert time.monotonic() - started < 1.5
+    assert code == 0, output
