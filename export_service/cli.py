@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,10 @@ log = logging.getLogger("export_service")
 
 EXIT_FAILED = 1
 EXIT_CONFIG_ERROR = 2
+
+
+class StartupError(Exception):
+    """The service cannot start (its port is taken): one line, exit 2."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,14 +107,37 @@ def _required_settings(config_path: Path | None) -> Settings:
     return settings
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a port in use is one clear line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=128)
+    except OSError as error:
+        raise StartupError(
+            f"cannot listen on {host}:{port}: {os.strerror(error.errno or 0)}"
+        ) from None
+
+
 def _serve(settings: Settings, host: str | None, port: int | None) -> None:
     server = settings.server
+    sock = _listen(host or server.host, port if port is not None else server.port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    roots = ", ".join(f"{key}={path}" for key, path in settings.roots)
+
+    def started(_: str) -> None:
+        log.info(
+            "listening on http://%s:%s; roots: %s; links: %s",
+            f"[{bound_host}]" if ":" in bound_host else bound_host,
+            bound_port,
+            roots,
+            settings.links.file,
+        )
+
     app = create_app(settings)
     web.run_app(
         app,
-        host=host or server.host,
-        port=port if port is not None else server.port,
-        print=None,
+        sock=sock,
+        print=started,
         # The app's own shutdown gives requests in flight the grace and then cuts
         # them (export_service/shutdown.py); aiohttp's, which would wait twice as
         # long, finds nothing left but gets a short backstop.
@@ -203,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_offline(arguments)
     except ConfigError as error:
         print(f"export-service: config error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except StartupError as error:
+        print(f"export-service: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     except ExportServiceError as error:
         print(f"export-service: {error.code}: {error.message}", file=sys.stderr)

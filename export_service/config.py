@@ -163,39 +163,54 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
         model = field.annotation
         assert isinstance(model, type) and issubclass(model, BaseModel)
         for key in model.model_fields:
-            value = environ.get(f"{ENV_PREFIX}{section}_{key}".upper())
+            value = environ.get(env_var(section, key))
             if value is not None:
                 found.setdefault(section, {})[key] = value
     return found
 
 
-def _describe(error: ValidationError) -> str:
+def env_var(section: str, key: str) -> str:
+    """The environment variable that overrides ``section.key``."""
+    return f"{ENV_PREFIX}{section}_{key}".upper()
+
+
+def _describe(error: ValidationError, from_env: set[tuple[str, str]], source: str) -> str:
+    """One line per problem, naming where the bad value came from: the
+    variable for an environment override, else the key (after ``source``)."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
+        location = tuple(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         elif item["type"] == "missing":
             message = "is required but missing"
         else:
             message = str(item["msg"]).removeprefix("Value error, ")
-        lines.append(f"{key}: {message}" if key else message)
+        if location[:2] in from_env:
+            lines.append(f"{env_var(*location[:2])}: {message}")
+            continue
+        line = f"{'.'.join(location)}: {message}" if location else message
+        lines.append(f"{source}: {line}" if source else line)
     return "; ".join(lines)
 
 
 def settings_from_mapping(
-    data: dict[str, Any], environ: Mapping[str, str] | None = None
+    data: dict[str, Any], environ: Mapping[str, str] | None = None, source: str = ""
 ) -> Settings:
-    """Validate a config mapping, with the environment's overrides on top."""
+    """Validate a config mapping, with the environment's overrides on top.
+    ``source`` (such as ``config file '/etc/x.toml'``) starts the errors about
+    the mapping's own keys."""
     merged = {section: dict(values) for section, values in data.items()}
-    for section, values in env_overrides(environ or {}).items():
+    overrides = env_overrides(environ or {})
+    for section, values in overrides.items():
         if not isinstance(merged.get(section, {}), dict):
-            raise ConfigError(f"{section}: must be a table")
+            raise ConfigError(f"{source + ': ' if source else ''}{section}: must be a table")
         merged.setdefault(section, {}).update(values)
+    from_env = {(section, key) for section, values in overrides.items() for key in values}
     try:
         return Settings.model_validate(merged)
     except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
+        raise ConfigError(_describe(error, from_env, source)) from None
 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
@@ -210,10 +225,7 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         raise ConfigError(f"config file {str(path)!r} cannot be read: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
-    try:
-        return settings_from_mapping(data, environ)
-    except ConfigError as error:
-        raise ConfigError(f"config file {str(path)!r}: {error}") from None
+    return settings_from_mapping(data, environ, source=f"config file {str(path)!r}")
 
 
 def resolve_settings(config_path: Path | None, environ: Mapping[str, str]) -> Settings | None:

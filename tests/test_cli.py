@@ -118,7 +118,7 @@ def test_check_config_prints_resolved_settings_with_env_overrides(
     )
     assert broken.returncode == 2
     assert broken.stderr.startswith("export-service: config error:")
-    assert "server.port" in broken.stderr
+    assert "EXPORT_SERVICE_SERVER_PORT: " in broken.stderr
 
 
 def test_environment_alone_configures_the_service(tree: AirTree) -> None:
@@ -220,3 +220,37 @@ def test_sample_tree_takes_the_environments_other_keys() -> None:
         request = urllib.request.Request(url, headers={"Authorization": "Bearer s3cret"})
         with urllib.request.urlopen(request, timeout=10) as response:
             assert json.loads(response.read())["missing"] == []
+
+
+def test_serve_logs_one_line_with_its_address_and_roots(tree: AirTree, tmp_path: Path) -> None:
+    config = _config(tree, tmp_path / "config.toml")
+    with live_service(["--config", str(config)]) as service:
+        code, output = service.stop()
+    assert code == 0, output
+    (line,) = [json.loads(line) for line in output.splitlines() if "listening on" in line]
+    assert line["message"] == (
+        f"listening on {service.base_url}; roots: render={tree.render}, "
+        f"midi_generation={tree.midi}, param_generation={tree.param}; links: {tree.links}"
+    )
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tree: AirTree, tmp_path: Path) -> None:
+    config = _config(tree, tmp_path / "config.toml")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _cli("serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"export-service: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(tree: AirTree, tmp_path: Path) -> None:
+    config = _config(tree, tmp_path / "config.toml")
+    result = _cli("serve", "--config", str(config), env={"EXPORT_SERVICE_SERVER_PORT": "80a"})
+    assert result.returncode == 2
+    assert result.stderr.startswith("export-service: config error: EXPORT_SERVICE_SERVER_PORT: ")
+    assert str(config) not in result.stderr
+    assert result.stderr.count("\n") == 1
