@@ -8,7 +8,6 @@ wins over the file.
 
 from __future__ import annotations
 
-import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from .cpus import usable_cpus
 from .errors import ConfigError
 
 ENV_PREFIX = "EXPORT_SERVICE_"
@@ -108,8 +108,9 @@ class UrlSettings(_Section):
 class LimitsSettings(_Section):
     io_threads: int = Field(default=8, ge=1, le=256)
     # Threads that plan and produce ZIP bytes; 0: one per CPU the process may
-    # run on. That work is Python under the GIL, so threads beyond the cores
-    # only queue for it and make the event loop wait (README, Performance).
+    # run on, as its cgroup's CPU quota allows. That work is Python under the
+    # GIL, so threads beyond the cores only queue for it and make the event
+    # loop wait (README, Performance).
     zip_threads: int = Field(default=0, ge=0, le=256)
     read_chunk_bytes: int = Field(default=MIB, ge=4096, le=64 * MIB)
     batch_bytes: int = Field(default=MIB, ge=4096, le=64 * MIB)
@@ -120,8 +121,9 @@ class LimitsSettings(_Section):
 
     @property
     def zip_thread_count(self) -> int:
-        """``zip_threads``, with 0 resolved to the CPUs this process may use."""
-        return self.zip_threads or len(os.sched_getaffinity(0))
+        """``zip_threads``, with 0 resolved to the CPUs this process may use
+        (its container's CPU quota included)."""
+        return self.zip_threads or usable_cpus()
 
 
 class AuthSettings(_Section):
