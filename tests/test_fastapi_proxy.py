@@ -1,0 +1,248 @@
+"""The FastAPI proxy router, on a real FastAPI app under uvicorn, in front of a
+real export-service process."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the 'fastapi' extra is not installed")
+pytest.importorskip("uvicorn", reason="uvicorn (dev extra) is not installed")
+
+import uvicorn
+from fastapi import FastAPI
+
+from export_service.fastapi_proxy import export_proxy_router
+from tests.conftest import AirTree, write
+from tests.live import LiveService, free_port, live_service
+
+TOKEN = "s3cret-token"
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: Message  # case-insensitive, as header names are
+    body: bytes
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+def request(
+    base_url: str, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
+) -> Answer:
+    """One request with the path sent exactly as given (http.client does not
+    normalise ``..`` or percent-escapes)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request(method, path, body=body or None, headers=headers or {})
+        response = connection.getresponse()
+        return Answer(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+
+
+@contextmanager
+def uvicorn_app(app: FastAPI) -> Iterator[str]:
+    """``app`` served by uvicorn on a free port, in a thread."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def backend(service_url: str, token: str | None = TOKEN, timeout: float = 60.0) -> FastAPI:
+    """A scratch stand-in for the AIR backend, mounting the router as it
+    mounted its own export router."""
+    app = FastAPI()
+    router = export_proxy_router(service_url, token=token, timeout=timeout)
+    app.include_router(router, prefix="/api")
+    return app
+
+
+@dataclass
+class Setup:
+    service: LiveService
+    proxy: str
+    tree: AirTree
+
+
+@pytest.fixture
+def setup(tree: AirTree, tmp_path: Path) -> Iterator[Setup]:
+    write(tree.render / "r" / "mix.wav", os.urandom(3 * 1024 * 1024 + 17))
+    write(tree.render / "r" / "stems" / "a b.wav", os.urandom(50_000))
+    write(tree.param / "20261101_p" / "plan.json", b"{}")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[roots]\nrender = "{tree.render}"\nmidi_generation = "{tree.midi}"\n'
+        f'param_generation = "{tree.param}"\n[links]\nfile = "{tree.links}"\n'
+        f'[auth]\ntoken = "{TOKEN}"\n'
+    )
+    with (
+        live_service(["--config", str(config)]) as service,
+        uvicorn_app(backend(service.base_url)) as proxy,
+    ):
+        yield Setup(service, proxy, tree)
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PASSED_HEADERS = (
+    "Content-Length",
+    "Content-Type",
+    "Content-Disposition",
+    "ETag",
+    "Last-Modified",
+    "Accept-Ranges",
+    "Content-Range",
+)
+
+
+def _same_answer(direct: Answer, proxied: Answer) -> None:
+    assert proxied.status == direct.status
+    assert proxied.body == direct.body
+    for name in PASSED_HEADERS:
+        assert proxied.headers.get(name) == direct.headers.get(name), name
+    export_headers = {k: v for k, v in direct.headers.items() if k.lower().startswith("x-export-")}
+    assert {k: proxied.headers.get(k) for k in export_headers} == export_headers
+
+
+def test_zip_and_manifest_come_through_unchanged_with_the_token_added(setup: Setup) -> None:
+    for path in ("/api/air/export/zip/r", "/api/air/export/list/r?param_run_id=p"):
+        # The browser sends no token: the router adds the service's.
+        headers = {"X-Request-ID": "req-123"}
+        direct = request(setup.service.base_url, "GET", path, {**headers, **AUTH})
+        proxied = request(setup.proxy, "GET", path, headers)
+        assert direct.status == 200
+        _same_answer(direct, proxied)
+        assert proxied.headers["X-Request-ID"] == "req-123"
+    assert proxied.json()["param_run_id"] == "p"  # type: ignore[index]
+    assert request(setup.service.base_url, "GET", path).status == 401
+
+
+def test_ranges_and_conditions_pass_through(setup: Setup) -> None:
+    path = "/api/air/export/zip/r"
+    full = request(setup.service.base_url, "GET", path, AUTH)
+    etag = full.headers["ETag"]
+    cases = [
+        {"Range": "bytes=1000-2999"},
+        {"Range": "bytes=-100", "If-Range": etag},
+        {"Range": "bytes=0-9", "If-Range": '"another"'},
+        {"Range": f"bytes={len(full.body)}-"},
+        {"If-None-Match": etag},
+        {"If-Match": '"another"'},
+    ]
+    for headers in cases:
+        direct = request(setup.service.base_url, "GET", path, {**headers, **AUTH})
+        proxied = request(setup.proxy, "GET", path, headers)
+        _same_answer(direct, proxied)
+    ranged = request(setup.proxy, "GET", path, {"Range": "bytes=1000-2999"})
+    assert ranged.status == 206
+    assert ranged.body == full.body[1000:3000]
+    assert ranged.headers["Content-Range"] == f"bytes 1000-2999/{len(full.body)}"
+
+
+def test_head_of_the_zip(setup: Setup) -> None:
+    direct = request(setup.service.base_url, "HEAD", "/api/air/export/zip/r", AUTH)
+    proxied = request(setup.proxy, "HEAD", "/api/air/export/zip/r")
+    assert proxied.status == 200 and proxied.body == b""
+    _same_answer(direct, proxied)
+
+
+def test_links_get_and_put(setup: Setup) -> None:
+    body = json.dumps({"param_run_id": "p"}).encode()
+    put = request(
+        setup.proxy,
+        "PUT",
+        "/api/air/export/links/r",
+        {"Content-Type": "application/json"},
+        body,
+    )
+    assert put.status == 200, put.body
+    assert json.loads(setup.tree.links.read_text())["r"]["param_run_id"] == "p"
+    got = request(setup.proxy, "GET", "/api/air/export/links/r")
+    assert got.json()["param_run_id"] == "p"  # type: ignore[index]
+    missing = request(setup.proxy, "GET", "/api/air/export/links/nope")
+    assert missing.status == 404
+    assert missing.json()["detail"]["error"] == "link_not_found"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("run_id", ["..", "%2e%2e", "%2E%2E", "a%2Fb", "%00"])
+def test_ids_reach_the_service_as_sent(setup: Setup, run_id: str) -> None:
+    for kind in ("zip", "list", "links"):
+        path = f"/api/air/export/{kind}/{run_id}"
+        direct = request(setup.service.base_url, "GET", path, AUTH)
+        proxied = request(setup.proxy, "GET", path)
+        assert direct.status == 422, (path, direct.body)
+        _same_answer(direct, proxied)
+
+
+def test_a_browser_that_goes_away_closes_the_upstream_download(
+    tree: AirTree, tmp_path: Path
+) -> None:
+    write(tree.render / "r" / "big.wav", os.urandom(64 * 1024 * 1024))
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[roots]\nrender = "{tree.render}"\nmidi_generation = "{tree.midi}"\n'
+        f'param_generation = "{tree.param}"\n[links]\nfile = "{tree.links}"\n'
+    )
+    with (
+        live_service(["--config", str(config)]) as service,
+        uvicorn_app(backend(service.base_url, token=None)) as proxy,
+    ):
+        host, port = proxy.removeprefix("http://").split(":")
+        browser = socket.create_connection((host, int(port)))
+        browser.sendall(b"GET /api/air/export/zip/r HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert browser.recv(65536).startswith(b"HTTP/1.1 200")
+        browser.close()
+        deadline = time.monotonic() + 10
+        while not re.search(
+            r"ZIP of r(: the client went away| cancelled \(client_gone)", service.output()
+        ):
+            assert time.monotonic() < deadline, service.output()
+            time.sleep(0.05)
+        metrics = request(service.base_url, "GET", "/metrics").body.decode()
+        assert "export_zip_streams_in_flight 0.0" in metrics
+
+
+def test_a_service_that_is_down_gives_a_json_503(tree: AirTree) -> None:
+    with uvicorn_app(backend(f"http://127.0.0.1:{free_port()}")) as proxy:
+        answer = request(proxy, "GET", "/api/air/export/zip/r")
+    assert answer.status == 503
+    assert answer.json()["detail"]["error"] == "export_service_unavailable"  # type: ignore[index]
+    assert int(answer.headers["Content-Length"]) == len(answer.body)
+
+
+def test_a_service_that_does_not_answer_gives_a_json_502() -> None:
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with uvicorn_app(backend(url, timeout=0.5)) as proxy:
+            started = time.monotonic()
+            answer = request(proxy, "GET", "/api/air/export/list/r")
+            assert time.monotonic() - started < 5
+    assert answer.status == 502
+    assert answer.json()["detail"]["error"] == "export_service_timeout"  # type: ignore[index]
