@@ -25,12 +25,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## lint: ruff, mypy and hadolint, as CI runs them
+## lint: ruff, mypy, hadolint and kubernetes-validate, as CI runs them
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint --failure-threshold error Dockerfile
+	$(BIN)/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 
 ## bench: every benchmark under bench/, each printing a Markdown table (a few minutes;
 ## the throughput benchmark installs Debian's nginx-light when it is missing and it can)

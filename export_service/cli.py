@@ -11,6 +11,8 @@ import os
 import socket
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -20,7 +22,15 @@ from aiohttp import web
 from .access import runner_options
 from .app import create_app
 from .archive import plan_export_archive
-from .config import CONFIG_ENV_VAR, ENV_PREFIX, Settings, resolve_settings, settings_from_mapping
+from .config import (
+    CONFIG_ENV_VAR,
+    ENV_PREFIX,
+    ServerSettings,
+    Settings,
+    env_overrides,
+    resolve_settings,
+    settings_from_mapping,
+)
 from .errors import ConfigError, ExportServiceError
 from .logs import setup_logging
 from .manifest import ExportSources, export_manifest_json
@@ -32,6 +42,7 @@ log = logging.getLogger("export_service")
 
 EXIT_FAILED = 1
 EXIT_CONFIG_ERROR = 2
+HEALTHCHECK_TIMEOUT_SECONDS = 2.0
 
 
 class StartupError(Exception):
@@ -90,6 +101,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     link.add_argument("render_run_id")
     link.add_argument("param_run_id")
+
+    health = command(
+        "healthcheck",
+        "ask the running service whether it is ready (for HEALTHCHECK)",
+        "GET /readyz (or /healthz with --live) of the service on this host, at the "
+        "port its config resolves to (file plus environment). Exit 0 when it answers "
+        "200, 1 otherwise.",
+    )
+    health.add_argument("--live", action="store_true", help="check /healthz, not /readyz")
 
     command(
         "check-config",
@@ -212,6 +232,29 @@ def _run_offline(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _run_healthcheck(arguments: argparse.Namespace) -> int:
+    settings = resolve_settings(arguments.config, os.environ)
+    # Without a config, serve runs the sample tree with the environment's server keys.
+    server = (
+        settings.server
+        if settings
+        else ServerSettings.model_validate(env_overrides(os.environ).get("server", {}))
+    )
+    host, port = server.host, server.port
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    path = "/healthz" if arguments.live else "/readyz"
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=HEALTHCHECK_TIMEOUT_SECONDS):
+            return 0
+    except urllib.error.HTTPError as error:
+        print(f"export-service: {url}: {error.code} {error.read().decode(errors='replace')}")
+    except OSError as error:
+        print(f"export-service: {url}: {error}")
+    return EXIT_FAILED
+
+
 def _run_check_config(arguments: argparse.Namespace) -> int:
     settings = _required_settings(arguments.config)
     resolved = settings.model_dump(mode="json")
@@ -228,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_serve(arguments)
         if arguments.command == "check-config":
             return _run_check_config(arguments)
+        if arguments.command == "healthcheck":
+            return _run_healthcheck(arguments)
         return _run_offline(arguments)
     except ConfigError as error:
         print(f"export-service: config error: {error}", file=sys.stderr)

@@ -16,7 +16,7 @@ import pytest
 
 from export_service.sample import SAMPLE_RENDER_RUN_ID
 from tests.conftest import AirTree, write
-from tests.live import live_service
+from tests.live import free_port, live_service
 from tests.zips import read_zip, unzip_test
 
 
@@ -254,3 +254,31 @@ def test_a_bad_value_from_the_environment_names_the_variable(tree: AirTree, tmp_
     assert result.stderr.startswith("export-service: config error: EXPORT_SERVICE_SERVER_PORT: ")
     assert str(config) not in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_healthcheck_asks_the_port_the_config_names(tree: AirTree, tmp_path: Path) -> None:
+    port = free_port()
+    config = _config(
+        tree, tmp_path / "config.toml", f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
+    )
+    env = {"EXPORT_SERVICE_CONFIG": str(config)}
+    assert _cli("healthcheck", env=env).returncode == 1  # nothing listens yet
+    # Started as in a container: the port comes from the config alone.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "export_service", "serve"],
+        env={**os.environ, **env},
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while _cli("healthcheck", "--live", env=env).returncode != 0:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        ready = _cli("healthcheck", env=env)
+        assert ready.returncode == 0, ready.stdout
+        elsewhere = _cli("healthcheck", env={**env, "EXPORT_SERVICE_SERVER_PORT": str(free_port())})
+        assert elsewhere.returncode == 1
+        assert "/readyz" in elsewhere.stdout
+    finally:
+        process.terminate()
+        process.wait(30)
