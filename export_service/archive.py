@@ -1,13 +1,15 @@
 """The ZIP of an export: entry names, the download plan and its bytes.
 
 Blocking code, run off the event loop by the caller. The archive is stored
-(no compression) and sized, so its exact length is known before the first
-byte. zipstream-ng writes every ZIP record (headers, data descriptors, central
-directory, sizes); the service feeds it each file's data itself, through
-:func:`_read_planned`, which reopens the file without following links, checks
-it is the very file that was planned and still inside its root, and reads it
-in large chunks. A run of 10,000 small files is mostly per-file overhead, so
-that path is kept short: one generator per file, one folder check per folder.
+(no compression), every entry with its CRC-32 and sizes in its local header
+and no data descriptor, so its exact length is known before the first byte
+and readers that stream it front to back can. zipstream-ng writes every ZIP
+record (local headers, central directory, end records); the service lays the
+entries out and feeds the data itself, through :func:`_read_planned`, which
+reopens the file without following links, checks it is the very file that was
+planned and still inside its root, and reads it in large chunks. A run of
+10,000 small files is mostly per-file overhead, so that path is kept short:
+one generator per file, one folder check per folder, one read per small file.
 """
 
 from __future__ import annotations
@@ -17,18 +19,21 @@ import logging
 import os
 import posixpath
 import re
+import stat
 import threading
 import time
+import unicodedata
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Generator, Iterator, Mapping
 from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import NamedTuple, get_args
-from zipfile import ZIP64_LIMIT, ZIP_STORED
+from zipfile import ZIP64_LIMIT, ZIP_FILECOUNT_LIMIT
 
 from isal.isal_zlib import crc32
 from zipstream import ZipStream
-from zipstream.ng import _FLAG_DATA_DESCRIPTOR, ZIP64_ESTIMATE_FACTOR, ZipStreamInfo
+from zipstream.ng import ZipStreamInfo
 
 from .errors import SourceChanged
 from .files import FolderFiles
@@ -84,56 +89,88 @@ def sanitize_arcname_fully(name: str) -> str:
     return "/".join(segments) or "file"
 
 
+def _fold(name: str) -> str:
+    """What makes two names the same on a case-insensitive file system
+    (Windows, macOS): letter case, and for non-ASCII names also the Unicode
+    form (macOS treats NFC and NFD spellings as one name)."""
+    return name.lower() if name.isascii() else unicodedata.normalize("NFC", name).casefold()
+
+
 class ArcnameAllocator:
     """Hands out unique entry names: ``a.wav``, ``a__1.wav``, ``a__2.wav``;
-    ``b``, ``b__1``. A file and a folder never share a name (no extractor
-    could write both): a file whose name is taken by a folder gets a suffix,
-    and a folder whose name is taken by a file is written as ``name__N/``
-    for all the entries inside it."""
+    ``b``, ``b__1``. Names equal but for letter case count as the same name
+    (``Take.wav`` then ``take.wav`` -> ``take__1.wav``), since Windows and
+    macOS would extract one over the other. A file and a folder never share a
+    name (no extractor could write both): a file whose name is taken by a
+    folder gets a suffix, and a folder whose name is taken (by a file, or by
+    another folder spelled in another case) is written as ``name__N/`` for all
+    the entries inside it. Folders are placed without recursion, so any depth
+    works."""
 
     def __init__(self) -> None:
-        self._files: set[str] = set()
-        self._folders: set[str] = set()
-        self._placed_folders: dict[str, str] = {}  # folder as named -> as written
+        self._taken: set[str] = set()  # folded names of files and folders written
+        self._placed_folders: dict[str, str] = {"": ""}  # folder as named -> as written
         self._next_suffix: dict[str, int] = {}
 
-    def _taken(self, name: str) -> bool:
-        return name in self._files or name in self._folders
-
     def _unique(self, name: str) -> str:
-        if not self._taken(name):
+        folded = _fold(name)
+        if folded not in self._taken:
+            self._taken.add(folded)
             return name
         stem, extension = posixpath.splitext(name)
-        suffix = self._next_suffix.get(name, 1)
-        while self._taken(candidate := f"{stem}__{suffix}{extension}"):
+        suffix = self._next_suffix.get(folded, 1)
+        while _fold(candidate := f"{stem}__{suffix}{extension}") in self._taken:
             suffix += 1
-        self._next_suffix[name] = suffix + 1
+        self._next_suffix[folded] = suffix + 1
+        self._taken.add(_fold(candidate))
         return candidate
 
     def _place_folder(self, folder: str) -> str:
-        placed = self._placed_folders.get(folder)
-        if placed is None:
-            parent, _, base = folder.rpartition("/")
-            placed = f"{self._place_folder(parent)}/{base}" if parent else base
-            if placed in self._files:
-                placed = self._unique(placed)
-            self._placed_folders[folder] = placed
-            self._folders.add(placed)
+        unplaced = []
+        while folder not in self._placed_folders:
+            unplaced.append(folder)
+            folder = folder.rpartition("/")[0]
+        placed = self._placed_folders[folder]
+        for named in reversed(unplaced):  # top-down
+            base = named.rpartition("/")[2]
+            placed = self._placed_folders[named] = self._unique(
+                f"{placed}/{base}" if placed else base
+            )
         return placed
 
     def allocate(self, name: str) -> str:
         folder, _, base = name.rpartition("/")
-        # Placing the folder records it and its parents as folders.
-        candidate = self._unique(f"{self._place_folder(folder)}/{base}" if folder else base)
-        self._files.add(candidate)
-        return candidate
+        placed = self._place_folder(folder)
+        return self._unique(f"{placed}/{base}" if placed else base)
 
 
 # -- the plan ------------------------------------------------------------------
 
 
+# The one ZIP64 rule of an entry: its sizes go in ZIP64 extra fields when they
+# do not fit where zipfile and zipstream-ng put the limit (2 GiB).
+def _zip64(size: int) -> bool:
+    return size > ZIP64_LIMIT
+
+
+_LOCAL_HEADER = 30  # fixed part of a local file header (then name, extra field)
+_CENTRAL_HEADER = 46  # fixed part of a central directory header
+_ZIP64_SIZES = 20  # a ZIP64 extra field holding the two sizes
+_END_RECORD = 22
+_ZIP64_END_RECORDS = 56 + 20  # ZIP64 end of central directory record and locator
+# Entries are regular files made on Unix, readable by everyone who extracts them.
+_FILE_ATTRIBUTES = (stat.S_IFREG | 0o644) << 16
+_UNIX = 3
+
+
+def _name_length(arcname: str) -> int:
+    """The length of the name as zipstream-ng writes it (ASCII, else UTF-8)."""
+    return len(arcname) if arcname.isascii() else len(arcname.encode("utf-8"))
+
+
 class PlannedEntry(NamedTuple):
-    """A file as it was when the download was planned; reading checks it still is."""
+    """A file as it was when the download was planned, and where it lies in the
+    ZIP; reading checks it still is that file."""
 
     arcname: str
     rel_path: str
@@ -144,6 +181,8 @@ class PlannedEntry(NamedTuple):
     dev: int
     ino: int
     date_time: tuple[int, int, int, int, int, int]  # mtime in UTC, as a ZIP holds it
+    header_offset: int  # where its local header starts in the ZIP
+    data_offset: int  # where its data starts
 
     @property
     def snapshot(self) -> tuple[int, int, int, int]:
@@ -162,8 +201,9 @@ def _dos_date_time(seconds: int) -> tuple[int, int, int, int, int, int]:
 
 class CrcCache:
     """CRC-32s of files by (device, inode, size, mtime_ns), least recently used
-    dropped first. Every full read of a file fills it, so resuming a download
-    at offset X does not read again the files before X."""
+    dropped first. Every pass over a whole file fills it, so a later download
+    need not read a big file twice, and a resume reads nothing before its
+    offset."""
 
     def __init__(self, max_entries: int = 50_000) -> None:
         self._max_entries = max_entries
@@ -184,29 +224,18 @@ class CrcCache:
             while len(self._crcs) > self._max_entries:
                 self._crcs.popitem(last=False)
 
-
-class SkippedData(NamedTuple):
-    """Stands in the stream for file data that lies before a range's start."""
-
-    size: int
-
-
-def _local_header_length(arcname: str, size: int) -> int:
-    """What zipstream-ng writes before an entry's data (its ``FileHeader``)."""
-    try:
-        name_length = len(arcname.encode("ascii"))
-    except UnicodeEncodeError:
-        name_length = len(arcname.encode("utf-8"))
-    zip64 = size * ZIP64_ESTIMATE_FACTOR > ZIP64_LIMIT
-    return 30 + name_length + (20 if zip64 else 0)
+    def discard(self, key: tuple[int, int, int, int]) -> None:
+        with self._lock:
+            self._crcs.pop(key, None)
 
 
 def _read_planned(
-    entry: PlannedEntry, files: FolderFiles, chunk_bytes: int
+    entry: PlannedEntry, files: FolderFiles, chunk_bytes: int, start: int = 0, stop: int = -1
 ) -> Generator[bytes, None, None]:
-    """The bytes of a planned file; :class:`SourceChanged` when it is no longer
-    the planned file (device, inode, size, mtime), cannot be read, or is
-    modified while it is read. Closing it closes the file."""
+    """Bytes ``start`` to ``stop`` (default: the end) of a planned file;
+    :class:`SourceChanged` when it is no longer the planned file (device,
+    inode, size, mtime), cannot be read, or is modified while it is read.
+    Closing it closes the file."""
     try:
         fd, info = files.open(entry.path, entry.root_real)
     except OSError as error:
@@ -216,7 +245,9 @@ def _read_planned(
     try:
         if _snapshot(info) != entry.snapshot:
             raise SourceChanged(f"{entry.rel_path}: was replaced or modified")
-        remaining = entry.size
+        if start:
+            os.lseek(fd, start, os.SEEK_SET)
+        remaining = (entry.size if stop < 0 else stop) - start
         while remaining:
             chunk = os.read(fd, min(chunk_bytes, remaining))
             if not chunk:
@@ -231,78 +262,6 @@ def _read_planned(
         os.close(fd)
 
 
-class _ExportZipStream(ZipStream):  # type: ignore[misc]
-    """zipstream-ng, fed the planned files by the service.
-
-    zipstream-ng formats every record; what it is not given is the reading:
-    its own entries from an iterable go through three nested generators per
-    chunk, use zlib's CRC-32 (4 GB/s here; ISA-L's runs at about 28 GB/s,
-    bench/crc32.py) and are stamped with the current local time
-    (pR0Ps/zipstream-ng#27). Each entry is queued with ``_enqueue`` (which
-    also sizes it) and written by :meth:`_gen_file_entry` below, which sets
-    the same ``ZipStreamInfo`` fields zipstream-ng sets for an iterable, with
-    the file's mtime in UTC. An entry whose CRC is known can be written
-    without its data (for a range that starts after it): a
-    :class:`SkippedData` marker stands for the data. Guarded by
-    tests/test_archive.py and tests/test_zip_ranges.py.
-    """
-
-    def __init__(self, crcs: CrcCache | None, chunk_bytes: int) -> None:
-        super().__init__(sized=True)
-        self._crcs = crcs
-        self._chunk_bytes = chunk_bytes
-        self.files = FolderFiles()
-
-    def add_entry(self, entry: PlannedEntry, known_crc: int | None) -> None:
-        self._enqueue(arcname=entry.arcname, size=entry.size, planned=entry, known_crc=known_crc)
-
-    def _gen_file_entry(
-        self, *, arcname: str, size: int, planned: PlannedEntry, known_crc: int | None
-    ) -> Iterator[bytes | SkippedData]:
-        info = ZipStreamInfo(arcname, planned.date_time)
-        info.external_attr = 0o600 << 16  # as zipstream-ng sets it for an iterable
-        info.file_size = info.compress_size = size
-        info.compress_type = ZIP_STORED
-        info._compresslevel = None
-        info.header_offset = self._pos
-        info.flag_bits |= _FLAG_DATA_DESCRIPTOR
-        zip64 = size * ZIP64_ESTIMATE_FACTOR > ZIP64_LIMIT
-        header = self._track(info.FileHeader(zip64))
-        if known_crc is None and size <= self._chunk_bytes:
-            # A file read in one chunk goes out as one piece with its header
-            # and data descriptor: a third of the pieces to pass along.
-            data = b"".join(_read_planned(planned, self.files, self._chunk_bytes))  # no copy
-            crc = self._read_crc(planned, data)
-            yield header + data + self._descriptor(info, size, crc, zip64)
-            return
-        yield header
-        if known_crc is None:
-            crc = 0
-            for chunk in _read_planned(planned, self.files, self._chunk_bytes):
-                crc = crc32(chunk, crc)
-                yield chunk
-            self._read_crc(planned, b"", crc)
-        else:
-            crc = known_crc
-            yield SkippedData(size)
-        yield self._descriptor(info, size, crc, zip64)
-
-    def _read_crc(self, planned: PlannedEntry, data: bytes, crc: int = 0) -> int:
-        """The CRC-32 of a file read in full (continuing ``crc`` over ``data``), cached."""
-        crc = crc32(data, crc)
-        if self._crcs is not None:
-            self._crcs.put(planned.snapshot, crc)
-        return crc
-
-    def _descriptor(self, info: ZipStreamInfo, size: int, crc: int, zip64: bool) -> bytes:
-        """The data descriptor after an entry's data; the entry is then complete."""
-        self._pos += size
-        info.CRC = crc
-        self._filelist.append(info)
-        descriptor: bytes = self._track(info.DataDescriptor(zip64))
-        return descriptor
-
-
 def _file_crc(entry: PlannedEntry, files: FolderFiles, chunk_bytes: int) -> int:
     """Read a planned file to learn its CRC-32 (it must still be the planned file)."""
     crc = 0
@@ -311,15 +270,49 @@ def _file_crc(entry: PlannedEntry, files: FolderFiles, chunk_bytes: int) -> int:
     return crc
 
 
-def _ranged(
-    pieces: Iterator[bytes | SkippedData], start: int, end: int
-) -> Generator[bytes, None, None]:
-    """The bytes of ``pieces`` from offset ``start`` to ``end`` (inclusive)."""
-    offset = 0
+def _zip_info(entry: PlannedEntry, crc: int) -> ZipStreamInfo:
+    """zipstream-ng's record of an entry: stored, sized, its CRC known, no
+    data descriptor, mode 0644 on Unix, the file's mtime in UTC."""
+    info = ZipStreamInfo(entry.arcname, entry.date_time)
+    info.create_system = _UNIX
+    info.external_attr = _FILE_ATTRIBUTES
+    info.file_size = info.compress_size = entry.size
+    info.CRC = crc
+    info.header_offset = entry.header_offset
+    return info
+
+
+class _CentralDirectory:
+    """The entries as zipstream-ng's footer reads them (``len`` and iteration),
+    each record made when it is written: a download holds one CRC per entry,
+    not one ``ZipInfo``."""
+
+    def __init__(self, entries: list[PlannedEntry], crcs: list[int]) -> None:
+        self._entries = entries
+        self._crcs = crcs
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[ZipStreamInfo]:
+        return map(_zip_info, self._entries, self._crcs)
+
+
+def _footer(entries: list[PlannedEntry], crcs: list[int], offset: int) -> Iterator[bytes]:
+    """The central directory (and ZIP64 end records if needed) and the end
+    record, written by zipstream-ng's ``ZipStream.footer()``: it reads the
+    entries from ``_filelist`` and the directory's offset from ``_pos``, the
+    two private names the archive sets (guarded by tests/test_archive.py)."""
+    stream = ZipStream(sized=False)
+    stream._filelist = _CentralDirectory(entries, crcs)
+    stream._pos = offset
+    return iter(stream.footer())
+
+
+def _cut(pieces: Iterator[bytes], offset: int, start: int, end: int) -> Iterator[bytes]:
+    """The part of ``pieces`` (written from ``offset`` on) between ``start``
+    and ``end`` (inclusive)."""
     for piece in pieces:
-        if isinstance(piece, SkippedData):
-            offset += piece.size
-            continue
         piece_end = offset + len(piece)
         if piece_end > start:
             low, high = max(0, start - offset), min(len(piece), end + 1 - offset)
@@ -331,9 +324,28 @@ def _ranged(
 
 class ExportArchive:
     """A planned download: its entries, exact size, strong ETag, and its bytes
-    (all of them, or one range)."""
+    (all of them, or one range).
 
-    FORMAT = f"stored zip, zipstream-ng {version('zipstream-ng')}, utc mtimes"
+    Every entry is stored with its CRC-32 and sizes in its local header and
+    no data descriptor, which readers that stream a ZIP front to back need
+    (Java's ``ZipInputStream``, ``stream-unzip``, bsdtar from a pipe). So a
+    file's CRC must be known before its header: a file read in one chunk is
+    read before its header; a bigger one takes its CRC from the cache, else
+    from one pass over it just before its header. The pass that sends the
+    data computes the CRC again and cuts the download if it differs (the file
+    was rewritten in between, even at the same size and mtime). The bytes are
+    a pure function of the planned files, whatever the cache held.
+
+    zipstream-ng writes every record (``ZipStreamInfo.FileHeader``, and its
+    ``footer()`` for the central directory and end records); the layout (each
+    entry's offsets, the total size) is computed here at planning, so a range
+    is produced without writing or reading what lies before it.
+    """
+
+    FORMAT = (
+        f"stored zip, crc and sizes in local headers, no data descriptors, unix 0644, "
+        f"zipstream-ng {version('zipstream-ng')}, utc mtimes"
+    )
 
     def __init__(
         self,
@@ -346,9 +358,8 @@ class ExportArchive:
         self.skipped = skipped
         self._chunk_bytes = chunk_bytes
         self._crcs = crcs
-        # The stream made to learn the size serves the first full download.
-        self._unused_full_stream: _ExportZipStream | None = self._stream(skip_data_before=0)
-        self.size: int = len(self._unused_full_stream)
+        self._central_offset = entries[-1].data_offset + entries[-1].size if entries else 0
+        self.size = self._central_offset + self._footer_size()
         # Computed here, in the planning hop, not on the event loop.
         self.etag = self._etag()
         self.last_modified = (
@@ -356,6 +367,23 @@ class ExportArchive:
             if entries
             else None
         )
+
+    def _footer_size(self) -> int:
+        """What zipstream-ng's footer writes for these entries."""
+        size = _END_RECORD
+        for entry in self.entries:
+            extras = 2 * _zip64(entry.size) + (entry.header_offset > ZIP64_LIMIT)
+            size += (
+                _CENTRAL_HEADER + _name_length(entry.arcname) + (4 + 8 * extras if extras else 0)
+            )
+        directory = size - _END_RECORD
+        if (
+            len(self.entries) >= ZIP_FILECOUNT_LIMIT
+            or self._central_offset > ZIP64_LIMIT
+            or directory > ZIP64_LIMIT
+        ):
+            size += _ZIP64_END_RECORDS
+        return size
 
     def _etag(self) -> str:
         """Strong: the same for the same planned files (name, size, mtime,
@@ -367,55 +395,101 @@ class ExportArchive:
             )
         return f'"{digest.hexdigest()[:40]}"'
 
-    def _stream(self, skip_data_before: int) -> _ExportZipStream:
-        """A stream of the archive; entries whose data ends before the given
-        offset are written without their data (their CRC from the cache, or
-        from reading the file once)."""
-        stream = _ExportZipStream(self._crcs, self._chunk_bytes)
-        offset = 0
-        try:
-            for entry in self.entries:
-                data_start = offset + _local_header_length(entry.arcname, entry.size)
-                offset = (
-                    data_start
-                    + entry.size
-                    + (24 if entry.size * ZIP64_ESTIMATE_FACTOR > ZIP64_LIMIT else 16)
-                )
-                known_crc = None
-                if data_start + entry.size <= skip_data_before:
-                    cached = self._crcs.get(entry.snapshot) if self._crcs is not None else None
-                    known_crc = (
-                        cached if cached is not None else self._learn_crc(entry, stream.files)
-                    )
-                stream.add_entry(entry, known_crc)
-        except BaseException:
-            stream.files.close()
-            raise
-        return stream
+    def _known_crc(self, entry: PlannedEntry, files: FolderFiles) -> int:
+        """An entry's CRC-32 from the cache, else from one pass over the file."""
+        crc = self._crcs.get(entry.snapshot) if self._crcs is not None else None
+        if crc is None:
+            crc = _file_crc(entry, files, self._chunk_bytes)
+            if self._crcs is not None:
+                self._crcs.put(entry.snapshot, crc)
+        return crc
 
-    def _learn_crc(self, entry: PlannedEntry, files: FolderFiles) -> int:
-        crc = _file_crc(entry, files, self._chunk_bytes)
-        if self._crcs is not None:
-            self._crcs.put(entry.snapshot, crc)
+    def _entry(
+        self, entry: PlannedEntry, files: FolderFiles, start: int, end: int
+    ) -> Generator[bytes, None, int | None]:
+        """The part of one entry between ``start`` and ``end`` (ZIP offsets,
+        inclusive); returns its CRC-32 when it was learned or checked."""
+        data_end = entry.data_offset + entry.size
+        first, stop = max(start, entry.data_offset), min(end + 1, data_end)
+        whole_data = first == entry.data_offset and stop == data_end
+        if start >= entry.data_offset:  # no header: only (part of) the data
+            crc = 0
+            for chunk in _read_planned(
+                entry, files, self._chunk_bytes, first - entry.data_offset, stop - entry.data_offset
+            ):
+                crc = crc32(chunk, crc) if whole_data else crc
+                yield chunk
+            return self._checked(entry, crc) if whole_data else None
+        if whole_data and entry.size <= self._chunk_bytes:
+            # Read in one chunk before its header: no second pass, and the
+            # header, the data goes out as one piece.
+            data = b"".join(_read_planned(entry, files, self._chunk_bytes))  # no copy
+            crc = crc32(data)
+            if self._crcs is not None:
+                self._crcs.put(entry.snapshot, crc)
+            piece = _zip_info(entry, crc).FileHeader(_zip64(entry.size)) + data
+            yield from _cut(iter((piece,)), entry.header_offset, start, end)
+            return crc
+        crc = self._known_crc(entry, files)
+        header = _zip_info(entry, crc).FileHeader(_zip64(entry.size))
+        yield from _cut(iter((header,)), entry.header_offset, start, end)
+        if stop <= entry.data_offset:
+            return crc
+        sent = 0
+        for chunk in _read_planned(entry, files, self._chunk_bytes, 0, stop - entry.data_offset):
+            sent = crc32(chunk, sent) if whole_data else sent
+            yield chunk
+        if whole_data and sent != crc:
+            if self._crcs is not None:
+                self._crcs.discard(entry.snapshot)
+            raise SourceChanged(f"{entry.rel_path}: was rewritten (its CRC-32 changed)")
+        return crc
+
+    def _checked(self, entry: PlannedEntry, crc: int) -> int:
+        """The CRC-32 of an entry's data sent without its header: it must be
+        the one a header would have said (when known)."""
+        if self._crcs is None:
+            return crc
+        known = self._crcs.get(entry.snapshot)
+        if known is not None and known != crc:
+            self._crcs.discard(entry.snapshot)
+            raise SourceChanged(f"{entry.rel_path}: was rewritten (its CRC-32 changed)")
+        self._crcs.put(entry.snapshot, crc)
         return crc
 
     def chunks(self, start: int = 0, end: int | None = None) -> Generator[bytes, None, None]:
         """The archive's bytes from ``start`` to ``end`` (inclusive; default:
-        all). Blocking: learning the CRCs of files before ``start`` happens on
-        the first pull. Closing it closes any open file."""
+        all). Blocking. Only the entries the range touches are read, each from
+        where the range starts in it; the CRCs of the entries before the range
+        (for the central directory) come from the cache or one pass each, once
+        the range reaches the directory. Closing it closes any open file."""
         end = self.size - 1 if end is None else end
-        if start == 0 and self._unused_full_stream is not None:
-            stream, self._unused_full_stream = self._unused_full_stream, None
-        else:
-            stream = self._stream(skip_data_before=start)
-        pieces = iter(stream)
-        try:
-            yield from (
-                pieces if (start, end) == (0, self.size - 1) else _ranged(pieces, start, end)
+        crcs: list[int | None] = [None] * len(self.entries)
+        with FolderFiles() as files:
+            index = max(0, bisect_right(self.entries, start, key=_header_offset) - 1)
+            for index in range(index, len(self.entries)):  # noqa: B020
+                entry = self.entries[index]
+                if entry.header_offset > end:
+                    return
+                if entry.data_offset + entry.size <= start:
+                    continue  # an empty entry before the range
+                crcs[index] = yield from self._entry(entry, files, start, end)
+            if end < self._central_offset:
+                return
+            known = [
+                crc if crc is not None else self._known_crc(entry, files)
+                for entry, crc in zip(self.entries, crcs, strict=True)
+            ]
+            yield from _cut(
+                _footer(self.entries, known, self._central_offset),
+                self._central_offset,
+                start,
+                end,
             )
-        finally:
-            pieces.close()
-            stream.files.close()
+
+
+def _header_offset(entry: PlannedEntry) -> int:
+    return entry.header_offset
 
 
 def plan_archive(
@@ -424,19 +498,22 @@ def plan_archive(
     chunk_bytes: int,
     crcs: CrcCache | None = None,
 ) -> ExportArchive:
-    """Name every file of the export and check it can be read now (blocking).
+    """Name every file of the export and lay out the ZIP (blocking).
 
     The sizes and times are the ones the scan saw (in the same hop); reading
-    checks each file against them. A file that cannot be read is left out and
-    logged; its rel_path is listed in ``skipped``.
+    checks each file against them. A file that cannot be read now is left
+    out and logged; its rel_path is listed in ``skipped``. The offsets of
+    every entry are laid out here, so a range needs nothing before it.
     """
     allocator = ArcnameAllocator()
     date_times: dict[int, tuple[int, int, int, int, int, int]] = {}
     entries: list[PlannedEntry] = []
     skipped: list[str] = []
+    offset = 0
     for item in files:
         step, rel_path, source = item.entry["step"], item.entry["rel_path"], item.source
-        if source.size is None or not os.access(source.path, os.R_OK):
+        size = source.size
+        if size is None or not os.access(source.path, os.R_OK):
             log.warning("leaving %s/%s out of the ZIP: it cannot be opened", step, rel_path)
             skipped.append(f"{step}/{rel_path}")
             continue
@@ -444,19 +521,24 @@ def plan_archive(
         date_time = date_times.get(seconds)
         if date_time is None:
             date_time = date_times[seconds] = _dos_date_time(seconds)
+        arcname = allocator.allocate(sanitize_arcname(f"{step}/{rel_path}"))
+        data_offset = offset + _LOCAL_HEADER + _name_length(arcname) + _zip64(size) * _ZIP64_SIZES
         entries.append(
             PlannedEntry(
-                allocator.allocate(sanitize_arcname(f"{step}/{rel_path}")),
+                arcname,
                 rel_path,
                 source.path,
                 root_reals[step],
-                source.size,
+                size,
                 source.mtime_ns,
                 source.dev,
                 source.ino,
                 date_time,
+                offset,
+                data_offset,
             )
         )
+        offset = data_offset + size
     return ExportArchive(entries, skipped, chunk_bytes, crcs)
 
 

@@ -1,15 +1,20 @@
 import calendar
 import io
 import os
+import shutil
+import stat
 import struct
+import subprocess
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
 
 from export_service.archive import (
     ArcnameAllocator,
+    CrcCache,
     ExportArchive,
     plan_export_archive,
     sanitize_arcname,
@@ -17,7 +22,7 @@ from export_service.archive import (
 from export_service.errors import SourceChanged
 from export_service.manifest import ExportSources, build_export
 from tests.conftest import AirTree, open_paths_under, write
-from tests.zips import read_zip, unzip_test
+from tests.zips import java_read_zip, read_zip, unzip_test
 
 
 def _plan(tree: AirTree, run_id: str = "r", chunk: int = 1 << 20) -> ExportArchive:
@@ -79,6 +84,50 @@ def test_allocator_suffixes_before_the_extension_and_stays_unique() -> None:
         ".hidden",
         ".hidden__1",
     ]
+
+
+def test_names_equal_but_for_letter_case_are_taken() -> None:
+    allocator = ArcnameAllocator()
+    names = [
+        "r/Take.wav",
+        "r/take.wav",
+        "r/TAKE.wav",
+        "r/take__1.WAV",
+        "r/Stems/a.wav",
+        "r/stems/b.wav",
+        "r/Stems/c.wav",
+        "r/STEMS",  # a file named like a folder, in another case
+        "r/stems__1/d.wav",  # a real folder named like a suffixed one
+        "r/Café.wav",
+        "r/cafe\u0301.WAV",  # the same name in NFD, which macOS treats as equal
+    ]
+    assert [allocator.allocate(name) for name in names] == [
+        "r/Take.wav",
+        "r/take__1.wav",
+        "r/TAKE__2.wav",
+        "r/take__1__1.WAV",
+        "r/Stems/a.wav",
+        "r/stems__1/b.wav",
+        "r/Stems/c.wav",
+        "r/STEMS__2",
+        "r/stems__1__1/d.wav",
+        "r/Café.wav",
+        "r/cafe\u0301__1.WAV",
+    ]
+
+
+def test_the_allocator_is_deterministic_and_handles_any_depth() -> None:
+    deep = "/".join(["d"] * 5000) + "/x.wav"
+    names = [deep, deep.upper(), "a/b.wav", "A/B.wav"]
+    first = [ArcnameAllocator().allocate(name) for name in names]
+    allocator = ArcnameAllocator()
+    assert [allocator.allocate(name) for name in names] == [
+        deep,
+        "D__1/" + "/".join(["D"] * 4999) + "/X.WAV",
+        "a/b.wav",
+        "A__1/B.wav",
+    ]
+    assert first == names  # each name alone keeps its spelling
 
 
 def test_archive_holds_the_manifest_files_in_order(tree: AirTree, tmp_path: Path) -> None:
@@ -213,27 +262,145 @@ def test_closing_the_stream_closes_the_open_file(tree: AirTree) -> None:
     assert str(path.resolve()) not in open_paths_under(tree.base)
 
 
-def test_zipstream_still_has_the_hooks_the_archive_feeds(tree: AirTree) -> None:
-    """Guards how archive.py drives zipstream-ng: entries queued with
-    ``_enqueue`` are sized by it and written by ``_gen_file_entry(**kwargs)``;
-    a CRC computed over many chunks (ISA-L's) is the file's zlib CRC."""
-    import inspect
-    import zlib
-
+def test_isal_computes_the_crcs() -> None:
+    """ISA-L's CRC-32 runs about 6x zlib's (bench/crc32.py); a silent return to
+    zlib's would cost the first download of every big file a slower pass."""
     from isal import isal_zlib
-    from zipstream import ZipStream
 
     import export_service.archive
 
-    assert vars(export_service.archive)["crc32"] is isal_zlib.crc32  # 6x zlib's (bench/crc32.py)
-    assert "self._add_size_from_file(" in inspect.getsource(ZipStream._enqueue)
-    assert "self._gen_file_entry(**kwargs)" in inspect.getsource(ZipStream.file)
-    content = os.urandom(3 * 1024 * 1024 + 7)
-    write(tree.render / "r" / "a.wav", content)
-    archive = _plan(tree, chunk=65536)
+    assert vars(export_service.archive)["crc32"] is isal_zlib.crc32
+
+
+def _local_headers(body: bytes) -> list[tuple[int, int, int, int, str, int]]:
+    """(flags, crc, compressed size, size, name, data offset) of each local
+    header, walked front to back as a streaming reader does."""
+    headers = []
+    offset = 0
+    while body[offset : offset + 4] == b"PK\x03\x04":
+        flags, _, _, _, crc, compressed, size, name_length, extra_length = struct.unpack_from(
+            "<HHHHIIIHH", body, offset + 6
+        )
+        name = body[offset + 30 : offset + 30 + name_length].decode()
+        data = offset + 30 + name_length + extra_length
+        headers.append((flags, crc, compressed, size, name, data))
+        offset = data + size  # no data descriptor after the data
+    assert body[offset : offset + 4] == b"PK\x01\x02", "the central directory follows the data"
+    return headers
+
+
+def test_local_headers_carry_crc_and_sizes_and_there_is_no_data_descriptor(
+    tree: AirTree, tmp_path: Path
+) -> None:
+    contents = {
+        "render/r/a.wav": os.urandom(3 * 65536 + 7),  # several chunks: a CRC pass first
+        "render/r/b.wav": b"small",
+        "render/r/empty.txt": b"",
+        "render/r/ünï.wav": os.urandom(70_000),
+    }
+    for name, content in contents.items():
+        write(tree.base / name.replace("render/", "render/output/", 1), content)
+    body = _body(_plan(tree, chunk=65536))
+    headers = _local_headers(body)
+    assert [name for *_, name, _ in headers] == list(contents)
+    for flags, crc, compressed, size, name, _ in headers:
+        assert not flags & 0x08, name  # no data descriptor
+        assert (crc, compressed, size) == (
+            zlib.crc32(contents[name]),
+            len(contents[name]),
+            len(contents[name]),
+        )
+    assert read_zip(body) == contents  # zipfile, and stream-unzip front to back
+    assert java_read_zip(body, tmp_path) == contents  # java.util.zip.ZipInputStream
+
+
+def test_zipstreams_footer_is_fed_the_right_entries_and_offset(tree: AirTree) -> None:
+    """Guards the two private names the archive sets on zipstream-ng's
+    ZipStream for its ``footer()``: ``_pos`` (where the central directory
+    starts) and ``_filelist`` (the entries it lists, with their local header
+    offsets), read back from the bytes, not from zipstream-ng's source."""
+    for index in range(5):
+        write(tree.render / "r" / f"{index}.wav", os.urandom(1000 * index))
+    archive = _plan(tree, chunk=4096)
     body = _body(archive)
     assert len(body) == archive.size
+    entries, directory_size, directory_offset = struct.unpack_from("<HII", body, len(body) - 12)
+    assert body.index(b"PK\x01\x02") == directory_offset  # zipfile would hide a shift
+    assert directory_offset + directory_size + 22 == len(body)
+    assert entries == 5
+    offset = directory_offset
+    for planned in archive.entries:
+        assert body[offset : offset + 4] == b"PK\x01\x02"
+        name_length, extra_length, comment_length = struct.unpack_from("<HHH", body, offset + 28)
+        header_offset = struct.unpack_from("<I", body, offset + 42)[0]
+        assert body[offset + 46 : offset + 46 + name_length].decode() == planned.arcname
+        assert header_offset == planned.header_offset
+        assert body[header_offset : header_offset + 4] == b"PK\x03\x04"
+        offset += 46 + name_length + extra_length + comment_length
+
+
+def test_extracted_files_are_readable_by_everyone(tree: AirTree, tmp_path: Path) -> None:
+    write(tree.render / "r" / "stems" / "a.wav", b"a")
+    body = _body(_plan(tree))
     with zipfile.ZipFile(io.BytesIO(body)) as opened:
-        stored_crc = opened.getinfo("render/r/a.wav").CRC
-    assert stored_crc == zlib.crc32(content)
-    assert read_zip(body)["render/r/a.wav"] == content
+        (info,) = opened.infolist()
+    assert info.create_system == 3  # Unix
+    assert info.external_attr >> 16 == stat.S_IFREG | 0o644
+    if shutil.which("unzip") is None:
+        pytest.skip("unzip is not installed")
+    (tmp_path / "export.zip").write_bytes(body)
+    out = tmp_path / "out"
+    subprocess.run(["unzip", "-q", str(tmp_path / "export.zip"), "-d", str(out)], check=True)
+    extracted = out / "render" / "r" / "stems" / "a.wav"
+    assert stat.filemode(extracted.stat().st_mode) == "-rw-r--r--"
+
+
+def test_the_bytes_do_not_depend_on_what_the_crc_cache_holds(tree: AirTree) -> None:
+    write(tree.render / "r" / "big.wav", os.urandom(300_000))
+    write(tree.render / "r" / "small.wav", b"s" * 100)
+    settings = tree.settings(limits={"read_chunk_bytes": 65536})
+    sources = ExportSources.from_settings(settings)
+    crcs = CrcCache()
+    cold = _body(plan_export_archive(sources, "r", None, crcs))
+    warm = _body(plan_export_archive(sources, "r", None, crcs))
+    none = _body(plan_export_archive(sources, "r", None))
+    assert cold == warm == none
+
+
+def _rewrite_in_place(path: Path, content: bytes) -> None:
+    """New content, same inode, size and mtime: nothing a stat can tell."""
+    before = path.stat()
+    with path.open("r+b") as handle:
+        handle.write(content)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+
+
+def test_a_file_rewritten_after_its_crc_was_learned_cuts_the_download(tree: AirTree) -> None:
+    path = write(tree.render / "r" / "big.wav", b"a" * 300_000)
+    settings = tree.settings(limits={"read_chunk_bytes": 65536})
+    sources = ExportSources.from_settings(settings)
+    crcs = CrcCache()
+    chunks = plan_export_archive(sources, "r", None, crcs).chunks()
+    header = next(chunks)  # the CRC pass is over: the header says CRC("a" * 300000)
+    assert struct.unpack_from("<I", header, 14)[0] == zlib.crc32(b"a" * 300_000)
+    _rewrite_in_place(path, b"b" * 300_000)
+    with pytest.raises(SourceChanged, match="CRC-32"):
+        for _ in chunks:
+            pass
+    # The stale CRC was dropped: the next download learns the new one...
+    assert read_zip(_body(plan_export_archive(sources, "r", None, crcs))) == {
+        "render/r/big.wav": b"b" * 300_000
+    }
+    # ...and a rewrite after a CRC was cached cuts the download that uses it.
+    _rewrite_in_place(path, b"c" * 300_000)
+    with pytest.raises(SourceChanged, match="CRC-32"):
+        _body(plan_export_archive(sources, "r", None, crcs))
+    assert read_zip(_body(plan_export_archive(sources, "r", None, crcs))) == {
+        "render/r/big.wav": b"c" * 300_000
+    }

@@ -4,6 +4,7 @@ import json
 import os
 import re
 from pathlib import Path
+from shutil import which
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -25,14 +26,23 @@ HOSTILE = {
     "clash": b"11",  # a file named like the folder below, once sanitized
     "clash./inner.wav": b"12",
     "ünïcødé ✓.wav": b"13",
+    # Names equal but for letter case, which Windows and macOS extract as one.
+    "Take.wav": b"15",
+    "take.wav": b"16",
+    "Stems/x.wav": b"17",
+    "stems/y.wav": b"18",
 }
 _WINDOWS = re.compile(r'[<>:"|?*\x00-\x1f\x7f-\x9f]')
 
 
 def _check_names(names: list[str]) -> None:
-    assert len(names) == len(set(names))
-    folders = {"/".join(n.split("/")[:i]) for n in names for i in range(1, n.count("/") + 1)}
-    assert not folders & set(names), "a file and a folder share a name"
+    """Unique, also ignoring letter case, and no file named like a folder."""
+    folded = [name.casefold() for name in names]
+    assert len(folded) == len(set(folded))
+    folders = {"/".join(n.split("/")[:i]) for n in folded for i in range(1, n.count("/") + 1)}
+    assert not folders & set(folded), "a file and a folder share a name"
+    spelled = {"/".join(n.split("/")[:i]) for n in names for i in range(1, n.count("/") + 1)}
+    assert len(spelled) == len(folders), "two folders differ only by letter case"
     for name in names:
         assert not name.startswith("/") and not _WINDOWS.search(name), name
         for segment in name.split("/"):
@@ -59,14 +69,17 @@ async def test_hostile_names_give_valid_json_and_zips_every_reader_opens(
     assert entries["render/r/clash__1/inner.wav"] == b"12"
     assert entries["render/r/win_______.wav"] == b"4"
     assert entries["render/r/a/b.wav"] == b"10" and entries["render/r/a/b__1.wav"] == b"9"
+    assert entries["render/r/Take.wav"] == b"15" and entries["render/r/take__1.wav"] == b"16"
+    assert entries["render/r/Stems/x.wav"] == b"17"
+    assert entries["render/r/stems__1/y.wav"] == b"18"
 
     extracted = extract_with_every_reader(body, tmp_path)
     for reader, files in extracted.items():
         assert files == entries, reader
+    if which("javac"):
+        assert "java ZipInputStream" in extracted
 
 
 def test_every_reader_is_installed_where_ci_installs_them() -> None:
     if os.environ.get("CI"):
-        from shutil import which
-
-        assert all(which(tool) for tool in ("unzip", "7z", "bsdtar"))
+        assert all(which(tool) for tool in ("unzip", "7z", "bsdtar", "javac", "java"))

@@ -117,3 +117,22 @@ async def test_clients_that_hang_up_leave_no_file_open(
     # ...and the service answers the next request at once.
     response = await client.get("/api/air/export/list/r")
     assert response.status == 200
+
+
+async def test_folders_1000_levels_deep_zip(tree: AirTree, client: TestClient[Any, Any]) -> None:
+    write(tree.render / "r" / "top.wav", b"top")
+    levels = [Path(tree.render / "r", *["d"] * depth) for depth in range(1, 1001)]
+    for folder in levels:  # one by one: pathlib's mkdir(parents=True) recurses
+        folder.mkdir()
+    (levels[-1] / "bottom.wav").write_bytes(b"deep")
+    try:
+        response = await client.get("/api/air/export/zip/r")
+        assert response.status == 200
+        assert read_zip(await response.read()) == {
+            "render/r/" + "d/" * 1000 + "bottom.wav": b"deep",
+            "render/r/top.wav": b"top",
+        }
+    finally:  # bottom-up: pytest's recursive clean-up would not reach that deep
+        (levels[-1] / "bottom.wav").unlink()
+        for folder in reversed(levels):
+            folder.rmdir()
