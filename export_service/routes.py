@@ -29,7 +29,7 @@ from .state import (
     run_blocking,
     run_zip_work,
 )
-from .streaming import OffloadedChunks
+from .streaming import OffloadedChunks, SendProgress
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +154,16 @@ async def _send_zip(
     )
     send_timeout = settings.limits.send_timeout_seconds
     try:
-        while batch := await chunks.next_batch():
-            for chunk in batch:
-                async with asyncio.timeout(send_timeout):
-                    await response.write(chunk)
-                metrics.zip_bytes.inc(len(chunk))
+        async with asyncio.timeout(send_timeout) as deadline:
+            progress = SendProgress(request.transport, deadline, send_timeout)
+            try:
+                while batch := await chunks.next_batch():
+                    for chunk in batch:
+                        await response.write(chunk)
+                        progress.queued += len(chunk)
+                    metrics.zip_bytes.inc(sum(map(len, batch)))
+            finally:
+                progress.stop()
     except TimeoutError:
         log.info("ZIP of %s cut: the client took nothing for %s s", render_run_id, send_timeout)
         metrics.zips_cut_short.labels("stalled").inc()

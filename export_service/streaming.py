@@ -74,3 +74,42 @@ class OffloadedChunks:
             in_flight.add_done_callback(lambda _: self._chunks.close())
         else:
             self._chunks.close()
+
+
+class SendProgress:
+    """Keeps a download's send deadline ``seconds`` ahead while bytes leave.
+
+    A write of a ~1 MiB batch to a slow but steady client can take minutes;
+    what counts as stalled is no byte leaving for ``seconds``. Every
+    ``seconds / 4`` (at most 1 s) it looks at the transport's write buffer:
+    when it is empty (the download waits for its own data, not the client),
+    or bytes have left it since the last look, the deadline moves. So a
+    client is cut between ``seconds`` and ``seconds`` plus one look after its
+    last progress; memory stays what one download holds anyway (the batch
+    being written and the one read ahead).
+    """
+
+    def __init__(
+        self, transport: asyncio.WriteTransport | None, deadline: asyncio.Timeout, seconds: float
+    ) -> None:
+        self.queued = 0  # body bytes handed to the transport
+        self._transport = transport
+        self._deadline = deadline
+        self._seconds = seconds
+        self._interval = min(1.0, seconds / 4)
+        self._left = 0
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(self._interval, self._look)
+
+    def _look(self) -> None:
+        if self._transport is None:
+            return
+        waiting = self._transport.get_write_buffer_size()
+        left = self.queued - waiting
+        if not waiting or left > self._left:
+            self._deadline.reschedule(self._loop.time() + self._seconds)
+        self._left = left
+        self._handle = self._loop.call_later(self._interval, self._look)
+
+    def stop(self) -> None:
+        self._handle.cancel()
