@@ -1,8 +1,11 @@
 """Target 1: one ZIP download vs nginx serving the same bytes as a static file.
 
-~210 MiB of random "stems"; curl to /dev/null; service and nginx alternate,
-ROUNDS times; the medians' ratio is the result (target: service/nginx >= 0.75),
-and the service's median time to first byte (target: < 20 ms).
+~210 MiB of random "stems"; curl to /dev/null. Each round starts a fresh
+service (an empty CRC cache), downloads the ZIP twice (the first download
+learns every file's CRC-32 in a pass just before its header; the second finds
+them cached) and nginx once; the medians' ratios are the result (target:
+service/nginx >= 0.75 for both), and the service's median time to first byte
+(target: < 20 ms).
 
     python bench/throughput.py [--rounds 9]
 """
@@ -35,64 +38,72 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     arguments = parser.parse_args()
     binary = ensure_nginx()
+    if binary is None:
+        sys.exit("nginx is not available (install nginx-light)")
+    first: list[float] = []
+    later: list[float] = []
+    theirs: list[float] = []
+    first_bytes: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as temp:
         workload = reference_workload(Path(temp) / "air")
         static = Path(temp) / "static"
         static.mkdir()
+        reference = static / "export.zip"
         with service(workload.config) as svc:
             zip_url = f"{svc.url}/api/air/export/zip/{workload.run_id}"
-            reference = static / "export.zip"
             curl(zip_url, str(reference))
-            size = reference.stat().st_size
             again = Path(temp) / "again.zip"
             curl(zip_url, str(again))
             assert (
                 hashlib.sha256(again.read_bytes()).digest()
                 == hashlib.sha256(reference.read_bytes()).digest()
             ), "two downloads differ"
-            ours: list[float] = []
-            theirs: list[float] = []
-            first_bytes: list[float] = []
-            if binary is None:
-                print("nginx is not available: only the service is measured", file=sys.stderr)
-                for _ in range(arguments.rounds):
-                    fetch = curl(zip_url)
-                    ours.append(fetch.seconds)
-                    first_bytes.append(fetch.first_byte)
-            else:
-                with nginx(binary, static) as nginx_url:
-                    curl(f"{nginx_url}/export.zip")  # warm
-                    for _ in range(arguments.rounds):
-                        fetch = curl(zip_url)
-                        ours.append(fetch.seconds)
-                        first_bytes.append(fetch.first_byte)
-                        theirs.append(curl(f"{nginx_url}/export.zip").seconds)
+            again.unlink()
+        size = reference.stat().st_size
+        with nginx(binary, static) as nginx_url:
+            curl(f"{nginx_url}/export.zip")  # warm
+            for _ in range(arguments.rounds):
+                with service(workload.config) as svc:  # a fresh process: an empty CRC cache
+                    zip_url = f"{svc.url}/api/air/export/zip/{workload.run_id}"
+                    cold = curl(zip_url)
+                    first.append(cold.seconds)
+                    first_bytes.append(cold.first_byte)
+                    warm = curl(zip_url)
+                    later.append(warm.seconds)
+                    first_bytes.append(warm.first_byte)
+                theirs.append(curl(f"{nginx_url}/export.zip").seconds)
+
+    def rate(seconds: list[float]) -> str:
+        return f"{size / median(seconds) / MIB:.0f} MiB/s"
+
     rows: list[list[object]] = [
         ["export size", f"{size / MIB:.1f} MiB ({workload.files} files)", ""],
+        ["nginx sendfile: median time", f"{median(theirs) * 1000:.0f} ms", rate(theirs)],
         [
-            "service: median time",
-            f"{median(ours) * 1000:.0f} ms",
-            f"{size / median(ours) / MIB:.0f} MiB/s",
+            "service, first download (cold CRC cache): median time",
+            f"{median(first) * 1000:.0f} ms",
+            rate(first),
+        ],
+        [
+            "service, later downloads (CRCs cached): median time",
+            f"{median(later) * 1000:.0f} ms",
+            rate(later),
         ],
         [
             "service: median time to first byte",
             f"{median(first_bytes) * 1000:.1f} ms",
-            "target < 20 ms",
+            f"max {max(first_bytes) * 1000:.1f} ms; target < 20 ms",
         ],
+        [
+            "first download / nginx throughput",
+            f"{median(theirs) / median(first):.2f}",
+            "target >= 0.75",
+        ],
+        ["later downloads / nginx throughput", f"{median(theirs) / median(later):.2f}", ""],
     ]
-    if theirs:
-        ratio = median(theirs) / median(ours)
-        rows += [
-            [
-                "nginx sendfile: median time",
-                f"{median(theirs) * 1000:.0f} ms",
-                f"{size / median(theirs) / MIB:.0f} MiB/s",
-            ],
-            ["service / nginx throughput", f"{ratio:.2f}", "target >= 0.75"],
-        ]
     print(
         table(
-            f"Single download ({arguments.rounds} alternating rounds, {machine()})",
+            f"Single download ({arguments.rounds} rounds, a fresh service each, {machine()})",
             rows,
             ["measure", "value", "note"],
         )
