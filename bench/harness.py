@@ -103,8 +103,15 @@ def _wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def service(config: Path, *extra_env: tuple[str, str]) -> Iterator[Service]:
+def service(
+    config: Path, *extra_env: tuple[str, str], baseline: Path | None = None
+) -> Iterator[Service]:
+    """The service as a process on a free port; ``baseline``: a folder holding
+    another version of the ``export_service`` package to run instead (for a
+    side-by-side comparison with, say, ``git archive main export_service``)."""
     port = free_port()
+    if baseline is not None:
+        extra_env = (*extra_env, ("PYTHONPATH", str(baseline)))
     process = subprocess.Popen(
         [
             sys.executable,
@@ -119,6 +126,8 @@ def service(config: Path, *extra_env: tuple[str, str]) -> Iterator[Service]:
             str(port),
         ],
         env={**os.environ, **dict(extra_env)},
+        # Elsewhere than the repository, so that ``-m`` finds the baseline first.
+        cwd=None if baseline is None else baseline,
     )
     try:
         url = f"http://127.0.0.1:{port}"

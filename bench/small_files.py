@@ -6,7 +6,7 @@ times (the service warm: its CRC cache and the page cache hold the files).
 Targets: the small-file export at >= 0.40 of nginx's throughput with its
 first byte within 100 ms; the reference not slower than before.
 
-    python bench/small_files.py [--files 10000] [--rounds 7]
+    python bench/small_files.py [--files 10000] [--rounds 7] [--baseline FOLDER]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,34 +37,49 @@ SMALL_FILE = 21 * 1024
 
 
 def measure(
-    workload: Workload, static: Path, binary: str, rounds: int
-) -> tuple[int, list[float], list[float], list[float]]:
-    """(ZIP size, service times, service first bytes, nginx times)."""
+    workload: Workload, static: Path, binary: str, rounds: int, versions: dict[str, Path | None]
+) -> tuple[int, dict[str, list[float]], dict[str, list[float]], list[float]]:
+    """(ZIP size, service times and first bytes by version, nginx times)."""
     reference = static / "export.zip"
-    ours: list[float] = []
-    first_bytes: list[float] = []
+    times: dict[str, list[float]] = {name: [] for name in versions}
+    first_bytes: dict[str, list[float]] = {name: [] for name in versions}
     theirs: list[float] = []
-    with service(workload.config) as svc:
-        zip_url = f"{svc.url}/api/air/export/zip/{workload.run_id}"
-        curl(zip_url, str(reference))
+    with ExitStack() as stack:
+        urls = {
+            name: f"{stack.enter_context(service(workload.config, baseline=baseline)).url}"
+            f"/api/air/export/zip/{workload.run_id}"
+            for name, baseline in versions.items()
+        }
+        curl(urls["service"], str(reference))
+        for url in urls.values():
+            curl(url)
         with nginx(binary, static) as nginx_url:
             curl(f"{nginx_url}/export.zip")
             for _ in range(rounds):
-                fetch = curl(zip_url)
-                ours.append(fetch.seconds)
-                first_bytes.append(fetch.first_byte)
+                for name, url in urls.items():
+                    fetch = curl(url)
+                    times[name].append(fetch.seconds)
+                    first_bytes[name].append(fetch.first_byte)
                 theirs.append(curl(f"{nginx_url}/export.zip").seconds)
-    return reference.stat().st_size, ours, first_bytes, theirs
+    return reference.stat().st_size, times, first_bytes, theirs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a folder holding another export_service package, measured in the same rounds",
+    )
     arguments = parser.parse_args()
     binary = ensure_nginx()
     if binary is None:
         sys.exit("nginx is not available (install nginx-light)")
+    versions: dict[str, Path | None] = {"service": None}
+    if arguments.baseline is not None:
+        versions["baseline"] = arguments.baseline.resolve()
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory(prefix="bench-small-files-") as temp:
         exports = {
@@ -74,25 +90,38 @@ def main() -> None:
             ),
             "reference (12 files)": (reference_workload(Path(temp) / "few"), ">= 0.75", "< 20 ms"),
         }
-        for name, (workload, ratio_target, first_byte_target) in exports.items():
+        for export, (workload, ratio_target, first_byte_target) in exports.items():
             static = workload.base / "static"
             static.mkdir()
-            size, ours, first_bytes, theirs = measure(workload, static, binary, arguments.rounds)
-            rows.append(
-                [
-                    name,
-                    f"{size / MIB:.0f} MiB",
-                    f"{median(ours) * 1000:.0f} ms ({size / median(ours) / MIB:.0f} MiB/s)",
-                    f"{median(theirs) * 1000:.0f} ms ({size / median(theirs) / MIB:.0f} MiB/s)",
-                    f"{median(theirs) / median(ours):.2f} (target {ratio_target})",
-                    f"{median(first_bytes) * 1000:.1f} ms (target {first_byte_target})",
-                ]
+            size, times, first_bytes, theirs = measure(
+                workload, static, binary, arguments.rounds, versions
             )
+            for name in versions:
+                ours = times[name]
+                rows.append(
+                    [
+                        export,
+                        name,
+                        f"{size / MIB:.0f} MiB",
+                        f"{median(ours) * 1000:.0f} ms ({size / median(ours) / MIB:.0f} MiB/s)",
+                        f"{median(theirs) * 1000:.0f} ms ({size / median(theirs) / MIB:.0f} MiB/s)",
+                        f"{median(theirs) / median(ours):.2f} (target {ratio_target})",
+                        f"{median(first_bytes[name]) * 1000:.1f} ms (target {first_byte_target})",
+                    ]
+                )
     print(
         table(
             f"Small files against nginx ({arguments.rounds} alternating rounds, {machine()})",
             rows,
-            ["export", "ZIP size", "service", "nginx static", "service / nginx", "first byte"],
+            [
+                "export",
+                "version",
+                "ZIP size",
+                "ZIP download",
+                "nginx static",
+                "ZIP / nginx",
+                "first byte",
+            ],
         )
     )
 

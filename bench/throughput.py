@@ -7,7 +7,7 @@ them cached) and nginx once; the medians' ratios are the result (target:
 service/nginx >= 0.75 for both), and the service's median time to first byte
 (target: < 20 ms).
 
-    python bench/throughput.py [--rounds 9]
+    python bench/throughput.py [--rounds 9] [--baseline FOLDER]
 """
 
 from __future__ import annotations
@@ -36,14 +36,23 @@ from bench.harness import (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a folder holding another export_service package, measured in the same rounds "
+        "(e.g. git archive main export_service | tar -x -C /tmp/baseline)",
+    )
     arguments = parser.parse_args()
     binary = ensure_nginx()
     if binary is None:
         sys.exit("nginx is not available (install nginx-light)")
-    first: list[float] = []
-    later: list[float] = []
+    versions: dict[str, Path | None] = {"service": None}
+    if arguments.baseline is not None:
+        versions["baseline"] = arguments.baseline.resolve()
+    first: dict[str, list[float]] = {name: [] for name in versions}
+    later: dict[str, list[float]] = {name: [] for name in versions}
+    first_bytes: dict[str, list[float]] = {name: [] for name in versions}
     theirs: list[float] = []
-    first_bytes: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as temp:
         workload = reference_workload(Path(temp) / "air")
         static = Path(temp) / "static"
@@ -63,14 +72,16 @@ def main() -> None:
         with nginx(binary, static) as nginx_url:
             curl(f"{nginx_url}/export.zip")  # warm
             for _ in range(arguments.rounds):
-                with service(workload.config) as svc:  # a fresh process: an empty CRC cache
-                    zip_url = f"{svc.url}/api/air/export/zip/{workload.run_id}"
-                    cold = curl(zip_url)
-                    first.append(cold.seconds)
-                    first_bytes.append(cold.first_byte)
-                    warm = curl(zip_url)
-                    later.append(warm.seconds)
-                    first_bytes.append(warm.first_byte)
+                for name, baseline in versions.items():
+                    # A fresh process: an empty CRC cache.
+                    with service(workload.config, baseline=baseline) as svc:
+                        zip_url = f"{svc.url}/api/air/export/zip/{workload.run_id}"
+                        cold = curl(zip_url)
+                        first[name].append(cold.seconds)
+                        first_bytes[name].append(cold.first_byte)
+                        warm = curl(zip_url)
+                        later[name].append(warm.seconds)
+                        first_bytes[name].append(warm.first_byte)
                 theirs.append(curl(f"{nginx_url}/export.zip").seconds)
 
     def rate(seconds: list[float]) -> str:
@@ -79,28 +90,48 @@ def main() -> None:
     rows: list[list[object]] = [
         ["export size", f"{size / MIB:.1f} MiB ({workload.files} files)", ""],
         ["nginx sendfile: median time", f"{median(theirs) * 1000:.0f} ms", rate(theirs)],
-        [
-            "service, first download (cold CRC cache): median time",
-            f"{median(first) * 1000:.0f} ms",
-            rate(first),
-        ],
-        [
-            "service, later downloads (CRCs cached): median time",
-            f"{median(later) * 1000:.0f} ms",
-            rate(later),
-        ],
-        [
-            "service: median time to first byte",
-            f"{median(first_bytes) * 1000:.1f} ms",
-            f"max {max(first_bytes) * 1000:.1f} ms; target < 20 ms",
-        ],
-        [
-            "first download / nginx throughput",
-            f"{median(theirs) / median(first):.2f}",
-            "target >= 0.75",
-        ],
-        ["later downloads / nginx throughput", f"{median(theirs) / median(later):.2f}", ""],
     ]
+    for name in versions:
+        rows += [
+            [
+                f"{name}, first download (cold CRC cache): median time",
+                f"{median(first[name]) * 1000:.0f} ms",
+                rate(first[name]),
+            ],
+            [
+                f"{name}, later downloads (CRCs cached): median time",
+                f"{median(later[name]) * 1000:.0f} ms",
+                rate(later[name]),
+            ],
+            [
+                f"{name}: median time to first byte",
+                f"{median(first_bytes[name]) * 1000:.1f} ms",
+                f"max {max(first_bytes[name]) * 1000:.1f} ms; target < 20 ms",
+            ],
+            [
+                f"{name}, first download / nginx throughput",
+                f"{median(theirs) / median(first[name]):.2f}",
+                "target >= 0.75",
+            ],
+            [
+                f"{name}, later downloads / nginx throughput",
+                f"{median(theirs) / median(later[name]):.2f}",
+                "",
+            ],
+        ]
+    if "baseline" in versions:
+        rows += [
+            [
+                "first download: service / baseline throughput",
+                f"{median(first['baseline']) / median(first['service']):.2f}",
+                "",
+            ],
+            [
+                "later downloads: service / baseline throughput",
+                f"{median(later['baseline']) / median(later['service']):.2f}",
+                "target >= 1 (not slower)",
+            ],
+        ]
     print(
         table(
             f"Single download ({arguments.rounds} rounds, a fresh service each, {machine()})",

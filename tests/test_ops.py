@@ -156,7 +156,8 @@ async def test_a_download_beyond_the_cap_gets_503_with_retry_after(
     assert (await client.head("/api/air/export/zip/r")).status == 200  # HEAD streams nothing
     await first.read()
     # The client can have the last byte before the server's handler returns.
-    slots = client.server.app[ZIP_SLOTS]
+    assert client.app is not None
+    slots = client.app[ZIP_SLOTS]
     await wait_until(lambda: slots.in_use == 0)
     again = await client.get("/api/air/export/zip/r")
     assert again.status == 200
