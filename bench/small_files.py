@@ -55,8 +55,10 @@ def measure(
             curl(url)
         with nginx(binary, static) as nginx_url:
             curl(f"{nginx_url}/export.zip")
-            for _ in range(rounds):
-                for name, url in urls.items():
+            for round_number in range(rounds):
+                # Each round in the other order, so neither version always follows nginx.
+                order = list(urls.items())
+                for name, url in order if round_number % 2 else reversed(order):
                     fetch = curl(url)
                     times[name].append(fetch.seconds)
                     first_bytes[name].append(fetch.first_byte)

@@ -71,8 +71,10 @@ def main() -> None:
         size = reference.stat().st_size
         with nginx(binary, static) as nginx_url:
             curl(f"{nginx_url}/export.zip")  # warm
-            for _ in range(arguments.rounds):
-                for name, baseline in versions.items():
+            for round_number in range(arguments.rounds):
+                # Each round in the other order, so neither version always follows nginx.
+                order = list(versions.items())
+                for name, baseline in order if round_number % 2 else reversed(order):
                     # A fresh process: an empty CRC cache.
                     with service(workload.config, baseline=baseline) as svc:
                         zip_url = f"{svc.url}/api/air/export/zip/{workload.run_id}"
