@@ -165,7 +165,7 @@ async def _send_zip(
             finally:
                 progress.stop()
     except TimeoutError:
-        log.info("ZIP of %s cut: the client took nothing for %s s", render_run_id, send_timeout)
+        log.info("ZIP of %s cut: no byte left for the client in %s s", render_run_id, send_timeout)
         metrics.zips_cut_short.labels("stalled").inc()
         if request.transport is not None:
             request.transport.abort()  # a graceful close would wait on the same client

@@ -21,7 +21,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from export_service.app import RUNNER_OPTIONS, create_app
+from export_service.access import runner_options
+from export_service.app import create_app
 from tests.conftest import AirTree, ClientFactory, open_paths_under, wait_until, write
 from tests.zips import read_zip
 
@@ -116,7 +117,7 @@ async def test_a_slow_but_steady_reader_is_not_cut(tree: AirTree, aiohttp_client
 
     app.on_response_prepare.append(small_send_buffer)
     server = TestServer(app)
-    await server.start_server(**RUNNER_OPTIONS)
+    await server.start_server(**runner_options(server.app))
     client: TestClient[Any, Any] = await aiohttp_client(server)
     loop = asyncio.get_running_loop()
     with socket.socket() as sock:
