@@ -59,6 +59,7 @@ _WINDOWS_DEVICE = re.compile(_WINDOWS_DEVICE_NAMES + r"(?=\.|\Z)", re.IGNORECASE
 # ``-``, not ending in a dot or space, and no device name.
 _PLAIN_SEGMENT = rf"(?!{_WINDOWS_DEVICE_NAMES}(?:[./]|\Z))[\w-][\w .-]*(?<![ .])"
 _PLAIN_NAME = re.compile(rf"(?:{_PLAIN_SEGMENT}/)*{_PLAIN_SEGMENT}\Z", re.ASCII | re.IGNORECASE)
+_PLAIN_BASE = re.compile(rf"{_PLAIN_SEGMENT}\Z", re.ASCII | re.IGNORECASE)
 
 
 def _clean_segment(segment: str) -> str:
@@ -142,6 +143,11 @@ class ArcnameAllocator:
         folder, _, base = name.rpartition("/")
         placed = self._place_folder(folder)
         return self._unique(f"{placed}/{base}" if placed else base)
+
+    def allocate_in(self, folder: str, base: str) -> str:
+        """``allocate(f"{folder}/{base}")`` for a sanitized, non-empty folder
+        and a base name that sanitizing leaves as it is."""
+        return self._unique(f"{self._place_folder(folder)}/{base}")
 
 
 # -- the plan ------------------------------------------------------------------
@@ -610,6 +616,8 @@ def plan_archive(
     """
     allocator = ArcnameAllocator()
     date_times: dict[int, tuple[int, int, int, int, int, int]] = {}
+    # A run's files share a few folders: each is sanitized once.
+    folders: dict[tuple[Step, str], str] = {}
     entries: list[PlannedEntry] = []
     skipped: list[str] = []
     offset = 0
@@ -625,7 +633,14 @@ def plan_archive(
             date_time = date_times.get(seconds)
             if date_time is None:
                 date_time = date_times[seconds] = _dos_date_time(seconds)
-            arcname = allocator.allocate(sanitize_arcname(f"{step}/{rel_path}"))
+            folder, _, base = rel_path.rpartition("/")
+            if _PLAIN_BASE.match(base):
+                sanitized_folder = folders.get((step, folder))
+                if sanitized_folder is None:
+                    sanitized_folder = folders[step, folder] = sanitize_arcname(f"{step}/{folder}")
+                arcname = allocator.allocate_in(sanitized_folder, base)
+            else:
+                arcname = allocator.allocate(sanitize_arcname(f"{step}/{rel_path}"))
             data_offset = (
                 offset + _LOCAL_HEADER + _name_length(arcname) + _zip64(size) * _ZIP64_SIZES
             )

@@ -404,3 +404,23 @@ def test_a_file_rewritten_after_its_crc_was_learned_cuts_the_download(tree: AirT
     assert read_zip(_body(plan_export_archive(sources, "r", None, crcs))) == {
         "render/r/big.wav": b"c" * 300_000
     }
+
+
+def test_planned_names_are_the_allocators_for_the_full_sanitized_names(tree: AirTree) -> None:
+    """Planning sanitizes a folder once and a plain base name alone; the names
+    must be those of sanitizing and allocating each full name in order."""
+    from tests.test_names import HOSTILE
+
+    for name, content in HOSTILE.items():
+        write(tree.render / "r" / name, content)
+    for name in ("stems/a.wav", "stems/A.wav", "stems/a.wav.", "Stems/b.wav", "x/CON.wav"):
+        write(tree.render / "r" / name, b"x")
+    settings = tree.settings()
+    export = build_export(ExportSources.from_settings(settings), "r", None)
+    archive = _plan(tree)
+    allocator = ArcnameAllocator()
+    expected = [
+        allocator.allocate(sanitize_arcname(f"{item.entry['step']}/{item.entry['rel_path']}"))
+        for item in export.files
+    ]
+    assert [entry.arcname for entry in archive.entries] == expected
