@@ -37,6 +37,9 @@ routes = web.RouteTableDef()
 
 EXPORT_PREFIX = "/api/air/export"
 RETRY_AFTER_SECONDS = 5
+# Any character, newlines too: the run-id check, not the router, refuses what
+# is not a run id (a control character is a 422, never a 404).
+RUN_ID_SEGMENT = r"{render_run_id:[\s\S]*}"
 
 
 def _run_ids(request: web.Request) -> tuple[str, str | None]:
@@ -73,7 +76,7 @@ def _manifest_and_etag(
     return body, f'"{hashlib.sha256(body).hexdigest()[:40]}"'
 
 
-@routes.get(EXPORT_PREFIX + "/list/{render_run_id:.*}")
+@routes.get(EXPORT_PREFIX + "/list/" + RUN_ID_SEGMENT)
 async def export_manifest(request: web.Request) -> web.Response:
     render_run_id, param_run_id = _run_ids(request)
     body, etag = await run_blocking(
@@ -85,7 +88,7 @@ async def export_manifest(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json", headers={hdrs.ETAG: etag})
 
 
-@routes.get(EXPORT_PREFIX + "/zip/{render_run_id:.*}")
+@routes.get(EXPORT_PREFIX + "/zip/" + RUN_ID_SEGMENT)
 async def export_zip(request: web.Request) -> web.StreamResponse:
     render_run_id, param_run_id = _run_ids(request)
     streams = request.method != hdrs.METH_HEAD
@@ -215,7 +218,7 @@ def _link(render_run_id: str, stored: StoredLink) -> web.Response:
     return web.Response(body=link.model_dump_json().encode(), content_type="application/json")
 
 
-@routes.get(EXPORT_PREFIX + "/links/{render_run_id:.*}", allow_head=False)
+@routes.get(EXPORT_PREFIX + "/links/" + RUN_ID_SEGMENT, allow_head=False)
 async def get_link(request: web.Request) -> web.Response:
     render_run_id = check_render_run_id(request.match_info["render_run_id"])
     links = request.app[SOURCES].links
@@ -225,7 +228,7 @@ async def get_link(request: web.Request) -> web.Response:
     return _link(render_run_id, stored)
 
 
-@routes.put(EXPORT_PREFIX + "/links/{render_run_id:.*}")
+@routes.put(EXPORT_PREFIX + "/links/" + RUN_ID_SEGMENT)
 async def put_link(request: web.Request) -> web.Response:
     render_run_id = check_render_run_id(request.match_info["render_run_id"])
     try:
