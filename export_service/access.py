@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # response's headers went out (nginx's "client closed request").
 NOTHING_SENT = 499
 
+# The message of the error aiohttp's writer raises for a write it refused.
+_REFUSED_WRITE = "Cannot write to closing transport"
+
 
 @dataclass
 class Exchange:
@@ -50,6 +54,9 @@ class Exchange:
     response: web.StreamResponse | None = None
     body_bytes_around_writer: int = 0
     logged: bool = False
+    # The body did not all leave though the writer counted it: the handler
+    # aborted a stalled client, or a write found the connection closed.
+    cut: bool = False
 
 
 _exchange: ContextVar[Exchange | None] = ContextVar("exchange", default=None)
@@ -62,15 +69,52 @@ def note_body_bytes(count: int) -> None:
         exchange.body_bytes_around_writer += count
 
 
+def note_aborted() -> None:
+    """The handler is aborting the connection (a stalled client): bytes
+    handed to the transport may never leave, so the body is not complete."""
+    exchange = _exchange.get()
+    if exchange is not None:
+        exchange.cut = True
+
+
+def note_connection_error(error: BaseException | None) -> None:
+    """A write to the client raised ``error``. aiohttp's writer counts a chunk
+    in ``output_size`` before it finds the connection closed and refuses it;
+    a failed drain (the client left after the last write went out) refuses
+    nothing."""
+    exchange = _exchange.get()
+    if exchange is not None and _refused_write(error):
+        exchange.cut = True
+
+
+def _refused_write(error: BaseException | None) -> bool:
+    return isinstance(error, ConnectionError) and str(error) == _REFUSED_WRITE
+
+
 @web.middleware
 async def track_exchange(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Opens the request's :class:`Exchange`; logs it if it ends unlogged."""
+    """Opens the request's :class:`Exchange`; logs it if it ends unlogged.
+
+    A client that is gone is a normal end of a request, wherever a handler
+    finds out (the headers, a body write, reading the request's body): its
+    line is written here and the response is returned, not the error raised.
+    aiohttp logs a handler's ConnectionError as "Error handling request" with
+    a traceback and tries to answer 500; a returned response it only tries to
+    finish, and a write to the gone client ends the connection quietly.
+    """
     exchange = Exchange(asyncio.get_running_loop().time())
     _exchange.set(exchange)
     task = asyncio.current_task()
     if task is not None:
         task.add_done_callback(functools.partial(_log_if_cut, request, exchange))
-    return await handler(request)
+    try:
+        return await handler(request)
+    except ConnectionError as error:
+        exchange.cut = exchange.cut or _refused_write(error)
+        _write_unlogged_line(request, exchange, "client_gone")
+        response = exchange.response or web.Response(status=NOTHING_SENT)
+        response.force_close()
+        return response
 
 
 async def remember_response(request: web.Request, response: web.StreamResponse) -> None:
@@ -108,9 +152,21 @@ def _expected_body(request: web.BaseRequest, response: web.StreamResponse) -> in
     return response.content_length
 
 
-def _connection_open(request: web.BaseRequest) -> bool:
-    transport = request.transport
-    return transport is not None and not transport.is_closing()
+def _complete(
+    request: web.BaseRequest, response: web.StreamResponse, exchange: Exchange | None
+) -> bool:
+    """The whole body (its Content-Length) was handed to the connection and
+    the handler did not abort it, whatever the client did afterwards (curl
+    closes as soon as it has the last byte). Only a short body is cut."""
+    expected = _expected_body(request, response)
+    sent = _body_bytes(request, response, exchange)
+    return (expected is None or sent >= expected) and not (exchange and exchange.cut)
+
+
+def body_complete(request: web.BaseRequest, response: web.StreamResponse) -> bool:
+    """:func:`_complete` for the current request (a handler asking whether its
+    client, gone or cancelled now, had been handed everything)."""
+    return _complete(request, response, _exchange.get())
 
 
 class AccessLog(AbstractAccessLogger):
@@ -135,19 +191,21 @@ class AccessLog(AbstractAccessLogger):
                 error=text.partition("\n")[0] if text else None,
             )
             return
+        if exchange.logged:  # the client was gone: track_exchange wrote the line
+            return
         exchange.logged = True
-        sent = _body_bytes(request, response, exchange)
-        expected = _expected_body(request, response)
-        complete = (expected is None or sent >= expected) and _connection_open(request)
+        # aiohttp calls this from its ``except ConnectionError`` when the
+        # response's last write failed.
+        exchange.cut = exchange.cut or _refused_write(sys.exc_info()[1])
         write_line(
             self.logger,
             self.metrics,
             request,
             response.status,
             route_name(request),
-            sent,
+            _body_bytes(request, response, exchange),
             time,
-            "complete" if complete else "cut_short",
+            "complete" if _complete(request, response, exchange) else "cut_short",
         )
 
     @property
@@ -163,9 +221,19 @@ def _log_if_cut(request: web.Request, exchange: Exchange, task: asyncio.Task[Any
         ended = "shutdown" if request.app[SHUTTING_DOWN].is_set() else "client_gone"
     else:
         ended = "error"
+    _write_unlogged_line(request, exchange, ended)
+
+
+def _write_unlogged_line(request: web.Request, exchange: Exchange, ended: str) -> None:
+    """The line of a request that ended without aiohttp finishing its
+    response: ``ended`` unless its whole body had been handed over (a
+    cancellation while waiting for the last write to drain)."""
+    exchange.logged = True
     response = exchange.response
     if response is not None and request.writer.output_size > 0:
         status, sent = response.status, _body_bytes(request, response, exchange)
+        if _complete(request, response, exchange):
+            ended = "complete"
     else:
         status, sent = NOTHING_SENT, exchange.body_bytes_around_writer
     duration = asyncio.get_running_loop().time() - exchange.started

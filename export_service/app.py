@@ -92,7 +92,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         headers = {name: error.headers[name] for name in ("Allow",) if name in error.headers}
         return error_response(error.status, code, message, headers)
     except ConnectionError:
-        raise  # the client is gone: there is no one to answer
+        raise  # the client is gone: no one to answer (track_exchange logs it)
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(500, "internal_error", "internal error; see the service log")

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 from aiohttp import hdrs, web
 
-from .access import note_body_bytes
+from .access import note_aborted, note_body_bytes
 from .byte_ranges import requested_range
 from .conditional import not_modified_response
 from .files import RootFile, content_type, open_root_file
@@ -91,6 +91,7 @@ async def _send(request: web.Request, opened: RootFile) -> web.StreamResponse:
         sent = await _sendfile(request, opened.file, first, last - first + 1, timeout)
     except TimeoutError:
         log.info("file %s cut: the client took nothing for %s s", request.path, timeout)
+        note_aborted()
         if request.transport is not None:
             request.transport.abort()  # a graceful close would wait on the same client
         return response

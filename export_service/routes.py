@@ -11,6 +11,7 @@ from urllib.parse import quote
 from aiohttp import hdrs, web
 from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
 
+from .access import body_complete, note_aborted, note_connection_error
 from .archive import plan_export_archive
 from .byte_ranges import requested_range
 from .conditional import not_modified_response
@@ -170,6 +171,7 @@ async def _send_zip(
     except TimeoutError:
         log.info("ZIP of %s cut: no byte left for the client in %s s", render_run_id, send_timeout)
         metrics.zips_cut_short.labels("stalled").inc()
+        note_aborted()
         if request.transport is not None:
             request.transport.abort()  # a graceful close would wait on the same client
         return response
@@ -178,14 +180,17 @@ async def _send_zip(
         metrics.zips_cut_short.labels("source_changed").inc()
         response.force_close()
         return response
-    except ConnectionError:
-        log.info("ZIP of %s: the client went away", render_run_id)
-        metrics.zips_cut_short.labels("client_gone").inc()
+    except ConnectionError as error:
+        note_connection_error(error)
+        if not body_complete(request, response):  # else it left after its last byte
+            log.info("ZIP of %s: the client went away", render_run_id)
+            metrics.zips_cut_short.labels("client_gone").inc()
         return response
     except asyncio.CancelledError:
-        reason = "shutdown" if request.app[SHUTTING_DOWN].is_set() else "client_gone"
-        log.info("ZIP of %s cancelled (%s)", render_run_id, reason)
-        metrics.zips_cut_short.labels(reason).inc()
+        if not body_complete(request, response):
+            reason = "shutdown" if request.app[SHUTTING_DOWN].is_set() else "client_gone"
+            log.info("ZIP of %s cancelled (%s)", render_run_id, reason)
+            metrics.zips_cut_short.labels(reason).inc()
         raise
     finally:
         chunks.close()

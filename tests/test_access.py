@@ -163,3 +163,68 @@ def test_text_tracebacks_are_indented_and_escaped() -> None:
     assert lines[0].endswith("ERROR t a\\\\b \\x00")
     assert all(line.startswith("  ") for line in lines[1:])
     assert "  2026-11-24 00:00:00,000 INFO forged" in lines
+
+
+async def _get_and_reset(client: TestClient[Any, Any], path: str, delay: float) -> None:
+    sock = socket.create_connection((client.server.host, client.server.port))
+    sock.setblocking(False)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    await asyncio.sleep(delay)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+async def test_a_client_that_resets_as_the_headers_go_out_is_a_quiet_client_gone(
+    tree: AirTree, client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tree.render / "r" / "mix.wav", os.urandom(200_000))
+    caplog.set_level(logging.INFO)
+    paths = ["/api/air/export/zip/r", "/api/audio/r/mix.wav", "/api/air/export/list/r"]
+    count = 0
+    for round_ in range(10):
+        await asyncio.gather(
+            *(
+                _get_and_reset(client, paths[i % 3], (i % 4) / 1000)
+                for i in range(round_, round_ + 30)
+            )
+        )
+        count += 30
+    await wait_until(lambda: len(_lines(caplog)) == count)
+    lines = _lines(caplog)
+    assert len(lines) == count
+    assert {line["ended"] for line in lines} <= {"client_gone", "complete", "cut_short"}
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert loud == [], [r.getMessage() for r in loud[:3]]
+
+
+async def _read_all_then_close(client: TestClient[Any, Any], path: str) -> int:
+    """What curl does: read the head and exactly Content-Length bytes, then close."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\nX-Request-ID: whole\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await reader.readexactly(length)
+    writer.close()
+    return length
+
+
+@pytest.mark.parametrize("path", ["/api/air/export/zip/r", "/api/audio/r/mix.wav"])
+async def test_a_download_read_to_its_end_is_complete_though_the_client_closes_at_once(
+    tree: AirTree, client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    write(tree.render / "r" / "mix.wav", os.urandom(3_000_000))
+    caplog.set_level(logging.INFO)
+    lengths = [await _read_all_then_close(client, path) for _ in range(20)]
+    await wait_until(lambda: len(_lines(caplog)) == 20)
+    lines = _lines(caplog)
+    assert [(line["ended"], line["bytes"]) for line in lines] == [
+        ("complete", length) for length in lengths
+    ]
+    assert [r.getMessage() for r in caplog.records if r.name != ACCESS] == []
+    metrics = await (await client.get("/metrics")).text()
+    assert _metric(metrics, "export_http_requests_cut_short_total") == 0
+    assert _metric(metrics, "export_zip_downloads_cut_short_total") == 0
