@@ -7,6 +7,11 @@ or the whole file counts as corrupt (not UTF-8, not JSON, nested deeper or with
 integers longer than that parser takes, not an object): then no link is used,
 readiness says why, and the file is never overwritten.
 
+The file, its symbolic link's target and the lock file are opened without
+blocking and must be regular files: a FIFO, a device or a folder there makes
+the file unusable (readiness says why, manifests go on without a link, a PUT
+is a 503), never a request that waits for a writer that never comes.
+
 Reads take no lock. The parsed links are cached by the file's (mtime_ns, size,
 inode); a change is parsed once, by the first reader to see it, while the
 others wait for that parse (single-flight) instead of parsing it again.
@@ -27,6 +32,7 @@ same lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import json
@@ -34,6 +40,7 @@ import logging
 import math
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -74,6 +81,41 @@ class _Snapshot:
 
 
 _ABSENT = _Snapshot(None, {}, None)
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a folder",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+class _NotARegularFile(OSError):
+    pass
+
+
+def _open_regular(path: Path, flags: int = os.O_RDONLY) -> int:
+    """A descriptor of ``path`` (links followed), opened without blocking and
+    checked to be a regular file. Opening a FIFO for reading waits for a
+    writer: one such open would hold the parse lock, and every request
+    queued behind it, for good; reading a device may never end."""
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = _KINDS.get(stat.S_IFMT(mode), "something else")
+            raise _NotARegularFile(errno.EINVAL, f"not a regular file but {kind}", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _excerpt(value: str, limit: int = 40) -> str:
+    """``value`` for a log line: its repr, cut after ``limit`` characters."""
+    return repr(value[:limit]) + (f"... ({len(value)} characters)" if len(value) > limit else "")
 
 
 def _finite_time(value: Any) -> float | None:
@@ -200,7 +242,7 @@ class LinkStore:
         # the others wait here and then find the new snapshot cached.
         with self._parsing:
             try:
-                with self.path.open("rb") as handle:
+                with open(_open_regular(self.path), "rb") as handle:
                     info = os.fstat(handle.fileno())
                     key = (info.st_mtime_ns, info.st_size, info.st_ino)
                     if self._snapshot.key == key:
@@ -216,10 +258,32 @@ class LinkStore:
     def _remember(self, key: _FileKey, raw: bytes) -> _Snapshot:
         links, problem = _parse(raw)
         snapshot = self._snapshot = _Snapshot(key, links, problem)
-        if problem and self._reported_key != key:
+        if self._reported_key != key:
             self._reported_key = key
-            log.error("links file %s is unusable: %s; no links are used", self.path, problem)
+            if problem:
+                log.error("links file %s is unusable: %s; no links are used", self.path, problem)
+            else:
+                self._report_unusable_links(links)
         return snapshot
+
+    def _report_unusable_links(self, links: Links) -> None:
+        """One warning per change of the file for the records whose param run
+        id is not a valid run id (they are ignored): how many, and a few
+        examples, cut short (a value may be megabytes long)."""
+        unusable = [
+            (render_run_id, link.param_run_id)
+            for render_run_id, link in links.items()
+            if run_id_problem(link.param_run_id) is not None
+        ]
+        if unusable:
+            examples = ", ".join(f"{_excerpt(r)} -> {_excerpt(p)}" for r, p in unusable[:3])
+            log.warning(
+                "links file %s: ignoring %d link(s) whose param_run_id is not a valid run id"
+                " (e.g. %s)",
+                self.path,
+                len(unusable),
+                examples,
+            )
 
     def problem(self) -> str | None:
         """Why the links file cannot be used (for readiness), or None."""
@@ -232,13 +296,8 @@ class LinkStore:
     def link_for(self, render_run_id: str) -> StoredLink | None:
         """The link of ``render_run_id`` when its param run id is a valid run id."""
         link = self.stored(render_run_id)
-        if link is None:
-            return None
-        if run_id_problem(link.param_run_id) is not None:
-            log.warning(
-                "ignoring link %s -> %r: not a valid run id", render_run_id, link.param_run_id
-            )
-            return None
+        if link is None or run_id_problem(link.param_run_id) is not None:
+            return None  # reported once when the file was read, not per request
         return link
 
     def param_run_id_for(self, render_run_id: str) -> str | None:
@@ -261,6 +320,8 @@ class LinkStore:
             # File systems without fixed counts (btrfs has no inode count) report 0 totals.
             if (space.f_blocks and not space.f_bavail) or (space.f_files and not space.f_favail):
                 return f"folder {str(existing)!r} is on a full file system"
+        if self._lock_path.exists() and not self._lock_path.is_file():
+            return f"lock file {str(self._lock_path)!r} is not a regular file"
         if self._lock_path.exists() and not os.access(self._lock_path, os.W_OK):
             return f"lock file {str(self._lock_path)!r} is not writable by this process"
         return None
@@ -273,12 +334,15 @@ class LinkStore:
         description, and each writer opens the lock file itself, so threads of
         one process exclude each other as other processes do."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock_path.open("a+b") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        lock = _open_regular(self._lock_path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        finally:
+            os.close(lock)
 
     def link(self, render_run_id: str, param_run_id: str) -> StoredLink:
         """Set the link, keeping the record's other keys and every other record.
@@ -313,11 +377,15 @@ class LinkStore:
     def _validated_text(self, target: Path) -> str:
         """The file's text, read under the lock; "{}" when it does not exist."""
         try:
-            with target.open("rb") as handle:
+            with open(_open_regular(target), "rb") as handle:
                 info = os.fstat(handle.fileno())
                 raw = handle.read()
         except FileNotFoundError:
             return "{}"
+        except _NotARegularFile as error:
+            raise LinksFileCorrupt(
+                f"the links file is unusable ({error.strerror}); it is left as it is"
+            ) from None
         key = (info.st_mtime_ns, info.st_size, info.st_ino)
         with self._parsing:
             snapshot = self._snapshot if self._snapshot.key == key else self._remember(key, raw)
@@ -385,8 +453,13 @@ def _links_file_of_config(config_path: str) -> str:
 
 def _configured_store() -> LinkStore | None:
     """The store of ``EXPORT_SERVICE_LINKS_FILE``, else of the links file in
-    the config named by ``EXPORT_SERVICE_CONFIG``; None (logged) when neither is set."""
+    the config named by ``EXPORT_SERVICE_CONFIG``; None (logged) when neither
+    is set, or when the variable is a relative path (as the config, it must
+    be absolute: a relative one would depend on the caller's folder)."""
     path = os.environ.get(LINKS_FILE_ENV_VAR, "").strip()
+    if path and not os.path.isabs(path):
+        log.error("%s must be an absolute path, not %s", LINKS_FILE_ENV_VAR, _excerpt(path))
+        return None
     if not path:
         config_path = os.environ.get(CONFIG_ENV_VAR, "").strip()
         if not config_path:
@@ -399,8 +472,11 @@ def _configured_store() -> LinkStore | None:
 def link_param_to_render(render_run_id: str, param_run_id: str) -> None:
     """Record ``render_run_id`` -> ``param_run_id`` (the AIR backend's helper).
 
-    Both ids are stripped; nothing happens when either is empty. Best-effort,
-    as the backend calls it: any failure (corrupt or unwritable file, no file
+    Both ids are stripped; nothing happens when either is empty. Either id
+    that breaks the service's run-id rules (a separator, a control character,
+    over 200 characters...) is logged and nothing is written: the file is
+    shared, and the backend only ever generates valid ids. Best-effort, as
+    the backend calls it: any failure (corrupt or unwritable file, no file
     configured) is logged, never raised.
     """
     try:
@@ -408,6 +484,17 @@ def link_param_to_render(render_run_id: str, param_run_id: str) -> None:
         param = (param_run_id or "").strip()
         if not render or not param:
             return
+        for name, value in (("render_run_id", render), ("param_run_id", param)):
+            problem = run_id_problem(value)
+            if problem is not None:
+                log.error(
+                    "link %s -> %s not written: %s %s",
+                    _excerpt(render),
+                    _excerpt(param),
+                    name,
+                    problem,
+                )
+                return
         store = _configured_store()
         if store is not None:
             store.link(render, param)
@@ -421,9 +508,10 @@ def get_param_for_render(render_run_id: str) -> str | None:
     """The param run linked to ``render_run_id`` (the AIR backend's helper).
 
     The id is stripped; None when it is empty, when there is no record, or
-    when its ``param_run_id`` is not a string with a non-blank character
-    (returned as stored, as the backend does). Never raises: failures are
-    logged and give None.
+    when its ``param_run_id`` is not a string with a non-blank character.
+    Any other string is returned as stored, as the backend's helper did, even
+    one the service ignores as not a valid run id (the caller decides what
+    to do with it). Never raises: failures are logged and give None.
     """
     try:
         render = (render_run_id or "").strip()

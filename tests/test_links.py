@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -917,3 +918,129 @@ def test_a_file_system_without_inode_counts_is_not_full(
 
 STATVFS_FIELDS = ["bsize", "frsize", "blocks", "bfree", "bavail", "files", "ffree", "favail"]
 STATVFS_FIELDS += ["flag", "namemax"]
+
+
+# -- what the links path can be (a FIFO, a device, a folder) ------------------
+
+
+def _fifo(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to a fifo", "link to a device", "folder"])
+async def test_a_links_path_that_is_no_regular_file_never_makes_a_request_wait(
+    tree: AirTree, client: TestClient[Any, Any], tmp_path: Path, kind: str
+) -> None:
+    _param_tree(tree)
+    tree.links.parent.mkdir(parents=True)
+    if kind == "fifo":
+        _fifo(tree.links)
+    elif kind == "link to a fifo":
+        tree.links.symlink_to(_fifo(tmp_path / "elsewhere" / "pipe"))
+    elif kind == "link to a device":
+        tree.links.symlink_to("/dev/zero")  # reading it never ends
+    else:
+        tree.links.mkdir()
+    async with asyncio.timeout(10):
+        answers = await _link_routes(client)
+        put = await client.put("/api/air/export/links/r", json={"param_run_id": "p9"})
+        put_body = await put.json()
+    status, ready = answers["readyz"]
+    assert status == 503 and "links.file: cannot be read (not a regular file" in str(ready)
+    assert answers["manifest"] == (200, None)
+    assert answers["zip"] == (200, ["render/r/mix.wav"])
+    assert answers["get"][0] == 404
+    assert put.status == 503
+    assert put_body["detail"]["error"] == "links_file_corrupt"
+    assert "not a regular file" in put_body["detail"]["message"]
+    # and once the path is a file again, all is well
+    if kind == "folder":
+        tree.links.rmdir()
+    else:
+        tree.links.unlink()
+    async with asyncio.timeout(10):
+        put = await client.put("/api/air/export/links/r", json={"param_run_id": "p9"})
+        assert put.status == 200
+        assert (await client.get("/readyz")).status == 200
+        manifest = await client.get("/api/air/export/list/r")
+        assert (await manifest.json())["param_run_id"] == "p9"
+
+
+async def test_a_fifo_as_lock_file_is_a_503_and_not_ready(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    _fifo(tree.links.with_name(tree.links.name + ".lock"))
+    async with asyncio.timeout(10):
+        put = await client.put("/api/air/export/links/r", json={"param_run_id": "p9"})
+        ready = await client.get("/readyz")
+    assert put.status == 503
+    assert (await put.json())["detail"]["error"] == "links_file_unwritable"
+    assert ready.status == 503
+    assert "is not a regular file" in (await ready.json())["detail"]["message"]
+
+
+# -- unusable values are reported once per change, never whole ----------------
+
+
+async def test_unusable_link_values_are_reported_once_per_change_and_cut_short(
+    tree: AirTree, client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    huge = "p" * 1_000_000
+    records = {"r": {"param_run_id": huge}, "s": {"param_run_id": "\ud800"}}
+    records |= {f"t{i}": {"param_run_id": "../../etc"} for i in range(5)}
+    write(tree.render / "r" / "mix.wav", b"m")
+    tree.link(records)
+    caplog.set_level(logging.INFO, logger="export_service.links")
+    for _ in range(10):
+        for run in ("r", "s", "t0"):
+            answer = await client.get(f"/api/air/export/list/{run}")
+            assert answer.status == 200 and (await answer.json())["param_run_id"] is None
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert record.levelno == logging.WARNING
+    assert "ignoring 7 link(s) whose param_run_id is not a valid run id" in message
+    assert "'r' -> 'pppp" in message and "(1000000 characters)" in message
+    assert len(message) < 1000
+    tree.link({**records, "u": {"param_run_id": "../x"}})  # a change: reported again
+    assert (await client.get("/api/air/export/list/r")).status == 200
+    assert len(caplog.records) == 2 and "ignoring 8 link(s)" in caplog.records[1].getMessage()
+
+
+# -- the helpers refuse what the service would refuse --------------------------
+
+
+def test_a_relative_links_file_is_refused_by_the_helpers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EXPORT_SERVICE_CONFIG", raising=False)
+    monkeypatch.setenv("EXPORT_SERVICE_LINKS_FILE", "step_links.json")
+    with caplog.at_level(logging.ERROR):
+        link_param_to_render("r", "p")
+        assert get_param_for_render("r") is None
+    assert list(tmp_path.iterdir()) == []
+    assert caplog.text.count("EXPORT_SERVICE_LINKS_FILE must be an absolute path") == 2
+
+
+@pytest.mark.parametrize(
+    ("render", "param", "why"),
+    [
+        ("a/b", "p", "render_run_id must not contain '/'"),
+        ("r", "p\ud800", "param_run_id must not contain control characters"),
+        ("r", "x" * 300, "param_run_id must be at most 200 characters"),
+        ("r\x00", "p", "render_run_id must not contain control characters"),
+        ("..", "p", "render_run_id must not be '.' or '..'"),
+        ("r", "..\\x", "param_run_id must not contain '/'"),
+    ],
+)
+def test_the_helpers_write_no_invalid_run_id(
+    links_env: Path, caplog: pytest.LogCaptureFixture, render: str, param: str, why: str
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        link_param_to_render(render, param)
+    assert not links_env.exists()
+    assert why in caplog.text and len(caplog.text) < 500
+    link_param_to_render("r", "p")  # a valid one still goes in
+    assert json.loads(links_env.read_text()) == {"r": {"param_run_id": "p", "updated_at": ANY}}
