@@ -118,6 +118,8 @@ class LimitsSettings(_Section):
     max_concurrent_zips: int = Field(default=16, ge=1, le=10_000)
     # A client that takes no data for this long has its download cut.
     send_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # /readyz is 503 while fewer file descriptors than this are free.
+    descriptor_reserve: int = Field(default=32, ge=0, le=1_000_000)
 
     @property
     def zip_thread_count(self) -> int:

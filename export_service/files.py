@@ -55,6 +55,12 @@ def open_checked(path: str, root_real: str) -> tuple[int, os.stat_result]:
     return fd, info
 
 
+FOLDERS_KEPT_OPEN = 8
+# What one ZIP download holds open at most: its folders, one more folder
+# opened before the oldest is closed, and the file being read.
+DESCRIPTORS_PER_DOWNLOAD = FOLDERS_KEPT_OPEN + 2
+
+
 class FolderFiles:
     """Opens files by their folder's descriptor, for one download.
 
@@ -66,7 +72,7 @@ class FolderFiles:
     come folder by folder. Use as a context manager (closes them).
     """
 
-    def __init__(self, keep_open: int = 8) -> None:
+    def __init__(self, keep_open: int = FOLDERS_KEPT_OPEN) -> None:
         self._keep_open = keep_open
         self._folders: OrderedDict[tuple[str, str], int] = OrderedDict()
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import os
-import resource
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .config import Settings
+from .descriptors import descriptor_headroom
 from .errors import NotReady
 from .links import LinkStore
 from .state import METRICS, SETTINGS, SOURCES, run_blocking
@@ -20,22 +19,24 @@ routes = web.RouteTableDef()
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-def descriptor_problem() -> str | None:
-    """Whether the process can still open a file (blocking): at its
-    descriptor limit every manifest, ZIP and file URL would fail."""
-    try:
-        os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-    except OSError as error:
-        if error.errno in (errno.EMFILE, errno.ENFILE):
-            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-            return f"descriptors: none left to open a file with ({error.strerror}; limit {limit})"
+def descriptor_problem(reserve: int) -> str | None:
+    """Whether fewer than ``reserve`` file descriptors are free (blocking):
+    near its limit the process fails manifests, ZIPs and file URLs, and a
+    load balancer should send them elsewhere."""
+    free, limit = descriptor_headroom()
+    if free == 0:
+        return f"descriptors: none left to open a file with (limit {limit})"
+    if free < reserve:
+        return (
+            f"descriptors: {free} free of {limit}, fewer than limits.descriptor_reserve ({reserve})"
+        )
     return None
 
 
 def readiness_problems(settings: Settings, links: LinkStore) -> list[str]:
     """What keeps the service from serving exports (blocking)."""
     problems = []
-    descriptors = descriptor_problem()
+    descriptors = descriptor_problem(settings.limits.descriptor_reserve)
     if descriptors:
         problems.append(descriptors)
     for key, path in settings.roots:
@@ -57,7 +58,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz", allow_head=False)
 async def readyz(request: web.Request) -> web.Response:
-    """200 when the process can open files, the roots are readable folders
+    """200 when limits.descriptor_reserve descriptors are free, the roots are readable folders
     and the links file is absent or parses and can be written; otherwise 503
     naming each problem."""
     problems = await run_blocking(

@@ -15,7 +15,9 @@ from .access import body_complete, note_aborted, note_connection_error
 from .archive import plan_export_archive
 from .byte_ranges import requested_range
 from .conditional import not_modified_response
+from .descriptors import require_descriptors
 from .errors import InvalidRequestBody, LinkNotFound, SourceChanged, TooManyDownloads
+from .files import DESCRIPTORS_PER_DOWNLOAD
 from .links import StoredLink
 from .manifest import ExportSources, export_manifest_json
 from .run_ids import RUN_ID_JSON_SCHEMA, check_param_run_id, check_render_run_id
@@ -122,6 +124,8 @@ async def _send_zip(
     cached = not_modified_response(request, archive.etag, archive.last_modified)
     if cached is not None:
         return cached
+    if streams:  # after a 200 a download short of descriptors could only stop at 0 bytes
+        await run_blocking(request, require_descriptors, DESCRIPTORS_PER_DOWNLOAD)
     byte_range = requested_range(
         request.headers.get(hdrs.RANGE),
         request.headers.get(hdrs.IF_RANGE),

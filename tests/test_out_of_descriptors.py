@@ -8,33 +8,37 @@ import contextlib
 import json
 import os
 import resource
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import AirTree, write
+from export_service.descriptors import descriptor_headroom
+from tests.conftest import AirTree, ClientFactory, write
 
 
 @contextlib.contextmanager
-def no_descriptor_left() -> Iterator[None]:
+def no_descriptor_left(spare: int = 0) -> Iterator[None]:
     """Lower this process's soft RLIMIT_NOFILE to its lowest free descriptor
-    number, so the next open fails with EMFILE; restored on exit."""
+    number (plus ``spare``), so the next open (after ``spare`` more) fails
+    with EMFILE; restored on exit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     lowest_free = os.open(os.devnull, os.O_RDONLY)
     os.close(lowest_free)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free + spare, hard))
     try:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-async def test_requests_get_a_json_503_and_readyz_says_why(
-    tree: AirTree, client: TestClient[Any, Any]
-) -> None:
-    write(tree.render / "r" / "mix.wav", b"x" * 1000)
-    write(tree.midi / "20261101_r" / "t.mid", b"MThd")
+Get = Callable[[str], Awaitable[tuple[int, bytes]]]
+
+
+@contextlib.asynccontextmanager
+async def connection(client: TestClient[Any, Any]) -> AsyncIterator[Get]:
+    """One kept-alive connection (opened while descriptors are free): GET a
+    path on it, (status, body)."""
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
 
     async def get(path: str) -> tuple[int, bytes]:
@@ -47,27 +51,73 @@ async def test_requests_get_a_json_503_and_readyz_says_why(
         )
         return int(head.split()[1]), await reader.readexactly(length)
 
-    assert (await get("/readyz"))[0] == 200  # the connection is accepted and kept
-    with no_descriptor_left():
-        answers = {
-            path: await get(path)
-            for path in (
-                "/api/air/export/list/r",
-                "/api/air/export/zip/r",
-                "/api/audio/r/mix.wav",
-                "/readyz",
-                "/healthz",
-            )
-        }
-    for path in ("/api/air/export/list/r", "/api/air/export/zip/r", "/api/audio/r/mix.wav"):
-        status, body = answers[path]
-        assert status == 503, (path, body)
-        assert json.loads(body)["detail"]["error"] == "out_of_descriptors"
-    status, body = answers["/readyz"]
-    assert status == 503 and b"descriptors: none left" in body
-    assert answers["/healthz"][0] == 200
-    # and all is well again once descriptors are free
-    assert (await get("/api/air/export/zip/r"))[0] == 200
-    assert (await get("/readyz"))[0] == 200
-    writer.close()
-    await writer.wait_closed()
+    try:
+        yield get
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_requests_get_a_json_503_and_readyz_says_why(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    write(tree.render / "r" / "mix.wav", b"x" * 1000)
+    write(tree.midi / "20261101_r" / "t.mid", b"MThd")
+    async with connection(client) as get:
+        assert (await get("/readyz"))[0] == 200  # the connection is accepted and kept
+        with no_descriptor_left():
+            answers = {
+                path: await get(path)
+                for path in (
+                    "/api/air/export/list/r",
+                    "/api/air/export/zip/r",
+                    "/api/audio/r/mix.wav",
+                    "/readyz",
+                    "/healthz",
+                )
+            }
+        for path in ("/api/air/export/list/r", "/api/air/export/zip/r", "/api/audio/r/mix.wav"):
+            status, body = answers[path]
+            assert status == 503, (path, body)
+            assert json.loads(body)["detail"]["error"] == "out_of_descriptors"
+        status, body = answers["/readyz"]
+        assert status == 503 and b"descriptors: none left" in body
+        assert answers["/healthz"][0] == 200
+        # and all is well again once descriptors are free
+        assert (await get("/api/air/export/zip/r"))[0] == 200
+        assert (await get("/readyz"))[0] == 200
+
+
+async def test_a_zip_short_of_descriptors_is_a_503_not_an_empty_200(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    for index in range(20):
+        write(tree.render / "r" / f"take{index}" / "mix.wav", os.urandom(5000))
+    async with connection(client) as get:
+        assert (await get("/api/air/export/zip/r"))[0] == 200
+        with no_descriptor_left(spare=4):  # enough to plan the ZIP, not to stream it
+            zip_status, zip_body = await get("/api/air/export/zip/r")
+            ready_status, ready_body = await get("/readyz")
+            manifest_status, _ = await get("/api/air/export/list/r")
+        assert zip_status == 503, zip_body[:200]
+        detail = json.loads(zip_body)["detail"]
+        assert detail["error"] == "out_of_descriptors" and "needed" in detail["message"]
+        assert ready_status == 503
+        assert (
+            "fewer than limits.descriptor_reserve (32)"
+            in json.loads(ready_body)["detail"]["message"]
+        )
+        assert manifest_status == 200  # what can still be served is
+        assert (await get("/api/air/export/zip/r"))[0] == 200
+
+
+async def test_readiness_wants_the_configured_reserve(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    free, _ = descriptor_headroom()
+    client = await make_client(limits={"descriptor_reserve": free + 100})
+    ready = await client.get("/readyz")
+    assert ready.status == 503
+    assert "fewer than limits.descriptor_reserve" in (await ready.json())["detail"]["message"]
+    client = await make_client(limits={"descriptor_reserve": 0})
+    assert (await client.get("/readyz")).status == 200
