@@ -172,12 +172,20 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
 def _run_serve(arguments: argparse.Namespace) -> int:
     settings = resolve_settings(arguments.config, os.environ)
     if settings is not None:
-        setup_logging(settings.logging.level, settings.logging.format)
+        setup_logging(
+            settings.logging.level,
+            settings.logging.format,
+            repeat_seconds=settings.logging.repeated_error_seconds,
+        )
         _serve(settings, arguments.host, arguments.port)
         return 0
     with tempfile.TemporaryDirectory(prefix="export-service-sample-") as sample_dir:
         settings = settings_from_mapping(create_sample_tree(Path(sample_dir)), os.environ)
-        setup_logging(settings.logging.level, settings.logging.format)
+        setup_logging(
+            settings.logging.level,
+            settings.logging.format,
+            repeat_seconds=settings.logging.repeated_error_seconds,
+        )
         host = arguments.host or settings.server.host
         port = arguments.port if arguments.port is not None else settings.server.port
         log.info(

@@ -137,6 +137,9 @@ class AuthSettings(_Section):
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
+    # An out-of-resources error (no descriptor left...) is logged at most once
+    # this often per message, with how many repeats were suppressed.
+    repeated_error_seconds: float = Field(default=10.0, gt=0, le=3600)
 
 
 class Settings(_Section):

@@ -8,6 +8,13 @@ Records are handed to a listener thread through a bounded queue, so a slow
 log reader (a full pipe, a stalled collector) never blocks the event loop;
 when the queue is full, records are dropped and counted instead.
 
+An error that says the process is out of resources (descriptors, buffers,
+memory) is logged at most once per ``repeat_seconds`` per message, without
+its traceback, with how many repeats were suppressed: asyncio logs
+"socket.accept() out of system resource" for every try of every pending
+connection (about 127 a second for one), which would flood the log exactly
+when the process can least afford it.
+
 Every line is one record: JSON escapes control characters by itself, and
 the text format escapes them (``\\n``, ``\\x1b``...) and indents a traceback,
 so a request path holding ``%0A`` cannot write a line of its own.
@@ -17,11 +24,13 @@ from __future__ import annotations
 
 import atexit
 import copy
+import errno
 import json
 import logging
 import logging.handlers
 import queue
 import sys
+import threading
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -117,14 +126,67 @@ class _DroppingQueueHandler(logging.handlers.QueueHandler):
             _DroppingQueueHandler.dropped += 1
 
 
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class RepeatLimiter(logging.Filter):
+    """Lets an out-of-resources error through once per ``seconds`` per
+    message (its first line), without the traceback, telling how many
+    repeats were suppressed since; other records pass untouched."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.suppressed = 0  # in all, for whoever wants to count them
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[float, int]] = {}  # message -> (let through, repeats since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not (isinstance(error, OSError) and error.errno in _OUT_OF_RESOURCES):
+            return True
+        message = record.getMessage().partition("\n")[0]
+        with self._lock:
+            let_through, repeats = self._last.get(message, (-self.seconds, 0))
+            if record.created - let_through < self.seconds:
+                self._last[message] = (let_through, repeats + 1)
+                self.suppressed += 1
+                return False
+            self._last[message] = (record.created, 0)
+        since = f"; {repeats} repeats suppressed in the last {self.seconds:g} s" if repeats else ""
+        record.msg = (
+            f"{message} ({error.strerror}{since}; at most one such line every {self.seconds:g} s)"
+        )
+        record.args = None
+        record.exc_info = record.exc_text = None
+        return True
+
+
+# asyncio's accept loop and its transports log through this logger.
+_ASYNCIO = logging.getLogger("asyncio")
+_repeat_limiter: RepeatLimiter | None = None
+
+
+def suppressed_repeats() -> int:
+    """How many out-of-resources errors were held back since logging was set up."""
+    return _repeat_limiter.suppressed if _repeat_limiter is not None else 0
+
+
 _TRACEBACKS = logging.Formatter()
 _listener: logging.handlers.QueueListener | None = None
 
 
-def setup_logging(level: str, format: str, queue_size: int = 10_000) -> None:
-    """Root logging to stderr, written by a background thread."""
-    global _listener
+def setup_logging(
+    level: str, format: str, queue_size: int = 10_000, repeat_seconds: float = 10.0
+) -> None:
+    """Root logging to stderr, written by a background thread; out-of-resources
+    errors at most once per ``repeat_seconds`` per message."""
+    global _listener, _repeat_limiter
     stop_logging()
+    if _repeat_limiter is not None:
+        _ASYNCIO.removeFilter(_repeat_limiter)
+    _repeat_limiter = RepeatLimiter(repeat_seconds)
+    _ASYNCIO.addFilter(_repeat_limiter)
     writer = logging.StreamHandler(sys.stderr)
     writer.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
     records: queue.Queue[logging.LogRecord] = queue.Queue(queue_size)

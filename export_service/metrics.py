@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -10,15 +12,32 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from .logs import suppressed_repeats
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 1)
+
+
+class _SuppressedLogLines(Collector):
+    """The log's count of out-of-resources errors it held back (logs.py)."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "export_log_repeats_suppressed",
+            "Out-of-resources errors (no descriptor left to accept with...) not logged "
+            "because the same message was logged less than logging.repeated_error_seconds ago",
+            value=suppressed_repeats(),
+        )
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # RSS, CPU, open fds
+        self.registry.register(_SuppressedLogLines())
         self.requests = Counter(
             "export_http_requests",
             "HTTP requests answered, by route, method and status",

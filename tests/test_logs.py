@@ -1,0 +1,98 @@
+"""Logging: out-of-resources errors repeat at most once per interval."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import resource
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from export_service.errors import ConfigError
+from export_service.logs import RepeatLimiter
+from tests.conftest import AirTree
+from tests.live import live_service
+
+
+def _record(message: str, error: BaseException | None, created: float) -> logging.LogRecord:
+    exc_info = (type(error), error, None) if error is not None else None
+    record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None, exc_info)
+    record.created = created
+    return record
+
+
+def test_an_out_of_resources_error_passes_once_per_interval_with_the_count() -> None:
+    limiter = RepeatLimiter(10)
+    emfile = OSError(errno.EMFILE, "Too many open files")
+    accept = "socket.accept() out of system resource\nsocket: <fd=6>"
+    passed = [
+        record
+        for index in range(300)
+        if limiter.filter(record := _record(accept, emfile, 1000 + index / 100))  # 3 s
+    ]
+    assert len(passed) == 1 and passed[0].exc_info is None
+    assert passed[0].getMessage() == (
+        "socket.accept() out of system resource (Too many open files;"
+        " at most one such line every 10 s)"
+    )
+    later = _record(accept, emfile, 1010.5)
+    assert limiter.filter(later)
+    assert "(Too many open files; 299 repeats suppressed in the last 10 s;" in later.getMessage()
+    assert limiter.suppressed == 299
+    # other messages, and other errors, are not held back
+    assert limiter.filter(_record("another", emfile, 1010.6))
+    other = _record("boom", ValueError("x"), 1010.7)
+    assert limiter.filter(other) and other.exc_info is not None
+    assert limiter.filter(_record(accept, OSError(errno.EPIPE, "pipe"), 1010.8))
+
+
+def _lowest_free_descriptor(pid: int) -> int:
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return next(number for number in range(len(used) + 1) if number not in used)
+
+
+def test_a_service_out_of_descriptors_logs_the_accept_error_once(
+    tree: AirTree, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[roots]\nrender = "{tree.render}"\nmidi_generation = "{tree.midi}"\n'
+        f'param_generation = "{tree.param}"\n[links]\nfile = "{tree.links}"\n'
+    )
+    with live_service(["--config", str(config)]) as service:
+        pid = service.process.pid
+        limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (_lowest_free_descriptor(pid), limits[1]))
+        port = int(service.base_url.rsplit(":", 1)[1])
+        try:
+            with socket.create_connection(("127.0.0.1", port)):
+                time.sleep(3)  # the pending connection is tried again and again
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+        with urllib.request.urlopen(f"{service.base_url}/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
+        code, output = service.stop()
+    assert code == 0, output
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    accept = [line for line in lines if "socket.accept() out of system resource" in line["message"]]
+    assert len(accept) == 1, len(accept)
+    assert "exception" not in accept[0] and "Too many open files" in accept[0]["message"]
+    assert len(output) < 20_000
+    (suppressed,) = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("export_log_repeats_suppressed_total ")
+    ]
+    assert float(suppressed.split()[1]) > 100
+
+
+@pytest.mark.parametrize("seconds", [0, -1])
+def test_the_interval_must_be_positive(seconds: float, tree: AirTree) -> None:
+    with pytest.raises(ConfigError, match=r"logging\.repeated_error_seconds"):
+        tree.settings(logging={"repeated_error_seconds": seconds})
