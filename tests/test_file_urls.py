@@ -238,3 +238,32 @@ async def test_a_client_that_stops_reading_is_cut_and_its_file_closed(
     assert line["ended"] == "cut_short" and line["status"] == 200
     assert 100_000 <= line["bytes"] < 64 * 1024 * 1024
     writer.close()
+
+
+async def test_a_slow_but_steady_reader_is_not_cut(
+    tree: AirTree, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    size = 6 * 1024 * 1024
+    write(tree.render / "r" / "big.wav", os.urandom(size))
+    client = await make_client(limits={"send_timeout_seconds": 0.4})
+    caplog.set_level("INFO", logger="export_service.access")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # no big window to fill
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (client.server.host, client.server.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"GET /api/audio/r/big.wav HTTP/1.1\r\nHost: t\r\nX-Request-ID: slow\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")
+    received = 0
+    while received < size:  # about 1.6 MB/s: 1 MiB takes longer than the timeout
+        piece = await reader.read(32 * 1024)
+        if not piece:
+            break
+        received += len(piece)
+        await asyncio.sleep(0.02)
+    writer.close()
+    assert received == size
+    access = "export_service.access"
+    await wait_until(lambda: any(r.name == access for r in caplog.records))
+    (line,) = [getattr(r, "fields", {}) for r in caplog.records if r.name == access]
+    assert line["ended"] == "complete" and line["bytes"] == size
