@@ -8,11 +8,11 @@ preconditions, and every error in the service's JSON shape.
 
 The file is opened and checked in one hop off the event loop (closed there
 if the client is gone by then), then sent from that very descriptor with
-``sendfile``, 64 KiB at a time: the send timeout restarts with each piece,
-so a transfer is cut only after ``limits.send_timeout_seconds`` in which not
-even 64 KiB left (a reader slower than about 1 KiB/s at the default 60 s; an
-audio element reading at the music's bit rate is far above that), and the
-body bytes sent are counted for the access log.
+``sendfile`` in 1 MiB pieces, under one send deadline that moves while the
+client takes bytes (:mod:`.send_progress`): a slow but steady reader is
+served to the end, one that stops taking bytes is cut after
+``limits.send_timeout_seconds``. The body bytes sent are counted for the
+access log.
 """
 
 from __future__ import annotations
@@ -29,15 +29,14 @@ from .byte_ranges import requested_range
 from .conditional import not_modified_response
 from .files import RootFile, content_type, open_root_file
 from .manifest import Step
+from .send_progress import SendProgress
 from .state import SETTINGS, open_off_loop
 
 log = logging.getLogger(__name__)
 
-# sendfile() in pieces of this size, the send timeout restarting with each:
-# the progress a slow reader must make per timeout. (1 MiB cut any reader
-# slower than 17 KiB/s after 60 s; the calls 64 KiB pieces add cost a third
-# of the throughput on loopback, bench/file_url_pieces.py.)
-SENDFILE_PIECE = 64 * 1024
+# sendfile() in pieces of this size: the body bytes sent are counted per
+# piece, and a piece is what a file that shrank can overrun by.
+SENDFILE_PIECE = 1024 * 1024
 
 
 def _etag(opened: RootFile) -> str:
@@ -110,28 +109,35 @@ async def _send(request: web.Request, opened: RootFile) -> web.StreamResponse:
 
 
 async def _sendfile(
-    request: web.Request, file: io.FileIO, offset: int, count: int, piece_seconds: float
+    request: web.Request, file: io.FileIO, offset: int, count: int, send_timeout: float
 ) -> int:
     """Send ``count`` bytes of ``file`` from ``offset``; the bytes sent (fewer
-    when the file ended early). Counts them for the access log as they go."""
+    when the file ended early). Counts them for the access log as they go;
+    TimeoutError once the client has taken nothing for ``send_timeout``."""
     loop = asyncio.get_running_loop()
     sent = 0
-    while sent < count:
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("the client went away")
-        start = offset + sent
-        file.seek(start)  # sendfile leaves the position after what it sent, even on error
+    async with asyncio.timeout(send_timeout) as deadline:
+        progress = SendProgress(request.transport, deadline, send_timeout)
         try:
-            async with asyncio.timeout(piece_seconds):
-                piece = await loop.sendfile(
-                    transport, file, start, min(SENDFILE_PIECE, count - sent)
-                )
-        except (OSError, TimeoutError):
-            note_body_bytes(max(0, file.tell() - start))
-            raise
-        note_body_bytes(piece)
-        sent += piece
-        if piece == 0:
-            break
+            while sent < count:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError("the client went away")
+                start = offset + sent
+                file.seek(start)  # sendfile leaves the position after what it sent, even on error
+                try:
+                    with progress.sending():
+                        piece = await loop.sendfile(
+                            transport, file, start, min(SENDFILE_PIECE, count - sent)
+                        )
+                except (OSError, asyncio.CancelledError):
+                    note_body_bytes(max(0, file.tell() - start))
+                    raise
+                note_body_bytes(piece)
+                progress.queued += piece
+                sent += piece
+                if piece == 0:
+                    break
+        finally:
+            progress.stop()
     return sent

@@ -21,6 +21,7 @@ from .files import DESCRIPTORS_PER_DOWNLOAD
 from .links import StoredLink
 from .manifest import ExportSources, export_manifest_json
 from .run_ids import RUN_ID_JSON_SCHEMA, check_param_run_id, check_render_run_id
+from .send_progress import SendProgress
 from .state import (
     CRC_CACHE,
     METRICS,
@@ -32,7 +33,7 @@ from .state import (
     run_blocking,
     run_zip_work,
 )
-from .streaming import OffloadedChunks, SendProgress
+from .streaming import OffloadedChunks
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,8 @@ async def _send_zip(
             try:
                 while batch := await chunks.next_batch():
                     for chunk in batch:
-                        await response.write(chunk)
+                        with progress.sending():
+                            await response.write(chunk)
                         progress.queued += len(chunk)
                     metrics.zip_bytes.inc(sum(map(len, batch)))
             finally:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -74,6 +75,36 @@ async def raw_get(client: TestClient[Any, Any], path: str) -> tuple[int, bytes]:
     request = f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
     head, body = await raw_exchange(client, request)
     return int(head.split()[1]), body
+
+
+async def read_slowly(
+    client: TestClient[Any, Any], request: bytes, piece: int = 32 * 1024, pause: float = 0.015
+) -> tuple[bytes, bytes]:
+    """(head, body) of one response read ``piece`` bytes at a time with a
+    ``pause`` between reads: a slow but steady client, whose small receive
+    window makes the service's kernel queue fill up as over a real network
+    (the service's own socket keeps the kernel's default send buffer). The
+    body may be short when the service cut the transfer."""
+    loop = asyncio.get_running_loop()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (client.server.host, client.server.port))
+        await loop.sock_sendall(sock, request)
+        received = bytearray()
+        expected = None
+        while expected is None or len(received) < expected:
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, piece), 30)
+            if not chunk:
+                break
+            received += chunk
+            if expected is None and b"\r\n\r\n" in received:
+                head = bytes(received).partition(b"\r\n\r\n")[0]
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                expected = len(head) + 4 + length
+            await asyncio.sleep(pause)
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    return head, body
 
 
 async def wait_until(condition: Callable[[], bool], seconds: float = 10) -> None:
