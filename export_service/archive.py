@@ -24,7 +24,7 @@ import threading
 import time
 import unicodedata
 from bisect import bisect_right
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -38,6 +38,7 @@ from zipstream.ng import ZipStreamInfo
 from .errors import SourceChanged
 from .files import FolderFiles
 from .manifest import ExportedFile, ExportSources, Step, build_export
+from .scanning import resolved
 
 log = logging.getLogger(__name__)
 
@@ -414,6 +415,7 @@ class ExportArchive:
     ):
         self.entries = entries
         self.skipped = skipped
+        self.unlisted: Counter[str] = Counter()  # paths the scan could not list, by reason
         self._chunk_bytes = chunk_bytes
         self._crcs = crcs
         self._central_offset = entries[-1].data_offset + entries[-1].size if entries else 0
@@ -602,7 +604,7 @@ class _ReadableCheck:
 
 
 def plan_archive(
-    files: list[ExportedFile],
+    files: Iterable[ExportedFile],
     root_reals: Mapping[Step, str],
     chunk_bytes: int,
     crcs: CrcCache | None = None,
@@ -672,6 +674,8 @@ def plan_export_archive(
     """The manifest's files, planned as one download (blocking, one hop)."""
     export = build_export(sources, render_run_id, param_run_id)
     root_reals: dict[Step, str] = {
-        step: os.path.realpath(getattr(sources.settings.roots, step)) for step in get_args(Step)
+        step: resolved(str(getattr(sources.settings.roots, step))) or "" for step in get_args(Step)
     }
-    return plan_archive(export.files, root_reals, sources.settings.limits.read_chunk_bytes, crcs)
+    archive = plan_archive(export.files, root_reals, sources.settings.limits.read_chunk_bytes, crcs)
+    archive.unlisted = export.unlisted
+    return archive

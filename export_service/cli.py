@@ -229,7 +229,7 @@ def _run_offline(arguments: argparse.Namespace) -> int:
     if param_run_id is not None:
         check_param_run_id(param_run_id)
     if arguments.command == "manifest":
-        print(export_manifest_json(sources, render_run_id, param_run_id).decode())
+        print(export_manifest_json(sources, render_run_id, param_run_id).json.decode())
         return 0
     archive = plan_export_archive(sources, render_run_id, param_run_id)
     with _output(arguments.output) as handle:

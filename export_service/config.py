@@ -120,6 +120,9 @@ class LimitsSettings(_Section):
     send_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
     # /readyz is 503 while fewer file descriptors than this are free.
     descriptor_reserve: int = Field(default=32, ge=0, le=1_000_000)
+    # An export (manifest or ZIP) of more files is refused (422
+    # export_too_large) while its run is scanned, before it holds them all.
+    max_files_per_export: int = Field(default=250_000, ge=1, le=100_000_000)
 
     @property
     def zip_thread_count(self) -> int:

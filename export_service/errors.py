@@ -65,6 +65,14 @@ class Unauthorized(ExportServiceError):
     code = "unauthorized"
 
 
+class ExportTooLarge(ExportServiceError):
+    """More files than ``limits.max_files_per_export``: refused while the run
+    is scanned, before its listing could use up the memory."""
+
+    status = 422
+    code = "export_too_large"
+
+
 class TooManyDownloads(ExportServiceError):
     status = 503
     code = "too_many_downloads"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from .errors import NotFound, SourceChanged, raise_if_out_of_descriptors
-from .scanning import fd_real_path, is_within, open_folder_inside
+from .scanning import fd_real_path, is_within, open_folder_inside, resolved
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -151,9 +151,9 @@ def open_root_file(root: str, raw_tail: str) -> RootFile:
     :class:`NotFound` for anything that is not a regular file inside the
     root; :class:`OutOfDescriptors` when there is no descriptor to open it with.
     """
-    root_real = os.path.realpath(root)
-    path = os.path.realpath(os.path.join(root_real, *url_path_segments(raw_tail)))
-    if not is_within(root_real, path):
+    root_real = resolved(root)
+    path = resolved(os.path.join(root_real or root, *url_path_segments(raw_tail)))
+    if root_real is None or path is None or not is_within(root_real, path):
         raise NotFound("no such file")
     try:
         fd, info = open_checked(path, root_real)

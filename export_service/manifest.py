@@ -3,15 +3,18 @@
 ``build_export`` is one blocking function (link lookup, folder lookups, three
 scans) that callers run off the event loop in one hop. The JSON is byte for
 byte the original AIR export module's: same field order, compact separators,
-UTF-8, as FastAPI renders it. The manifest is a pydantic-typed ``TypedDict``
-serialized by a ``TypeAdapter``: for a run of 10,000 files that is 4 ms,
-where building 10,000 model instances and dumping them took 32 ms.
+UTF-8, as FastAPI renders it. An export keeps its scans' compact records (one
+small tuple per file) and makes the manifest's entries from them slice by
+slice as it writes the JSON, each slice serialized by a pydantic
+``TypeAdapter``: a run of 200,000 files never holds 200,000 dicts at once.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 from urllib.parse import quote
@@ -20,8 +23,16 @@ from pydantic import TypeAdapter
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from .config import Settings
+from .errors import ExportTooLarge
 from .links import LinkStore
-from .scanning import RunFolderIndex, ScannedFile, exact_run_folder, scan_run_folder
+from .scanning import (
+    FolderScan,
+    RunFolderIndex,
+    ScannedFile,
+    display_name,
+    exact_run_folder,
+    scan_run_folder,
+)
 
 Step = Literal["param_generation", "midi_generation", "render"]
 
@@ -42,6 +53,10 @@ class ExportManifest(TypedDict):
 
 
 MANIFEST = TypeAdapter(ExportManifest)
+_FILES = TypeAdapter(list[ExportFile])
+# Manifest entries made and serialized at once: small enough that a slice
+# never holds the GIL for long, large enough that the per-slice cost vanishes.
+_SLICE = 2048
 
 
 def manifest_json(manifest: ExportManifest) -> bytes:
@@ -76,19 +91,6 @@ class ExportedFile(NamedTuple):
     source: ScannedFile
 
 
-@dataclass(frozen=True, slots=True)
-class Export:
-    manifest: ExportManifest
-    files: list[ExportedFile]  # in manifest order
-
-
-def display_name(segment: str) -> str:
-    """A file name as valid Unicode text: undecodable bytes become U+FFFD."""
-    if segment.isascii():
-        return segment
-    return os.fsencode(segment).decode("utf-8", "replace")
-
-
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*\Z")
 
 
@@ -99,35 +101,88 @@ def url_segment(segment: str) -> str:
     return quote(os.fsencode(segment), safe="")
 
 
-def _step_files(step: Step, root: str, folder: str, base: str, prefix: str) -> list[ExportedFile]:
-    # A run's files share a few folders: their rel_path and URL prefixes are
-    # made once per folder.
-    starts: dict[tuple[str, ...], tuple[str, str]] = {
-        (): (display_name(folder), f"{base}{prefix}/{url_segment(folder)}")
-    }
-    exported = []
-    for source in scan_run_folder(root, folder):
-        folder_parts = source.parts[:-1]
-        folder_starts = starts.get(folder_parts)
-        if folder_starts is None:
-            folder_starts = starts[folder_parts] = (
-                "/".join((starts[()][0], *map(display_name, folder_parts))),
-                "/".join((starts[()][1], *map(url_segment, folder_parts))),
-            )
-        rel_start, url_start = folder_starts
-        name = source.parts[-1]
-        entry: ExportFile = {
-            "step": step,
-            "rel_path": f"{rel_start}/{display_name(name)}",
-            "url": f"{url_start}/{url_segment(name)}",
-            "bytes": source.size,
-        }
-        exported.append(ExportedFile(entry, source))
-    return exported
+@dataclass(frozen=True, slots=True)
+class StepFiles:
+    """One step's scan, with the rel_path and URL prefix of each of its
+    folders (a run's files share a few folders: made once per folder)."""
+
+    step: Step
+    scan: FolderScan
+    rel_starts: list[str]
+    url_starts: list[str]
+
+    @classmethod
+    def of(cls, step: Step, scan: FolderScan, folder: str, base: str, prefix: str) -> StepFiles:
+        run_rel, run_url = display_name(folder), f"{base}{prefix}/{url_segment(folder)}"
+        rel_starts, url_starts = [], []
+        for scanned in scan.folders:
+            rel_starts.append("/".join((run_rel, *map(display_name, scanned.parts))))
+            url_starts.append("/".join((run_url, *map(url_segment, scanned.parts))))
+        return cls(step, scan, rel_starts, url_starts)
+
+    def entries(self, start: int, stop: int) -> list[ExportFile]:
+        step, rel_starts, url_starts = self.step, self.rel_starts, self.url_starts
+        return [
+            {
+                "step": step,
+                "rel_path": f"{rel_starts[folder]}/{display_name(name)}",
+                "url": f"{url_starts[folder]}/{url_segment(name)}",
+                "bytes": size,
+            }
+            for folder, name, size, *_ in self.scan.records[start:stop]
+        ]
 
 
-def _rel_path(item: ExportedFile) -> str:
-    return item.entry["rel_path"]
+@dataclass(frozen=True, slots=True)
+class Export:
+    render_run_id: str
+    param_run_id: str | None
+    steps: list[StepFiles]  # in manifest order (by step name), each sorted by rel_path
+    missing: list[Step]
+
+    def __len__(self) -> int:
+        return sum(len(step.scan) for step in self.steps)
+
+    @property
+    def unlisted(self) -> Counter[str]:
+        """Paths below the run folders that could not be listed, by reason."""
+        return sum((step.scan.unlisted for step in self.steps), Counter())
+
+    @property
+    def files(self) -> Iterator[ExportedFile]:
+        """The manifest's entries with their sources, in manifest order, made
+        one by one."""
+        for step in self.steps:
+            scan = step.scan
+            for start in range(0, len(scan), _SLICE):
+                entries = step.entries(start, start + _SLICE)
+                sources = scan.records[start : start + _SLICE]
+                for entry, record in zip(entries, sources, strict=True):
+                    folder, name, size, mtime_ns, dev, ino, _ = record
+                    parts = (*scan.folders[folder].parts, name)
+                    source = ScannedFile(scan.path(record), parts, size, mtime_ns, dev, ino)
+                    yield ExportedFile(entry, source)
+
+    def manifest_json(self) -> bytes:
+        """The manifest as the API sends it, written slice by slice."""
+        found = {step.step for step in self.steps if step.scan}
+        head, _, tail = manifest_json(
+            {
+                "render_run_id": self.render_run_id,
+                "midi_run_id": self.render_run_id if "midi_generation" in found else None,
+                "param_run_id": self.param_run_id if "param_generation" in found else None,
+                "files": [],
+                "missing": self.missing,
+            }
+        ).partition(b'"files":[]')  # in a JSON string a quote is escaped: the key is the first
+        pieces = [head, b'"files":[']
+        for step in self.steps:
+            for start in range(0, len(step.scan), _SLICE):
+                if len(pieces) > 2:
+                    pieces.append(b",")
+                pieces.append(_FILES.dump_json(step.entries(start, start + _SLICE))[1:-1])
+        pieces += [b"]", tail]
+        return b"".join(pieces)  # one join: the document is copied once
 
 
 def build_export(sources: ExportSources, render_run_id: str, param_run_id: str | None) -> Export:
@@ -156,25 +211,38 @@ def build_export(sources: ExportSources, render_run_id: str, param_run_id: str |
             sources.param_folders.newest(param_run_id) if param_run_id else None,
         ),
     ]
-    found: dict[Step, list[ExportedFile]] = {
-        step: _step_files(step, root, folder, urls.base, prefix) if folder else []
-        for step, root, prefix, folder in lookups
-    }
-    # Sorted by (step, rel_path): each step's files by rel_path, steps in name order.
-    files = [item for step in sorted(found) for item in sorted(found[step], key=_rel_path)]
-    manifest: ExportManifest = {
-        "render_run_id": render_run_id,
-        "midi_run_id": render_run_id if found["midi_generation"] else None,
-        "param_run_id": param_run_id if found["param_generation"] else None,
-        "files": [item.entry for item in files],
-        "missing": [step for step, *_ in lookups if not found[step]],
-    }
-    return Export(manifest, files)
+    limit = sources.settings.limits.max_files_per_export
+    steps: list[StepFiles] = []
+    for step, root, prefix, folder in lookups:
+        scan = FolderScan()
+        if folder:
+            try:
+                scan = scan_run_folder(
+                    root, folder, limit - sum(len(files.scan) for files in steps)
+                )
+            except ExportTooLarge:
+                raise ExportTooLarge(
+                    f"the export of {render_run_id!r} has more than {limit:,} files, the "
+                    "most this service lists for one export (limits.max_files_per_export)"
+                ) from None
+        steps.append(StepFiles.of(step, scan, folder or "", urls.base, prefix))
+    return Export(
+        render_run_id,
+        param_run_id,
+        sorted(steps, key=lambda files: files.step),  # manifest order: by step, then rel_path
+        [files.step for files in steps if not files.scan],
+    )
+
+
+class ManifestBody(NamedTuple):
+    json: bytes
+    unlisted: Counter[str]  # paths that could not be listed, by reason
 
 
 def export_manifest_json(
     sources: ExportSources, render_run_id: str, param_run_id: str | None
-) -> bytes:
+) -> ManifestBody:
     """The manifest as the API sends it (blocking; its JSON for 10,000 files
     takes milliseconds, so it is made in the same hop as the scan)."""
-    return manifest_json(build_export(sources, render_run_id, param_run_id).manifest)
+    export = build_export(sources, render_run_id, param_run_id)
+    return ManifestBody(export.manifest_json(), export.unlisted)

@@ -79,6 +79,13 @@ class Metrics:
             "Files left out of a ZIP because they could not be opened when it was planned",
             registry=self.registry,
         )
+        self.scan_unlisted = Counter(
+            "export_scan_unlisted",
+            "Paths below a run folder that could not be listed for a manifest or a ZIP, so "
+            "their files are left out, by reason (permission, name_too_long, descriptors, error)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.loop_lag = Histogram(
             "export_event_loop_lag_seconds",
             "How late a timer that wakes every 20 ms runs: time the event loop was busy "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import Counter
 from typing import Annotated
 from urllib.parse import quote
 
@@ -20,6 +21,7 @@ from .errors import InvalidRequestBody, LinkNotFound, SourceChanged, TooManyDown
 from .files import DESCRIPTORS_PER_DOWNLOAD
 from .links import StoredLink
 from .manifest import ExportSources, export_manifest_json
+from .metrics import Metrics
 from .run_ids import RUN_ID_JSON_SCHEMA, check_param_run_id, check_render_run_id
 from .send_progress import SendProgress
 from .state import (
@@ -31,7 +33,6 @@ from .state import (
     ZIP_EXECUTOR,
     ZIP_SLOTS,
     run_blocking,
-    run_zip_work,
 )
 from .streaming import OffloadedChunks
 
@@ -44,6 +45,14 @@ RETRY_AFTER_SECONDS = 5
 # Any character, newlines too: the run-id check, not the router, refuses what
 # is not a run id (a control character is a 422, never a 404).
 RUN_ID_SEGMENT = r"{render_run_id:[\s\S]*}"
+# Paths below the run folders that could not be listed (their files are in
+# neither the manifest nor the ZIP); the log names them.
+UNLISTED_HEADER = "X-Export-Unlisted-Paths"
+
+
+def count_unlisted(metrics: Metrics, unlisted: Counter[str]) -> None:
+    for reason, count in unlisted.items():
+        metrics.scan_unlisted.labels(reason).inc(count)
 
 
 def _run_ids(request: web.Request) -> tuple[str, str | None]:
@@ -73,23 +82,28 @@ def content_disposition(render_run_id: str) -> str:
 
 def _manifest_and_etag(
     sources: ExportSources, render_run_id: str, param_run_id: str | None
-) -> tuple[bytes, str]:
-    """The manifest's JSON and its strong ETag, a hash of exactly those bytes
-    (blocking: hashed in the same hop)."""
-    body = export_manifest_json(sources, render_run_id, param_run_id)
-    return body, f'"{hashlib.sha256(body).hexdigest()[:40]}"'
+) -> tuple[bytes, str, Counter[str]]:
+    """The manifest's JSON, its strong ETag (a hash of exactly those bytes;
+    blocking: hashed in the same hop) and what could not be listed."""
+    body, unlisted = export_manifest_json(sources, render_run_id, param_run_id)
+    return body, f'"{hashlib.sha256(body).hexdigest()[:40]}"', unlisted
 
 
 @routes.get(EXPORT_PREFIX + "/list/" + RUN_ID_SEGMENT)
 async def export_manifest(request: web.Request) -> web.Response:
     render_run_id, param_run_id = _run_ids(request)
-    body, etag = await run_blocking(
+    body, etag, unlisted = await run_blocking(
         request, _manifest_and_etag, request.app[SOURCES], render_run_id, param_run_id
     )
+    count_unlisted(request.app[METRICS], unlisted)
     cached = not_modified_response(request, etag, None)
     if cached is not None:
         return cached
-    return web.Response(body=body, content_type="application/json", headers={hdrs.ETAG: etag})
+    return web.Response(
+        body=body,
+        content_type="application/json",
+        headers={hdrs.ETAG: etag, UNLISTED_HEADER: str(unlisted.total())},
+    )
 
 
 @routes.get(EXPORT_PREFIX + "/zip/" + RUN_ID_SEGMENT)
@@ -97,24 +111,26 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
     render_run_id, param_run_id = _run_ids(request)
     streams = request.method != hdrs.METH_HEAD
     slots, metrics = request.app[ZIP_SLOTS], request.app[METRICS]
-    if streams and not slots.try_acquire():
+    # A HEAD plans the whole ZIP as a GET does, so it takes a slot as well.
+    if not slots.try_acquire():
         metrics.zips_refused.inc()
         raise TooManyDownloads(
-            f"{slots.limit} ZIP downloads are streaming; try again shortly",
+            f"{slots.limit} ZIP downloads are streaming or being planned; try again shortly",
             headers={hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)},
         )
     try:
         return await _send_zip(request, render_run_id, param_run_id, streams)
     finally:
-        if streams:
-            slots.release()
+        slots.release()
 
 
 async def _send_zip(
     request: web.Request, render_run_id: str, param_run_id: str | None, streams: bool
 ) -> web.StreamResponse:
     settings, metrics = request.app[SETTINGS], request.app[METRICS]
-    archive = await run_zip_work(
+    # Planning scans like a manifest: in the I/O pool, so that however long
+    # it takes it never holds the ZIP threads that keep downloads streaming.
+    archive = await run_blocking(
         request,
         plan_export_archive,
         request.app[SOURCES],
@@ -143,6 +159,7 @@ async def _send_zip(
             hdrs.ACCEPT_RANGES: "bytes",
             "X-Export-Files": str(len(archive.entries)),
             "X-Export-Skipped-Files": str(len(archive.skipped)),
+            UNLISTED_HEADER: str(archive.unlisted.total()),
             # Proxies (nginx) must pass the stream on as it comes, not buffer it.
             "X-Accel-Buffering": "no",
         },
@@ -152,6 +169,7 @@ async def _send_zip(
     response.content_type = "application/zip"
     response.content_length = last - first + 1
     response.last_modified = archive.last_modified
+    count_unlisted(metrics, archive.unlisted)  # once per scan, as for a manifest
     await response.prepare(request)
     if not streams:
         return response

@@ -4,26 +4,35 @@ Plain blocking functions: callers run a whole lookup and scan off the event
 loop in one hop. Nothing here ever yields a path outside its root: run folders
 are matched only against names listed in the root, and a symbolic link is
 followed only when its real target lies inside the root's real path.
+
+Entries may be swapped for links, removed or renamed while they are looked
+at; every path resolution here treats such a race as the entry not being
+there (never as an error to report to a client).
 """
 
 from __future__ import annotations
 
 import bisect
+import errno
 import logging
 import os
 import stat
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import NamedTuple
 
-from .errors import raise_if_out_of_descriptors
+from .errors import ExportTooLarge, raise_if_out_of_descriptors
 
 log = logging.getLogger(__name__)
 
 
 class ScannedFile(NamedTuple):
-    """One regular file of a run folder, as seen when it was scanned (a
-    NamedTuple: a run of 10,000 files makes 10,000 of them)."""
+    """One regular file of a run folder, as seen when it was scanned. Made on
+    demand from a :class:`FolderScan`'s compact records."""
 
     path: str  # resolved absolute path; never leaves the service
     parts: tuple[str, ...]  # its path inside the run folder, as named on disk
@@ -34,18 +43,34 @@ class ScannedFile(NamedTuple):
 
 
 def is_within(root_real: str, path_real: str) -> bool:
-    """True when ``path_real`` lies strictly below ``root_real`` (both resolved)."""
+    """True when ``path_real`` lies strictly below ``root_real`` (both resolved;
+    an empty ``root_real``, a root that could not be resolved, holds nothing)."""
+    if not root_real:
+        return False
     prefix = root_real if root_real.endswith(os.sep) else root_real + os.sep
     return path_real.startswith(prefix)
 
 
+def resolved(path: str) -> str | None:
+    """``os.path.realpath``, or None when the path changes under it.
+
+    realpath raises (EINVAL from ``readlink``) when a link it saw is swapped
+    for a file or folder before it reads the link; ELOOP, ENAMETOOLONG and
+    the like come the same way. For a caller that is the path not being there.
+    """
+    try:
+        return os.path.realpath(path)
+    except (OSError, ValueError):
+        return None
+
+
 def _folder_inside(root_real: str, path: str) -> str | None:
     """The resolved path of ``path`` when it is a folder inside the root."""
-    resolved = os.path.realpath(path)
-    if not is_within(root_real, resolved):
+    real = resolved(path)
+    if real is None or not is_within(root_real, real):
         return None
     try:
-        return resolved if stat.S_ISDIR(os.stat(resolved).st_mode) else None
+        return real if stat.S_ISDIR(os.stat(real).st_mode) else None
     except OSError:
         return None
 
@@ -111,7 +136,9 @@ class RunFolderIndex:
 
     def newest(self, run_id: str) -> str | None:
         """The greatest matching name that is a folder inside the root."""
-        root_real = os.path.realpath(self.root)
+        root_real = resolved(self.root)
+        if root_real is None:
+            return None
         for name in self.candidates(run_id):
             if _folder_inside(root_real, os.path.join(self.root, name)) is not None:
                 return name
@@ -123,7 +150,9 @@ def exact_run_folder(root: str, run_id: str) -> str | None:
 
     ``run_id`` must already be validated (no separators, not ``.``/``..``).
     """
-    root_real = os.path.realpath(root)
+    root_real = resolved(root)
+    if root_real is None:
+        return None
     return run_id if _folder_inside(root_real, os.path.join(root, run_id)) else None
 
 
@@ -134,11 +163,12 @@ _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def fd_real_path(fd: int, fallback_path: str) -> str:
     """Where the open file or folder really is (from ``/proc``; without it,
-    the resolved ``fallback_path``)."""
+    the resolved ``fallback_path``); empty, which lies in no root, when
+    neither can tell."""
     try:
         return os.readlink(f"{PROC_FD}/{fd}")
     except OSError:
-        return os.path.realpath(fallback_path)
+        return resolved(fallback_path) or ""
 
 
 def open_folder_inside(path: str, root_real: str) -> tuple[int, str] | None:
@@ -154,12 +184,73 @@ def open_folder_inside(path: str, root_real: str) -> tuple[int, str] | None:
     return None
 
 
+def display_name(segment: str) -> str:
+    """A file name as valid Unicode text: undecodable bytes become U+FFFD."""
+    if segment.isascii():
+        return segment
+    return os.fsencode(segment).decode("utf-8", "replace")
+
+
+# Why a path below a run folder could not be listed (the ``reason`` of the
+# unlisted count); any other error counts as "error". (Out of descriptors is
+# not a path's problem: that is OutOfDescriptors, a 503.)
+UNLISTED_REASONS = {
+    errno.EACCES: "permission",
+    errno.EPERM: "permission",
+    errno.ENAMETOOLONG: "name_too_long",
+}
+# A path that is gone, or is no longer what the listing saw (a folder swapped
+# for a link or a file): not there, nothing to report.
+_GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
+_CHILD_FOLDER_FLAGS = FOLDER_FLAGS | os.O_NOFOLLOW
+
+
+class ScannedFolder(NamedTuple):
+    real: str  # its real path (built from its parent's: it may exceed PATH_MAX)
+    parts: tuple[str, ...]  # its path inside the run folder, as named on disk
+
+
+# One listed file, kept compact: an exact tuple of strings and ints, which the
+# garbage collector stops tracking (a NamedTuple it tracks for good; a million
+# of those made every full collection hold the GIL for a second).
+# (folder index, name on disk, size or None, mtime_ns, dev, ino, the real
+# path of a link's target or None)
+FileRecord = tuple[int, str, int | None, int, int, int, str | None]
+
+
+@dataclass(slots=True)
+class FolderScan:
+    """What one scan of a run folder found: its folders, its files (in the
+    order of their ``/``-joined display paths, as the manifest lists them),
+    and how many paths below it could not be listed, by reason."""
+
+    folders: list[ScannedFolder] = field(default_factory=list)
+    records: list[FileRecord] = field(default_factory=list)
+    unlisted: Counter[str] = field(default_factory=Counter)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def path(self, record: FileRecord) -> str:
+        """The real path a record's file is read from."""
+        folder, name, *_, target = record
+        return target or f"{self.folders[folder].real}/{name}"
+
+    def files(self) -> Iterator[ScannedFile]:
+        for record in self.records:
+            folder, name, size, mtime_ns, dev, ino, _ = record
+            parts = (*self.folders[folder].parts, name)
+            yield ScannedFile(self.path(record), parts, size, mtime_ns, dev, ino)
+
+
 def _link_target(link_path: str, root_real: str) -> tuple[str, os.stat_result] | None:
     """The real path and stat of what a link points to, when it lies inside
     the root. Taken from an ``O_PATH`` descriptor of the target (no read
     permission needed, a FIFO does not block), so the stat is of the checked
-    file itself."""
-    target = os.path.realpath(link_path)
+    file itself. OSError when it cannot be resolved or opened."""
+    target = resolved(link_path)
+    if target is None:
+        raise FileNotFoundError(errno.ENOENT, "changed while resolved", link_path)
     if not is_within(root_real, target):
         log.warning("skipping %s: its link points outside the root", link_path)
         return None
@@ -174,82 +265,194 @@ def _link_target(link_path: str, root_real: str) -> tuple[str, os.stat_result] |
         os.close(fd)
 
 
-def _scan_folder(
-    fd: int,
-    folder_real: str,
-    folder_parts: tuple[str, ...],
-    root_real: str,
-    visited: set[tuple[int, int]],
-    pending: list[tuple[str, tuple[str, ...]]],
-    files: list[ScannedFile],
-) -> None:
-    """List one open folder: its regular files go to ``files``, its folders
-    not seen yet to ``pending``. Entries are stat'ed relative to ``fd``."""
-    try:
-        with os.scandir(fd) as listing:
-            entries = list(listing)
-    except OSError as error:
-        raise_if_out_of_descriptors(error)
-        log.warning("cannot list %s: %s", folder_real, error.strerror)
-        return
-    for entry in entries:
-        parts = (*folder_parts, entry.name)
-        path = f"{folder_real}/{entry.name}"
+# What a listing holds until it is walked, sorted by its first field: a file
+# (its display name, its record) or a folder (its display name and ``/``, its
+# name, the real path of a link's target or None).
+_FileItem = tuple[str, FileRecord]
+_FolderItem = tuple[str, str, str | None]
+
+
+@dataclass(slots=True)
+class _Frame:
+    fd: int | None  # closed once its last subfolder is opened
+    folder: int
+    items: list[_FileItem | _FolderItem]  # reversed: the next one is last
+    folders_left: int
+
+
+class _Walk:
+    """One scan: folders are listed through descriptors, each subfolder opened
+    relative to its parent's descriptor without following links (so neither
+    depth nor path length limits it), and walked in display-path order so the
+    files come out sorted without one big sort."""
+
+    def __init__(self, root_real: str, run_folder: str, max_files: int | None) -> None:
+        self.root_real = root_real
+        self.run_folder = run_folder
+        self.max_files = max_files
+        self.listed_files = 0
+        self.scan = FolderScan()
+        self.visited: set[tuple[int, int]] = set()
+        self.devs: dict[int, int] = {}  # one int object per device, shared by the records
+        self.frames: list[_Frame] = []
+
+    def unlisted(self, parts: tuple[str, ...], error: OSError) -> None:
+        raise_if_out_of_descriptors(error)  # every later path would look unlisted too
+        reason = UNLISTED_REASONS.get(error.errno or 0, "error")
+        self.scan.unlisted[reason] += 1
+        shown = "/".join(map(display_name, (self.run_folder, *parts)))
+        log.warning("cannot list %s: %s (%s)", shown, error.strerror, reason)
+
+    def count_file(self) -> None:
+        self.listed_files += 1
+        if self.max_files is not None and self.listed_files > self.max_files:
+            raise ExportTooLarge(f"more than {self.max_files:,} files")
+
+    def record(
+        self, folder: int, name: str, info: os.stat_result | None, target: str | None
+    ) -> FileRecord:
+        if info is None:
+            return (folder, name, None, 0, 0, 0, None)
+        dev = self.devs.setdefault(info.st_dev, info.st_dev)
+        return (folder, name, info.st_size, info.st_mtime_ns, dev, info.st_ino, target)
+
+    def enter(self, fd: int, real: str, parts: tuple[str, ...]) -> None:
+        """List the open folder ``fd`` and put it on top of the walk (takes ``fd``)."""
+        index = len(self.scan.folders)
+        self.scan.folders.append(ScannedFolder(real, parts))
+        frame = _Frame(fd, index, [], 0)
+        self.frames.append(frame)
+        try:
+            with os.scandir(fd) as listing:
+                for entry in listing:
+                    item = self.item(entry, index, real, parts)
+                    if item is not None:
+                        frame.items.append(item)
+                        frame.folders_left += len(item) == 3
+        except OSError as error:
+            self.unlisted(parts, error)
+        frame.items.sort(key=itemgetter(0), reverse=True)
+
+    def item(
+        self, entry: os.DirEntry[str], folder: int, folder_real: str, folder_parts: tuple[str, ...]
+    ) -> _FileItem | _FolderItem | None:
+        name = entry.name
+        target = None
         try:
             if entry.is_symlink():
-                target = _link_target(path, root_real)
-                if target is None:
-                    continue
-                path, info = target
+                linked = _link_target(f"{folder_real}/{name}", self.root_real)
+                if linked is None:
+                    return None
+                target, info = linked
             else:
                 info = entry.stat(follow_symlinks=False)
         except OSError as error:
             raise_if_out_of_descriptors(error)
             if entry.is_file(follow_symlinks=False):
-                files.append(ScannedFile(path, parts, None, 0, 0, 0))
-            continue
+                self.count_file()  # listed with bytes null, as it always was
+                return (display_name(name), self.record(folder, name, None, None))
+            if error.errno not in _GONE:
+                self.unlisted((*folder_parts, name), error)
+            return None
         if stat.S_ISDIR(info.st_mode):
             key = (info.st_dev, info.st_ino)
-            if key not in visited:
-                visited.add(key)
-                pending.append((path, parts))
-        elif stat.S_ISREG(info.st_mode):
-            files.append(
-                ScannedFile(path, parts, info.st_size, info.st_mtime_ns, info.st_dev, info.st_ino)
-            )
+            if key in self.visited:
+                return None
+            self.visited.add(key)
+            return (display_name(name) + "/", name, target)
+        if stat.S_ISREG(info.st_mode):
+            self.count_file()
+            return (display_name(name), self.record(folder, name, info, target))
+        return None
+
+    def open_child(self, parent: _Frame, item: _FolderItem) -> None:
+        _, name, target = item
+        parent_folder = self.scan.folders[parent.folder]
+        parts = (*parent_folder.parts, name)
+        try:
+            if target is not None:
+                opened = open_folder_inside(target, self.root_real)
+                if opened is None:
+                    log.warning("skipping %s: its target moved outside the root", target)
+                    return
+                fd, real = opened
+            else:
+                assert parent.fd is not None
+                fd = os.open(name, _CHILD_FOLDER_FLAGS, dir_fd=parent.fd)
+                real = f"{parent_folder.real}/{name}"
+        except OSError as error:
+            if error.errno not in _GONE:
+                self.unlisted(parts, error)
+            return
+        self.enter(fd, real, parts)
+
+    def run(self, top_fd: int, top_real: str) -> FolderScan:
+        try:
+            self.enter(top_fd, top_real, ())
+            while self.frames:
+                frame = self.frames[-1]
+                if not frame.items:
+                    self.close(self.frames.pop())
+                    continue
+                item = frame.items.pop()
+                if len(item) == 2:
+                    self.scan.records.append(item[1])
+                    continue
+                frame.folders_left -= 1
+                self.open_child(frame, item)
+                if frame.folders_left == 0:
+                    self.close(frame)  # its last subfolder is open: no need of it
+        finally:
+            while self.frames:
+                self.close(self.frames.pop())
+        return self.scan
+
+    @staticmethod
+    def close(frame: _Frame) -> None:
+        if frame.fd is not None:
+            os.close(frame.fd)
+            frame.fd = None
 
 
-def scan_run_folder(root: str, folder: str) -> list[ScannedFile]:
-    """Every regular file below ``<root>/<folder>``, recursively, in no set order.
+def scan_run_folder(root: str, folder: str, max_files: int | None = None) -> FolderScan:
+    """Every regular file below ``<root>/<folder>``, recursively, sorted by
+    their display paths.
 
     Symbolic links (to files or folders) are followed only into the root;
-    folder cycles are cut; FIFOs, sockets and devices are left out. Each
-    folder is listed through a descriptor whose real path is checked, and its
-    entries are stat'ed relative to it, so a folder swapped for a link during
-    the scan cannot bring in a name or size from outside the root.
+    folder cycles are cut; FIFOs, sockets and devices are left out. The run
+    folder is opened through a descriptor whose real path is checked; each
+    folder below it is opened relative to its parent's descriptor without
+    following a link, and its entries are stat'ed relative to it, so a
+    folder swapped for a link during the scan cannot bring in a name or size
+    from outside the root, and no depth is too deep. A path that cannot be
+    listed (no permission, a link target too long) is logged and counted in
+    ``unlisted``. :class:`ExportTooLarge` as soon as more than ``max_files``
+    files are listed.
     """
-    root_real = os.path.realpath(root)
+    scan = FolderScan()
+    root_real = resolved(root)
+    if root_real is None:
+        return scan
     top = _folder_inside(root_real, os.path.join(root, folder))
     if top is None:
-        return []
-    top_stat = os.stat(top)
-    visited = {(top_stat.st_dev, top_stat.st_ino)}
-    pending: list[tuple[str, tuple[str, ...]]] = [(top, ())]
-    files: list[ScannedFile] = []
-    while pending:
-        folder_path, folder_parts = pending.pop()
-        try:
-            opened = open_folder_inside(folder_path, root_real)
-        except OSError as error:
-            raise_if_out_of_descriptors(error)
-            log.warning("cannot list %s: %s", folder_path, error.strerror)
-            continue
-        if opened is None:
-            log.warning("skipping %s: it now resolves outside the root", folder_path)
-            continue
-        fd, folder_real = opened
-        try:
-            _scan_folder(fd, folder_real, folder_parts, root_real, visited, pending, files)
-        finally:
-            os.close(fd)
-    return files
+        return scan
+    try:
+        opened = open_folder_inside(top, root_real)
+    except OSError as error:
+        if error.errno in _GONE:
+            return scan
+        walk = _Walk(root_real, folder, max_files)
+        walk.unlisted((), error)
+        return walk.scan
+    if opened is None:
+        log.warning("skipping %s: it now resolves outside the root", top)
+        return scan
+    fd, top_real = opened
+    walk = _Walk(root_real, folder, max_files)
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    walk.visited.add((info.st_dev, info.st_ino))
+    return walk.run(fd, top_real)

@@ -73,13 +73,6 @@ async def run_blocking(
     return await _run_in_pool(request.app[IO_EXECUTOR], function, *args, **kwargs)
 
 
-async def run_zip_work(
-    request: web.Request, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
-) -> _T:
-    """Run a ZIP's CPU-bound work (planning) in the ZIP pool, as one hop."""
-    return await _run_in_pool(request.app[ZIP_EXECUTOR], function, *args, **kwargs)
-
-
 async def open_off_loop(
     request: web.Request, function: Callable[_P, _C], *args: _P.args, **kwargs: _P.kwargs
 ) -> _C:

@@ -153,17 +153,20 @@ async def test_a_download_beyond_the_cap_gets_503_with_retry_after(
     assert refused.status == 503
     assert refused.headers["Retry-After"] == "5"
     assert (await refused.json())["detail"]["error"] == "too_many_downloads"
-    assert (await client.head("/api/air/export/zip/r")).status == 200  # HEAD streams nothing
+    # A HEAD plans the whole ZIP as a GET does: it counts against the cap too.
+    head = await client.head("/api/air/export/zip/r")
+    assert (head.status, head.headers["Retry-After"]) == (503, "5")
     await first.read()
     # The client can have the last byte before the server's handler returns.
     assert client.app is not None
     slots = client.app[ZIP_SLOTS]
     await wait_until(lambda: slots.in_use == 0)
+    assert (await client.head("/api/air/export/zip/r")).status == 200
     again = await client.get("/api/air/export/zip/r")
     assert again.status == 200
     await again.read()
     text = await (await client.get("/metrics")).text()
-    assert _metric(text, "export_zip_downloads_refused_total") == 1
+    assert _metric(text, "export_zip_downloads_refused_total") == 2
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from tests.conftest import AirTree, write
 
 
 def _listed(root: Path, folder: str) -> dict[str, int | None]:
-    return {"/".join(f.parts): f.size for f in scan_run_folder(str(root), folder)}
+    return {"/".join(f.parts): f.size for f in scan_run_folder(str(root), folder).files()}
 
 
 def test_scan_is_recursive_and_reports_sizes(tree: AirTree) -> None:
@@ -45,8 +46,8 @@ def test_links_are_followed_only_inside_the_root(tree: AirTree) -> None:
 def test_a_run_folder_that_links_out_of_its_root_is_empty(tree: AirTree) -> None:
     (tree.render / "escape").symlink_to(tree.base)
     assert exact_run_folder(str(tree.render), "escape") is None
-    assert scan_run_folder(str(tree.render), "escape") == []
-    assert scan_run_folder(str(tree.render), "..") == []
+    assert len(scan_run_folder(str(tree.render), "escape")) == 0
+    assert len(scan_run_folder(str(tree.render), "..")) == 0
 
 
 @pytest.mark.parametrize("swapped", ["subfolder", "run_folder"])
@@ -62,15 +63,28 @@ def test_a_folder_swapped_for_a_link_out_during_the_scan_lists_nothing_from_outs
     write(run / "own.wav", b"o")
     write(run / "sub" / "inner.wav", b"i")
     victim = run / "sub" if swapped == "subfolder" else run
-    real_open_folder = scanning.open_folder_inside
 
-    def swap_then_open(path: str, root_real: str) -> tuple[int, str] | None:
-        if path == str(victim.resolve()) and not victim.is_symlink():
+    def swap() -> None:
+        if not victim.is_symlink():
             victim.rename(victim.with_name(victim.name + ".moved"))
             victim.symlink_to(outside)
-        return real_open_folder(path, root_real)
 
-    monkeypatch.setattr(scanning, "open_folder_inside", swap_then_open)
+    if swapped == "subfolder":
+        real_open_child = scanning._Walk.open_child
+
+        def swap_then_open_child(walk: Any, parent: Any, item: Any) -> None:
+            swap()
+            real_open_child(walk, parent, item)
+
+        monkeypatch.setattr(scanning._Walk, "open_child", swap_then_open_child)
+    else:
+        real_open_folder = scanning.open_folder_inside
+
+        def swap_then_open(path: str, root_real: str) -> tuple[int, str] | None:
+            swap()
+            return real_open_folder(path, root_real)
+
+        monkeypatch.setattr(scanning, "open_folder_inside", swap_then_open)
     listed = _listed(tree.render, "r")
     assert "secret-name.wav" not in {name.rsplit("/", 1)[-1] for name in listed}
     assert 123 not in listed.values()
