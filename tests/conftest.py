@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -124,6 +125,48 @@ def open_paths_under(folder: Path) -> list[str]:
             if target.startswith(prefix):
                 found.append(target)
     return found
+
+
+DEEP = "d" * 8  # 1,100 levels of it make a path of 9,900 bytes
+
+
+def make_deep(folder: Path, levels: int) -> Path:
+    """``levels`` nested folders ``DEEP/DEEP/...`` below ``folder``, made through
+    descriptors (their path is far beyond PATH_MAX); a file ``deep.wav`` at
+    the bottom. Returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(levels):
+            os.mkdir(DEEP, dir_fd=fd)
+            child = os.open(DEEP, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        file_fd = os.open("deep.wav", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(file_fd, b"deep")
+        os.close(file_fd)
+    finally:
+        os.close(fd)
+    return folder
+
+
+def remove_deep(folder: Path) -> None:
+    """Remove what :func:`make_deep` made (shutil.rmtree would need the long paths)."""
+    subprocess.run(["rm", "-rf", "--", str(folder)], check=True)
+
+
+def link_beyond_path_max(link: Path, deep: Path) -> None:
+    """A link at ``link`` to a folder below ``deep`` (made here, 1,100
+    levels) whose real path is about 7,200 bytes long. A link holds at most
+    PATH_MAX bytes: two links, each 400 levels down, make the long target."""
+    make_deep(deep, 1100)
+    steps = "/".join([DEEP] * 400)
+    fd = os.open(deep / steps, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.symlink(steps, "jump", dir_fd=fd)
+    finally:
+        os.close(fd)
+    link.symlink_to(f"{os.path.relpath(deep, link.parent)}/{steps}/jump")
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import (
+    CANARY,
     AirTree,
     ClientFactory,
     open_paths_under,
@@ -192,23 +194,28 @@ def _cli_as_nobody(*arguments: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
+def _tree_for_nobody(base: Path) -> tuple[Path, Path]:
+    """Roots and a config below ``base`` that ``nobody`` may read (as
+    everything made with the usual 0o755 / 0o644); (config, render root)."""
+    base.chmod(0o755)
+    for root in ("render", "midi", "param"):
+        (base / root).mkdir()
+    config = base / "config.toml"
+    config.write_text(
+        f'[roots]\nrender = "{base / "render"}"\nmidi_generation = "{base / "midi"}"\n'
+        f'param_generation = "{base / "param"}"\n[links]\nfile = "{base / "links.json"}"\n'
+    )
+    return config, base / "render"
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the test above runs instead")
 def test_a_file_without_read_permission_is_left_out_by_an_unprivileged_service() -> None:
     """The test above, for when the tests run as root (as CI does): the
     service runs as ``nobody``, the files are owned by root."""
     with tempfile.TemporaryDirectory() as temp:
-        base = Path(temp)
-        base.chmod(0o755)  # the rest gets the usual 0o755 / 0o644
-        render = base / "render"
+        config, render = _tree_for_nobody(Path(temp))
         write(render / "r" / "good.wav", b"good")
         write(render / "r" / "secret.wav", b"no").chmod(0o600)
-        for root in ("midi", "param"):
-            (base / root).mkdir()
-        config = base / "config.toml"
-        config.write_text(
-            f'[roots]\nrender = "{render}"\nmidi_generation = "{base / "midi"}"\n'
-            f'param_generation = "{base / "param"}"\n[links]\nfile = "{base / "links.json"}"\n'
-        )
         manifest = _cli_as_nobody("manifest", "r", "--config", str(config))
         assert [f["rel_path"] for f in json.loads(manifest.stdout)["files"]] == [
             "r/good.wav",
@@ -217,3 +224,90 @@ def test_a_file_without_read_permission_is_left_out_by_an_unprivileged_service()
         archive = _cli_as_nobody("zip", "r", "--config", str(config), "-o", "-")
         assert read_zip(archive.stdout) == {"render/r/good.wav": b"good"}
         assert b"left out (cannot be opened): render/r/secret.wav" in archive.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="tests/test_scanning.py runs it unprivileged")
+def test_a_subfolder_the_service_cannot_list_is_logged_not_silently_dropped() -> None:
+    """Issue 12 item 11, as root (CI): the service runs as ``nobody`` and a
+    subfolder is root's alone. Its files cannot be listed; the manifest and
+    the ZIP go on without them, and each says so in the log (the HTTP
+    responses count them too: tests/test_manifest.py)."""
+    with tempfile.TemporaryDirectory() as temp:
+        config, render = _tree_for_nobody(Path(temp))
+        write(render / "r" / "good.wav", b"good")
+        write(render / "r" / "private" / "hidden.wav", b"hidden")
+        (render / "r" / "private").chmod(0o700)
+        manifest = _cli_as_nobody("manifest", "r", "--config", str(config))
+        archive = _cli_as_nobody("zip", "r", "--config", str(config), "-o", "-")
+    assert [f["rel_path"] for f in json.loads(manifest.stdout)["files"]] == ["r/good.wav"]
+    assert read_zip(archive.stdout) == {"render/r/good.wav": b"good"}
+    for run in (manifest, archive):
+        assert b"cannot list r/private: Permission denied (permission)" in run.stderr
+
+
+@pytest.mark.parametrize("victim", ["subfolder", "file", "run_folder"])
+async def test_entries_swapped_for_links_out_in_a_loop_never_give_a_500(
+    tree: AirTree, client: TestClient[Any, Any], victim: str
+) -> None:
+    """Issue 12 item 7: a folder or file swapped for a link to the outside,
+    again and again while manifests, ZIPs and file URLs are asked for. Each
+    answer is the entry being there or not (200, 404, a file left out, a cut
+    transfer), never a 500 (it was: EINVAL from resolving the path), and
+    nothing from outside is ever sent."""
+    run = tree.render / "r"
+    write(run / "sub" / "a.wav", b"a" * 5000)
+    write(run / "f.wav", b"f" * 5000)
+    outside = tree.base / "outside"
+    write(outside / "a.wav", CANARY)
+    swapped, target = {
+        "subfolder": (run / "sub", outside),
+        "file": (run / "f.wav", tree.canary),
+        "run_folder": (run, outside),
+    }[victim]
+    moved = swapped.with_name(swapped.name + ".away")
+    link = swapped.with_name(swapped.name + ".link")
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            if swapped.is_dir():  # a folder cannot be renamed over a link: a gap between
+                swapped.rename(moved)
+                swapped.symlink_to(target)
+                swapped.unlink()
+                moved.rename(swapped)
+            else:  # a file and a link swap places with no gap
+                link.symlink_to(target)
+                swapped.rename(moved)
+                link.rename(swapped)
+                moved.rename(swapped)
+
+    answers: Counter[str] = Counter()
+    paths = 2 * [
+        "/api/air/export/list/r",
+        "/api/air/export/zip/r",
+        "/api/audio/r/sub/a.wav",
+        "/api/audio/r/f.wav",
+    ]
+
+    async def fetch(path: str) -> None:
+        try:
+            response = await client.get(path)
+            body = await response.read()
+        except aiohttp.ClientPayloadError:
+            answers["cut"] += 1
+            return
+        answers[str(response.status)] += 1
+        assert CANARY not in body
+        assert b"outside" not in body
+
+    racer = threading.Thread(target=swap)
+    racer.start()
+    try:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            await asyncio.gather(*(fetch(path) for path in paths))
+    finally:
+        stop.set()
+        racer.join()
+    assert answers["500"] == 0, answers
+    assert answers["200"] > 20, answers

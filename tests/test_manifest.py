@@ -4,7 +4,15 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import AirTree, ClientFactory, write
+from tests.conftest import (
+    DEEP,
+    AirTree,
+    ClientFactory,
+    link_beyond_path_max,
+    make_deep,
+    remove_deep,
+    write,
+)
 
 # Hand-written: what the original AIR export module returns for the tree built
 # by _every_case(), in its compact FastAPI rendering.
@@ -182,3 +190,60 @@ async def test_a_run_folder_created_while_serving_is_found_on_the_next_request(
     assert [f["rel_path"] for f in after["files"] if f["step"] == "midi_generation"] == [
         "20261124_120000_run_9/take.mid"
     ]
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+async def test_an_export_of_more_files_than_the_limit_is_refused(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    for index in range(4):
+        write(tree.render / "r" / f"{index}.wav", b"r")
+    write(tree.midi / "20261101_r" / "track.mid", b"m")
+    client = await make_client(limits={"max_files_per_export": 4})
+    response = await client.get("/api/air/export/list/r")
+    assert response.status == 422
+    error = (await response.json())["detail"]
+    assert error["error"] == "export_too_large"
+    assert "more than 4 files" in error["message"]
+    assert "limits.max_files_per_export" in error["message"]
+    (tree.midi / "20261101_r" / "track.mid").unlink()  # 4 files: at the limit, listed
+    response = await client.get("/api/air/export/list/r")
+    assert response.status == 200
+    assert len((await response.json())["files"]) == 4
+
+
+async def test_what_could_not_be_listed_is_counted_in_a_header_and_a_metric(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    write(tree.render / "r" / "own.wav", b"o")
+    response = await client.get("/api/air/export/list/r")
+    assert response.headers["X-Export-Unlisted-Paths"] == "0"
+    link_beyond_path_max(tree.render / "r" / "into_deep", tree.render / "elsewhere")
+    try:
+        response = await client.get("/api/air/export/list/r")
+        body = await response.json()
+    finally:
+        remove_deep(tree.render / "elsewhere")
+    assert [f["rel_path"] for f in body["files"]] == ["r/own.wav"]
+    assert response.headers["X-Export-Unlisted-Paths"] == "1"
+    metrics = await (await client.get("/metrics")).text()
+    assert _metric(metrics, 'export_scan_unlisted_total{reason="name_too_long"}') == 1
+
+
+async def test_a_file_1100_folders_deep_is_listed(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    make_deep(tree.render / "r", 1100)
+    try:
+        response = await client.get("/api/air/export/list/r")
+        body = await response.json()
+    finally:
+        remove_deep(tree.render / "r")
+    path = "/".join([DEEP] * 1100 + ["deep.wav"])
+    assert body["files"] == [
+        {"step": "render", "rel_path": f"r/{path}", "url": f"/api/audio/r/{path}", "bytes": 4}
+    ]
+    assert response.headers["X-Export-Unlisted-Paths"] == "0"

@@ -1,3 +1,4 @@
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -5,6 +6,7 @@ from typing import Any
 import pytest
 
 from export_service import scanning
+from export_service.errors import ExportTooLarge
 from export_service.scanning import (
     RunFolderIndex,
     exact_run_folder,
@@ -12,7 +14,15 @@ from export_service.scanning import (
     run_folder_names,
     scan_run_folder,
 )
-from tests.conftest import AirTree, write
+from tests.conftest import (
+    DEEP,
+    AirTree,
+    link_beyond_path_max,
+    make_deep,
+    open_paths_under,
+    remove_deep,
+    write,
+)
 
 
 def _listed(root: Path, folder: str) -> dict[str, int | None]:
@@ -166,3 +176,102 @@ def test_is_within_is_strict() -> None:
     assert not is_within("/data/root", "/data/root")
     assert not is_within("/data/root", "/data/rootless/a")
     assert is_within("/", "/etc")
+
+
+def test_a_folder_1100_levels_deep_is_listed(tree: AirTree) -> None:
+    run = tree.render / "r"
+    write(run / "top.wav", b"t")
+    make_deep(run, 1100)
+    try:
+        assert len(str(run)) + 9 * 1100 > os.pathconf("/", "PC_PATH_MAX")
+        scan = scan_run_folder(str(tree.render), "r")
+        assert {"/".join(f.parts): f.size for f in scan.files()} == {
+            "/".join([DEEP] * 1100 + ["deep.wav"]): 4,
+            "top.wav": 1,
+        }
+        assert not scan.unlisted
+    finally:
+        remove_deep(run)
+
+
+def test_files_come_out_in_the_order_of_their_display_paths(tree: AirTree) -> None:
+    run = tree.render / "r"
+    for name in ["a b.wav", "a/x.wav", "a-c/y.wav", "a0.wav", "b.wav", "A.wav", "a/b/z.wav"]:
+        write(run / name)
+    paths = ["/".join(f.parts) for f in scan_run_folder(str(tree.render), "r").files()]
+    assert paths == sorted(paths)
+    assert len(paths) == 7
+
+
+def test_more_files_than_allowed_are_refused_while_listing(
+    tree: AirTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for index in range(50):
+        write(tree.render / "r" / f"{index:02d}.wav")
+    assert len(scan_run_folder(str(tree.render), "r", max_files=50)) == 50
+    recorded = []
+    real_record = scanning._Walk.record
+
+    def counting_record(walk: Any, *arguments: Any) -> Any:
+        recorded.append(1)
+        return real_record(walk, *arguments)
+
+    monkeypatch.setattr(scanning._Walk, "record", counting_record)
+    with pytest.raises(ExportTooLarge):
+        scan_run_folder(str(tree.render), "r", max_files=10)
+    assert len(recorded) == 10  # the 11th file was not even recorded
+    assert open_paths_under(tree.render) == []
+
+
+def test_a_link_whose_target_is_too_long_to_resolve_is_counted_as_unlisted(
+    tree: AirTree, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A path the scan cannot resolve (here: a link into a folder beyond
+    PATH_MAX) is not silently dropped: it is logged and counted."""
+    run = tree.render / "r"
+    write(run / "own.wav", b"o")
+    link_beyond_path_max(run / "into_deep", tree.render / "elsewhere")
+    try:
+        scan = scan_run_folder(str(tree.render), "r")
+        assert ["/".join(f.parts) for f in scan.files()] == ["own.wav"]
+        assert scan.unlisted == {"name_too_long": 1}
+        assert "cannot list r/into_deep" in caplog.text
+    finally:
+        remove_deep(tree.render / "elsewhere")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root lists folders whatever their mode")
+def test_an_unreadable_subfolder_is_counted_as_unlisted(tree: AirTree) -> None:
+    run = tree.render / "r"
+    write(run / "own.wav", b"o")
+    write(run / "private" / "hidden.wav", b"h")
+    (run / "private").chmod(0)
+    try:
+        scan = scan_run_folder(str(tree.render), "r")
+    finally:
+        (run / "private").chmod(0o755)
+    assert ["/".join(f.parts) for f in scan.files()] == ["own.wav"]
+    assert scan.unlisted == {"permission": 1}
+
+
+def test_a_link_swapped_while_it_is_resolved_is_a_missing_path(
+    tree: AirTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """os.path.realpath raises EINVAL when a link it saw (lstat) is a folder
+    again when it reads it (readlink): the race of issue 12 item 7, made
+    deterministic. Every lookup answers "not there" instead of raising."""
+    write(tree.render / "r" / "sub" / "a.wav", b"a")
+    (tree.render / "r" / "link.wav").symlink_to(tree.render / "r" / "sub" / "a.wav")
+    (tree.midi / "20261101_r").symlink_to(tree.midi / "elsewhere")
+
+    def swapped(path: Any, *arguments: Any, **options: Any) -> str:
+        raise OSError(errno.EINVAL, "Invalid argument", path)
+
+    monkeypatch.setattr(os, "readlink", swapped)
+    with pytest.raises(OSError):
+        os.path.realpath(str(tree.render / "r" / "link.wav"))  # what happened before
+    assert scanning.resolved(str(tree.render / "r" / "link.wav")) is None
+    assert RunFolderIndex(str(tree.midi)).newest("r") is None
+    scan = scan_run_folder(str(tree.render), "r")
+    assert [f.parts for f in scan.files()] == [("sub", "a.wav")]
+    assert not scan.unlisted

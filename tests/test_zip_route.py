@@ -13,8 +13,11 @@ from export_service.routes import content_disposition
 from tests.conftest import (
     AirTree,
     ClientFactory,
+    link_beyond_path_max,
+    make_deep,
     open_paths_under,
     raw_exchange,
+    remove_deep,
     wait_until,
     write,
 )
@@ -136,3 +139,54 @@ async def test_folders_1000_levels_deep_zip(tree: AirTree, client: TestClient[An
         (levels[-1] / "bottom.wav").unlink()
         for folder in reversed(levels):
             folder.rmdir()
+
+
+async def test_a_zip_of_more_files_than_the_limit_is_refused_get_and_head(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    for index in range(3):
+        write(tree.render / "r" / f"{index}.wav", b"r")
+    client = await make_client(limits={"max_files_per_export": 2})
+    response = await client.get("/api/air/export/zip/r")
+    assert response.status == 422
+    assert (await response.json())["detail"]["error"] == "export_too_large"
+    assert (await client.head("/api/air/export/zip/r")).status == 422
+
+
+async def test_the_zip_counts_what_could_not_be_listed(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    write(tree.render / "r" / "own.wav", b"o")
+    link_beyond_path_max(tree.render / "r" / "into_deep", tree.render / "elsewhere")
+    try:
+        head = await client.head("/api/air/export/zip/r")
+        response = await client.get("/api/air/export/zip/r")
+        body = await response.read()
+    finally:
+        remove_deep(tree.render / "elsewhere")
+    for answer in (head, response):
+        assert answer.headers["X-Export-Unlisted-Paths"] == "1"
+        assert answer.headers["X-Export-Skipped-Files"] == "0"
+    assert read_zip(body) == {"render/r/own.wav": b"o"}
+
+
+async def test_a_zip_of_a_file_1100_folders_deep_leaves_it_out_with_a_trace(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    """The scan lists it (tests/test_manifest.py); the ZIP reader still opens
+    a file's folder by its absolute path, which is beyond PATH_MAX here, so
+    the file is left out as one that cannot be opened: counted in
+    X-Export-Skipped-Files and logged, the ZIP complete, never a 500."""
+    write(tree.render / "r" / "top.wav", b"t")
+    make_deep(tree.render / "r", 1100)
+    try:
+        response = await client.get("/api/air/export/zip/r")
+        body = await response.read()
+    finally:
+        remove_deep(tree.render / "r")
+    assert response.status == 200
+    assert (response.headers["X-Export-Files"], response.headers["X-Export-Skipped-Files"]) == (
+        "1",
+        "1",
+    )
+    assert read_zip(body) == {"render/r/top.wav": b"t"}
