@@ -107,14 +107,15 @@ class UrlSettings(_Section):
 
 class LimitsSettings(_Section):
     io_threads: int = Field(default=8, ge=1, le=256)
-    # Threads that plan and produce ZIP bytes; 0: one per CPU the process may
-    # run on, as its cgroup's CPU quota allows. That work is Python under the
-    # GIL, so threads beyond the cores only queue for it and make the event
-    # loop wait (README, Performance).
+    # Threads that produce ZIP bytes (planning runs with the I/O threads);
+    # 0: one per CPU the process may run on, as its cgroup's CPU quota
+    # allows. That work is Python under the GIL, so threads beyond the cores
+    # only queue for it and make the event loop wait (README, Performance).
     zip_threads: int = Field(default=0, ge=0, le=256)
     read_chunk_bytes: int = Field(default=MIB, ge=4096, le=64 * MIB)
     batch_bytes: int = Field(default=MIB, ge=4096, le=64 * MIB)
-    # ZIP downloads streaming at once; one more is answered 503 + Retry-After.
+    # ZIP downloads (GET or HEAD: both plan the whole ZIP) planned or
+    # streaming at once; one more is answered 503 + Retry-After.
     max_concurrent_zips: int = Field(default=16, ge=1, le=10_000)
     # A client that takes no data for this long has its download cut.
     send_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)

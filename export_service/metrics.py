@@ -82,7 +82,7 @@ class Metrics:
         self.scan_unlisted = Counter(
             "export_scan_unlisted",
             "Paths below a run folder that could not be listed for a manifest or a ZIP, so "
-            "their files are left out, by reason (permission, name_too_long, descriptors, error)",
+            "their files are left out, by reason (permission, name_too_long, error)",
             ["reason"],
             registry=self.registry,
         )

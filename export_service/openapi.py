@@ -47,7 +47,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         413: "request body too large",
         412: "If-Match or If-Unmodified-Since failed",
         416: "range not satisfiable",
-        422: "invalid run id, param run id or body",
+        422: "invalid run id, param run id or body; or export_too_large (more files than "
+        "limits.max_files_per_export)",
         503: (
             "links file unusable or unwritable, too many downloads, out of file descriptors, "
             "or not ready"

@@ -372,19 +372,33 @@ class _Walk:
         try:
             if target is not None:
                 opened = open_folder_inside(target, self.root_real)
-                if opened is None:
-                    log.warning("skipping %s: its target moved outside the root", target)
-                    return
-                fd, real = opened
             else:
                 assert parent.fd is not None
                 fd = os.open(name, _CHILD_FOLDER_FLAGS, dir_fd=parent.fd)
-                real = f"{parent_folder.real}/{name}"
+                opened = self.checked_child(fd, f"{parent_folder.real}/{name}")
         except OSError as error:
             if error.errno not in _GONE:
                 self.unlisted(parts, error)
             return
-        self.enter(fd, real, parts)
+        if opened is None:
+            shown = "/".join(map(display_name, (self.run_folder, *parts)))
+            log.warning("skipping %s: it now lies outside the root", shown)
+            return
+        self.enter(*opened, parts)
+
+    def checked_child(self, fd: int, path: str) -> tuple[int, str] | None:
+        """``fd`` and the real path of a folder just opened below its parent,
+        when it is still inside the root (its parent may have been moved out
+        meanwhile); closes ``fd`` and None otherwise. Beyond PATH_MAX the
+        kernel cannot name it: then it is ``path``, its parent's child."""
+        try:
+            real = os.readlink(f"{PROC_FD}/{fd}")
+        except OSError:
+            return fd, path
+        if is_within(self.root_real, real):
+            return fd, real
+        os.close(fd)
+        return None
 
     def run(self, top_fd: int, top_real: str) -> FolderScan:
         try:

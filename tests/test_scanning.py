@@ -102,6 +102,26 @@ def test_a_folder_swapped_for_a_link_out_during_the_scan_lists_nothing_from_outs
         assert listed == {"own.wav": 1}
 
 
+def test_a_run_folder_moved_out_of_the_root_during_the_scan_lists_no_more(
+    tree: AirTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Subfolders are opened relative to their parent's descriptor: when the
+    parent is moved out of the root meanwhile, its children are outside too,
+    and are not listed."""
+    run = tree.render / "r"
+    write(run / "own.wav", b"o")
+    write(run / "sub" / "inner.wav", b"i")
+    real_open_child = scanning._Walk.open_child
+
+    def move_then_open_child(walk: Any, parent: Any, item: Any) -> None:
+        if run.exists():
+            run.rename(tree.base / "moved_out")
+        real_open_child(walk, parent, item)
+
+    monkeypatch.setattr(scanning._Walk, "open_child", move_then_open_child)
+    assert _listed(tree.render, "r") == {"own.wav": 1}
+
+
 def test_fifos_and_sockets_are_left_out(tree: AirTree) -> None:
     run = tree.render / "r"
     write(run / "real.wav", b"r")
