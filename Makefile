@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench
 
-BENCHMARKS := crc32 throughput small_files concurrency big_runs per_file_costs crowded_roots memory resume links_reload abandoned_requests proxies slow_readers
+BENCHMARKS := crc32 throughput small_files concurrency big_runs huge_runs per_file_costs crowded_roots memory resume links_reload abandoned_requests proxies slow_readers
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
