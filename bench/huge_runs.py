@@ -10,10 +10,11 @@ max (target <= 250 ms) and the small export's worst time to first byte
 (target <= 1 s). A last row per size measures the memory one manifest holds
 per listed file (one manifest alone, its limit raised so it is not refused).
 
-    python bench/huge_runs.py [--sizes 200000,1000000] [--code PATH]
+    python bench/huge_runs.py [--sizes 200000,1000000] [--before PATH]
 
-``--code`` runs the service from another checkout (``git archive main``
-unpacked somewhere) for a before/after comparison in one run.
+``--before PATH`` also runs the service from another checkout (say ``git
+archive main`` unpacked there), on the same trees, for a side-by-side
+before/after.
 """
 
 from __future__ import annotations
@@ -147,7 +148,9 @@ def load(port: int, pid: int, run_id: str) -> list[object]:
         f"{seconds:.1f} s",
         f"{idle / 1024:.0f} / {rss.peak_kib / 1024:.0f} MiB",
         f"{max(prober.times) * 1000:.0f} ms ({len(prober.times)} probes)",
-        f"{max(small.times) * 1000:.0f} ms ({len(small.times)}, {sorted(small.statuses)})",
+        f"{max(small.times) * 1000:.0f} ms ({len(small.times)} tries, "
+        + "/".join(map(str, sorted(small.statuses)))
+        + ")",
     ]
 
 
@@ -163,48 +166,39 @@ def per_file_memory(port: int, pid: int, run_id: str, files: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="200000,1000000")
-    parser.add_argument("--code", type=Path, help="run the service from this checkout")
+    parser.add_argument(
+        "--before", type=Path, help="also run the service from this checkout, on the same trees"
+    )
     arguments = parser.parse_args()
     sizes = [int(size) for size in arguments.sizes.split(",")]
-    label = str(arguments.code) if arguments.code else "this checkout"
-    rows: list[list[object]] = []
     temp = tempfile.mkdtemp(prefix="bench-huge-runs-")
-    code_env = []
-    if arguments.code:
-        # The service's first import path is its working folder: not this checkout.
-        code_env.append(("PYTHONPATH", str(arguments.code.resolve())))
+    services: list[tuple[str, list[tuple[str, str]]]] = [("this checkout", [])]
+    if arguments.before:
+        services.insert(0, ("before", [("PYTHONPATH", str(arguments.before.resolve()))]))
+        # A service's first import path is its working folder: not this checkout.
         os.chdir(temp)
+    rows: list[list[object]] = []
     try:
         workload = make_workload(Path(temp), [64 * 1024] * 3, run_id=SMALL_RUN)
         for files in sizes:
             run_id = f"huge_{files}"
             print(f"making {files:,} files...", file=sys.stderr)
             make_huge_run(workload, run_id, files)
-            with service(workload.config, *code_env) as svc:
-                port = int(svc.url.rsplit(":", 1)[1])
-                rows.append([f"{files:,}", "2 manifests + 2 HEADs", *load(port, svc.pid, run_id)])
-            with service(workload.config, *code_env, (LIMIT_ENV, str(2 * files))) as svc:
-                port = int(svc.url.rsplit(":", 1)[1])
-                memory = per_file_memory(port, svc.pid, run_id, files)
-                rows.append([f"{files:,}", "1 manifest alone (limit raised)", memory, *"----"])
+            for label, env in services:
+                with service(workload.config, *env) as svc:
+                    port = int(svc.url.rsplit(":", 1)[1])
+                    loaded = load(port, svc.pid, run_id)
+                    rows.append([f"{files:,}", label, "2 manifests + 2 HEADs", *loaded])
+                with service(workload.config, *env, (LIMIT_ENV, str(2 * files))) as svc:
+                    port = int(svc.url.rsplit(":", 1)[1])
+                    memory = per_file_memory(port, svc.pid, run_id, files)
+                    rows.append([f"{files:,}", label, "1 manifest (limit raised)", memory, *"----"])
             shutil.rmtree(workload.base / "render" / "output" / run_id)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    print(
-        table(
-            f"Huge runs, service from {label} ({machine()})",
-            rows,
-            [
-                "files",
-                "load",
-                "statuses",
-                "load took",
-                "RSS idle / peak",
-                "/healthz max",
-                "small ZIP first byte, max",
-            ],
-        )
-    )
+    headers = ["files", "service", "load", "statuses", "load took", "RSS idle / peak"]
+    headers += ["/healthz max", "small ZIP first byte, max"]
+    print(table(f"Huge runs ({machine()})", rows, headers))
 
 
 if __name__ == "__main__":
