@@ -2,6 +2,7 @@ import asyncio
 import os
 import socket
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from export_service import archive, routes
 from export_service.routes import content_disposition
 from tests.conftest import (
     AirTree,
@@ -190,3 +192,33 @@ async def test_a_zip_of_a_file_1100_folders_deep_leaves_it_out_with_a_trace(
         "1",
     )
     assert read_zip(body) == {"render/r/top.wav": b"t"}
+
+
+async def test_a_long_plan_never_holds_the_threads_downloads_stream_with(
+    tree: AirTree, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning a run of 200,000 files takes seconds; in the ZIP pool it held
+    the threads every download needs (a small export's first byte waited
+    16 s). With one ZIP thread and a plan that does not end, a small export
+    still downloads."""
+    write(tree.render / "small" / "a.wav", b"a")
+    write(tree.render / "huge" / "b.wav", b"b")
+    planning, finish = threading.Event(), threading.Event()
+    real_plan = archive.plan_export_archive
+
+    def endless_plan(sources: Any, render_run_id: str, *rest: Any) -> Any:
+        if render_run_id == "huge":
+            planning.set()
+            finish.wait(10)
+        return real_plan(sources, render_run_id, *rest)
+
+    monkeypatch.setattr(routes, "plan_export_archive", endless_plan)
+    client = await make_client(limits={"zip_threads": 1})
+    head = asyncio.ensure_future(client.head("/api/air/export/zip/huge"))
+    await wait_until(planning.is_set)
+    try:
+        response = await asyncio.wait_for(client.get("/api/air/export/zip/small"), 5)
+        assert read_zip(await response.read()) == {"render/small/a.wav": b"a"}
+    finally:
+        finish.set()
+    assert (await head).status == 200
