@@ -163,8 +163,9 @@ class Export:
                     source = ScannedFile(scan.path(record), parts, size, mtime_ns, dev, ino)
                     yield ExportedFile(entry, source)
 
-    def manifest_json(self) -> bytes:
-        """The manifest as the API sends it, written slice by slice."""
+    def manifest_json(self) -> bytearray:
+        """The manifest as the API sends it, written slice by slice into one
+        buffer (no second copy of a document that can be tens of MB)."""
         found = {step.step for step in self.steps if step.scan}
         head, _, tail = manifest_json(
             {
@@ -175,14 +176,17 @@ class Export:
                 "missing": self.missing,
             }
         ).partition(b'"files":[]')  # in a JSON string a quote is escaped: the key is the first
-        pieces = [head, b'"files":[']
+        document = bytearray(head)
+        document += b'"files":['
+        separator = b""
         for step in self.steps:
             for start in range(0, len(step.scan), _SLICE):
-                if len(pieces) > 2:
-                    pieces.append(b",")
-                pieces.append(_FILES.dump_json(step.entries(start, start + _SLICE))[1:-1])
-        pieces += [b"]", tail]
-        return b"".join(pieces)  # one join: the document is copied once
+                document += separator
+                document += memoryview(_FILES.dump_json(step.entries(start, start + _SLICE)))[1:-1]
+                separator = b","
+        document += b"]"
+        document += tail
+        return document
 
 
 def build_export(sources: ExportSources, render_run_id: str, param_run_id: str | None) -> Export:
@@ -235,7 +239,7 @@ def build_export(sources: ExportSources, render_run_id: str, param_run_id: str |
 
 
 class ManifestBody(NamedTuple):
-    json: bytes
+    json: bytearray
     unlisted: Counter[str]  # paths that could not be listed, by reason
 
 

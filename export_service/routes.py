@@ -82,7 +82,7 @@ def content_disposition(render_run_id: str) -> str:
 
 def _manifest_and_etag(
     sources: ExportSources, render_run_id: str, param_run_id: str | None
-) -> tuple[bytes, str, Counter[str]]:
+) -> tuple[bytearray, str, Counter[str]]:
     """The manifest's JSON, its strong ETag (a hash of exactly those bytes;
     blocking: hashed in the same hop) and what could not be listed."""
     body, unlisted = export_manifest_json(sources, render_run_id, param_run_id)
