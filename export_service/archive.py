@@ -676,6 +676,8 @@ def plan_export_archive(
     root_reals: dict[Step, str] = {
         step: resolved(str(getattr(sources.settings.roots, step))) or "" for step in get_args(Step)
     }
-    archive = plan_archive(export.files, root_reals, sources.settings.limits.read_chunk_bytes, crcs)
+    archive = plan_archive(
+        export.take_files(), root_reals, sources.settings.limits.read_chunk_bytes, crcs
+    )
     archive.unlisted = export.unlisted
     return archive

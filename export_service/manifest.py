@@ -26,6 +26,7 @@ from .config import Settings
 from .errors import ExportTooLarge
 from .links import LinkStore
 from .scanning import (
+    FileRecord,
     FolderScan,
     RunFolderIndex,
     ScannedFile,
@@ -120,7 +121,7 @@ class StepFiles:
             url_starts.append("/".join((run_url, *map(url_segment, scanned.parts))))
         return cls(step, scan, rel_starts, url_starts)
 
-    def entries(self, start: int, stop: int) -> list[ExportFile]:
+    def entries(self, records: list[FileRecord]) -> list[ExportFile]:
         step, rel_starts, url_starts = self.step, self.rel_starts, self.url_starts
         return [
             {
@@ -129,8 +130,17 @@ class StepFiles:
                 "url": f"{url_starts[folder]}/{url_segment(name)}",
                 "bytes": size,
             }
-            for folder, name, size, *_ in self.scan.records[start:stop]
+            for folder, name, size, *_ in records
         ]
+
+    def exported(self, records: list[FileRecord]) -> Iterator[ExportedFile]:
+        scan = self.scan
+        for entry, record in zip(self.entries(records), records, strict=True):
+            folder, name, size, mtime_ns, dev, ino, _ = record
+            parts = (*scan.folders[folder].parts, name)
+            yield ExportedFile(
+                entry, ScannedFile(scan.path(record), parts, size, mtime_ns, dev, ino)
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,15 +163,22 @@ class Export:
         """The manifest's entries with their sources, in manifest order, made
         one by one."""
         for step in self.steps:
-            scan = step.scan
-            for start in range(0, len(scan), _SLICE):
-                entries = step.entries(start, start + _SLICE)
-                sources = scan.records[start : start + _SLICE]
-                for entry, record in zip(entries, sources, strict=True):
-                    folder, name, size, mtime_ns, dev, ino, _ = record
-                    parts = (*scan.folders[folder].parts, name)
-                    source = ScannedFile(scan.path(record), parts, size, mtime_ns, dev, ino)
-                    yield ExportedFile(entry, source)
+            records = step.scan.records
+            for start in range(0, len(records), _SLICE):
+                yield from step.exported(records[start : start + _SLICE])
+
+    def take_files(self) -> Iterator[ExportedFile]:
+        """:attr:`files`, each slice of records dropped once it is handed over
+        (the export is empty afterwards). Planning a ZIP keeps what it needs of
+        every file: the scan's records need not outlive the plan's entries."""
+        for step in self.steps:
+            records = step.scan.records
+            records.reverse()  # in place; then slices leave from the end, in O(1)
+            while records:
+                taken = records[-_SLICE:]
+                del records[-_SLICE:]
+                taken.reverse()
+                yield from step.exported(taken)
 
     def manifest_json(self) -> bytearray:
         """The manifest as the API sends it, written slice by slice into one
@@ -182,7 +199,8 @@ class Export:
         for step in self.steps:
             for start in range(0, len(step.scan), _SLICE):
                 document += separator
-                document += memoryview(_FILES.dump_json(step.entries(start, start + _SLICE)))[1:-1]
+                entries = step.entries(step.scan.records[start : start + _SLICE])
+                document += memoryview(_FILES.dump_json(entries))[1:-1]
                 separator = b","
         document += b"]"
         document += tail

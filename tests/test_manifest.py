@@ -4,6 +4,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from export_service.manifest import ExportSources, build_export
 from tests.conftest import (
     DEEP,
     AirTree,
@@ -247,3 +248,17 @@ async def test_a_file_1100_folders_deep_is_listed(
         {"step": "render", "rel_path": f"r/{path}", "url": f"/api/audio/r/{path}", "bytes": 4}
     ]
     assert response.headers["X-Export-Unlisted-Paths"] == "0"
+
+
+def test_taking_the_files_gives_them_in_order_and_drops_them(tree: AirTree) -> None:
+    """What a ZIP plan uses: the same entries as ``files``, and the scan's
+    records released as they are handed over."""
+    for index in range(5000):  # more than one slice
+        write(tree.render / "r" / f"{index % 7}" / f"{index:04d}.wav")
+    write(tree.midi / "20261101_r" / "track.mid", b"m")
+    sources = ExportSources.from_settings(tree.settings())
+    expected = list(build_export(sources, "r", None).files)
+    export = build_export(sources, "r", None)
+    assert list(export.take_files()) == expected
+    assert len(expected) == 5001
+    assert len(export) == 0
