@@ -89,7 +89,9 @@ def test_a_service_out_of_descriptors_logs_the_accept_error_once(
         for line in metrics.splitlines()
         if line.startswith("export_log_repeats_suppressed_total ")
     ]
-    assert float(suppressed.split()[1]) > 100
+    # asyncio tries the pending connection again many times a second; how
+    # often depends on the machine's load, that it was suppressed does not.
+    assert float(suppressed.split()[1]) >= 2
 
 
 @pytest.mark.parametrize("seconds", [0, -1])
