@@ -575,34 +575,6 @@ def _header_offset(entry: PlannedEntry) -> int:
     return entry.header_offset
 
 
-class _ReadableCheck:
-    """Whether the service may read a file, asked relative to its folder
-    (``faccessat`` on a descriptor per folder: half the cost of a full path
-    per file). Only a check for the plan; opening checks everything again."""
-
-    def __init__(self) -> None:
-        self._folders: dict[str, int | None] = {}
-
-    def __call__(self, path: str) -> bool:
-        folder, _, name = path.rpartition("/")
-        fd = self._folders.get(folder, -1)
-        if fd == -1:
-            try:
-                fd = os.open(folder or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:
-                fd = None
-            self._folders[folder] = fd
-        return fd is not None and os.access(name, os.R_OK, dir_fd=fd)
-
-    def __enter__(self) -> _ReadableCheck:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        for fd in self._folders.values():
-            if fd is not None:
-                os.close(fd)
-
-
 def plan_archive(
     files: Iterable[ExportedFile],
     root_reals: Mapping[Step, str],
@@ -623,11 +595,11 @@ def plan_archive(
     entries: list[PlannedEntry] = []
     skipped: list[str] = []
     offset = 0
-    with _ReadableCheck() as readable:
+    with FolderFiles() as folder_files:
         for item in files:
             step, rel_path, source = item.entry["step"], item.entry["rel_path"], item.source
             size = source.size
-            if size is None or not readable(source.path):
+            if size is None or not folder_files.readable(source.path, root_reals[step]):
                 log.warning("leaving %s/%s out of the ZIP: it cannot be opened", step, rel_path)
                 skipped.append(f"{step}/{rel_path}")
                 continue

@@ -90,6 +90,20 @@ class FolderFiles:
             os.close(self._folders.popitem(last=False)[1])
         return fd
 
+    def readable(self, path: str, root_real: str) -> bool:
+        """Whether this process may read the scanned file at ``path``, asked
+        relative to its folder (``faccessat``): a check for planning, opening
+        checks everything again. :class:`OutOfDescriptors` when no folder
+        can be opened for want of descriptors."""
+        folder, _, name = path.rpartition("/")
+        try:
+            return os.access(name, os.R_OK, dir_fd=self._folder_fd(folder or "/", root_real))
+        except SourceChanged:
+            return False
+        except OSError as error:
+            raise_if_out_of_descriptors(error)
+            return False
+
     def open(self, path: str, root_real: str) -> tuple[int, os.stat_result]:
         """Like :func:`open_checked`, for the resolved ``path`` of a scanned file."""
         folder, _, name = path.rpartition("/")  # an absolute path: os.path.split's work

@@ -176,12 +176,37 @@ def open_folder_inside(path: str, root_real: str) -> tuple[int, str] | None:
     opened really is the root or lies inside it (checked on the descriptor, so
     a link swapped in for any folder on the way is caught); None otherwise.
     OSError when it cannot be opened."""
-    fd = os.open(path, FOLDER_FLAGS)
+    try:
+        fd = os.open(path, FOLDER_FLAGS)
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG or not is_within(root_real, path):
+            raise
+        return _open_folder_step_by_step(path, root_real)
     real = fd_real_path(fd, path)
     if real == root_real or is_within(root_real, real):
         return fd, real
     os.close(fd)
     return None
+
+
+def _open_folder_step_by_step(path: str, root_real: str) -> tuple[int, str] | None:
+    """:func:`open_folder_inside` for a folder whose path is longer than the
+    kernel opens at once (and names in ``/proc``): one folder at a time from
+    the checked root, never through a link, so what it reaches lies inside
+    the root by construction."""
+    opened = open_folder_inside(root_real, root_real)
+    if opened is None:
+        return None
+    fd = opened[0]
+    try:
+        for name in path[len(root_real) + 1 :].split("/"):
+            child = os.open(name, _CHILD_FOLDER_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, path
 
 
 def display_name(segment: str) -> str:

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from export_service.descriptors import descriptor_headroom
 from tests.conftest import AirTree, ClientFactory, write
+from tests.zips import read_zip
 
 
 @contextlib.contextmanager
@@ -95,7 +96,7 @@ async def test_a_zip_short_of_descriptors_is_a_503_not_an_empty_200(
         write(tree.render / "r" / f"take{index}" / "mix.wav", os.urandom(5000))
     async with connection(client) as get:
         assert (await get("/api/air/export/zip/r"))[0] == 200
-        with no_descriptor_left(spare=4):  # enough to plan the ZIP, not to stream it
+        with no_descriptor_left(spare=9):  # enough to plan the ZIP, not to stream it
             zip_status, zip_body = await get("/api/air/export/zip/r")
             ready_status, ready_body = await get("/readyz")
             manifest_status, _ = await get("/api/air/export/list/r")
@@ -121,3 +122,22 @@ async def test_readiness_wants_the_configured_reserve(
     assert "fewer than limits.descriptor_reserve" in (await ready.json())["detail"]["message"]
     client = await make_client(limits={"descriptor_reserve": 0})
     assert (await client.get("/readyz")).status == 200
+
+
+async def test_planning_holds_a_few_folders_open_not_one_per_folder(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    """A run of 40 folders plans and streams with 12 descriptors to spare:
+    the plan's readability check shares the download's few open folders
+    (it once kept every folder open, and with too few descriptors left the
+    files beyond them out of the ZIP)."""
+    for index in range(40):
+        write(tree.render / "r" / f"take{index:02d}" / "mix.wav", b"%d" % index)
+    async with connection(client) as get:
+        assert (await get("/api/air/export/zip/r"))[0] == 200  # warm: nothing left to open lazily
+        with no_descriptor_left(spare=12):
+            status, body = await get("/api/air/export/zip/r")
+    assert status == 200
+    assert read_zip(body) == {
+        f"render/r/take{index:02d}/mix.wav": b"%d" % index for index in range(40)
+    }

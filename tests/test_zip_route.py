@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from export_service import archive, routes
 from export_service.routes import content_disposition
 from tests.conftest import (
+    DEEP,
     AirTree,
     ClientFactory,
     link_beyond_path_max,
@@ -172,26 +173,26 @@ async def test_the_zip_counts_what_could_not_be_listed(
     assert read_zip(body) == {"render/r/own.wav": b"o"}
 
 
-async def test_a_zip_of_a_file_1100_folders_deep_leaves_it_out_with_a_trace(
+async def test_a_zip_holds_a_file_1100_folders_deep(
     tree: AirTree, client: TestClient[Any, Any]
 ) -> None:
-    """The scan lists it (tests/test_manifest.py); the ZIP reader still opens
-    a file's folder by its absolute path, which is beyond PATH_MAX here, so
-    the file is left out as one that cannot be opened: counted in
-    X-Export-Skipped-Files and logged, the ZIP complete, never a 500."""
+    """Its folder's path (9,900 bytes) is beyond PATH_MAX, so the reader opens
+    it one folder at a time from the root."""
     write(tree.render / "r" / "top.wav", b"t")
     make_deep(tree.render / "r", 1100)
     try:
         response = await client.get("/api/air/export/zip/r")
         body = await response.read()
+        assert open_paths_under(tree.base) == []
     finally:
         remove_deep(tree.render / "r")
     assert response.status == 200
     assert (response.headers["X-Export-Files"], response.headers["X-Export-Skipped-Files"]) == (
-        "1",
-        "1",
+        "2",
+        "0",
     )
-    assert read_zip(body) == {"render/r/top.wav": b"t"}
+    deep = "render/r/" + "/".join([DEEP] * 1100) + "/deep.wav"
+    assert read_zip(body) == {"render/r/top.wav": b"t", deep: b"deep"}
 
 
 async def test_a_long_plan_never_holds_the_threads_downloads_stream_with(
