@@ -10,8 +10,10 @@ extra: ``pip install 'export-service[fastapi]'`` (FastAPI and httpx).
 The routes are plain ASGI endpoints rather than FastAPI path operations, on
 purpose: a path parameter is decoded and normalised by the framework, while the
 service must see an id exactly as the browser sent it (``..`` or ``%2e%2e``
-reaches the service as such and is refused there with 422). The path is taken
-from the raw request target in the ASGI scope. The answer is streamed chunk by
+reaches the service as such and is refused there with 422). The id is taken
+from the raw request target in the ASGI scope; the route before it is the one
+the framework matched (on the decoded path), so ``/air/%65xport/zip/x`` goes to
+the service's ZIP route like ``/air/export/zip/x``. The answer is streamed chunk by
 chunk with the service's status and headers, so memory stays flat whatever the
 ZIP's size, and the upstream request is closed as soon as the browser goes away.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import anyio
 import httpx
@@ -73,22 +75,49 @@ def _error(status: int, code: str, message: str) -> tuple[int, list[tuple[bytes,
     return status, headers, body
 
 
-class _Forward:
-    """One ASGI endpoint forwarding to ``base_url`` (raw path, query and body)."""
+def _raw_id(scope: Scope) -> str:
+    """The id as the browser sent it: the end of the raw request target that
+    decodes to the id the route matched.
 
-    def __init__(self, base_url: str, token: str | None, timeout: httpx.Timeout) -> None:
+    The route matched the decoded path, so nothing before the id can be taken
+    from the raw target by its text (``/air/%65xport/`` matched too). A literal
+    ``/`` is never part of an escape, so the raw path decodes segment by segment;
+    the raw id is the run of last segments whose decoding is the matched id.
+    Without a raw target (an ASGI server may leave it out), or when the escapes
+    put the id's first ``/`` into an escape (``zip%2Fr``), the decoded id is
+    escaped again, whole.
+    """
+    run_id: str = scope["path_params"]["render_run_id"]
+    raw: bytes | None = scope.get("raw_path")
+    if raw:
+        segments = raw.decode("latin-1").partition("?")[0].split("/")
+        decoded: list[str] = []
+        length = -1  # of "/".join(decoded)
+        for segment in reversed(segments):
+            decoded.append(unquote(segment))
+            length += len(decoded[-1]) + 1
+            if length == len(run_id) and "/".join(reversed(decoded)) == run_id:
+                return "/".join(segments[len(segments) - len(decoded) :])
+            if length > len(run_id):
+                break
+    return quote(run_id, safe="")
+
+
+class _Forward:
+    """One ASGI endpoint forwarding one kind of route (``list``, ``zip``,
+    ``links``) to ``base_url``: the raw id, the raw query and the body."""
+
+    def __init__(self, base_url: str, token: str | None, timeout: httpx.Timeout, kind: str) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.prefix = SERVICE_PREFIX + EXPORT_PATH + kind.encode() + b"/"
 
-    @staticmethod
-    def _target(scope: Scope) -> bytes:
-        """The service's request target: its prefix, then the raw path from
-        ``/air/export/`` on and the raw query, byte for byte as the browser sent
-        them (httpx would remove ``..`` segments from a URL; a raw target is
-        sent as it is)."""
-        raw: bytes = scope.get("raw_path") or quote(scope["path"]).encode()
-        target = SERVICE_PREFIX + EXPORT_PATH + raw.partition(b"?")[0].split(EXPORT_PATH, 1)[1]
+    def _target(self, scope: Scope) -> bytes:
+        """The service's request target: its route for this kind, then the id
+        and the query byte for byte as the browser sent them (httpx would remove
+        ``..`` segments from a URL; a raw target is sent as it is)."""
+        target = self.prefix + _raw_id(scope).encode("latin-1")
         query: bytes = scope.get("query_string", b"")
         return target + b"?" + query if query else target
 
@@ -193,13 +222,18 @@ def export_proxy_router(
     to wait to connect and between two reads of the answer. Mount it where the
     backend mounted its export router: ``app.include_router(router, prefix="/api")``.
     """
-    forward = _Forward(base_url, token, httpx.Timeout(timeout, connect=min(timeout, 5.0)))
+    limits = httpx.Timeout(timeout, connect=min(timeout, 5.0))
     router = APIRouter()
     router.routes.extend(
-        [
-            Route("/air/export/list/{render_run_id:path}", forward, methods=["GET", "HEAD"]),
-            Route("/air/export/zip/{render_run_id:path}", forward, methods=["GET", "HEAD"]),
-            Route("/air/export/links/{render_run_id:path}", forward, methods=["GET", "PUT"]),
-        ]
+        Route(
+            f"/air/export/{kind}/{{render_run_id:path}}",
+            _Forward(base_url, token, limits, kind),
+            methods=methods,
+        )
+        for kind, methods in (
+            ("list", ["GET", "HEAD"]),
+            ("zip", ["GET", "HEAD"]),
+            ("links", ["GET", "PUT"]),
+        )
     )
     return router

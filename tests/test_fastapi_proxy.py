@@ -24,7 +24,7 @@ pytest.importorskip("uvicorn", reason="uvicorn (dev extra) is not installed")
 import uvicorn
 from fastapi import FastAPI
 
-from export_service.fastapi_proxy import export_proxy_router
+from export_service.fastapi_proxy import _raw_id, export_proxy_router
 from tests.conftest import AirTree, write
 from tests.live import LiveService, free_port, live_service
 
@@ -246,3 +246,53 @@ def test_a_service_that_does_not_answer_gives_a_json_502() -> None:
             assert time.monotonic() - started < 5
     assert answer.status == 502
     assert answer.json()["detail"]["error"] == "export_service_timeout"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/air/%65xport/zip/r",  # the route matches the decoded path
+        "/api/%61ir/export/zip/r",
+        "/api/air/export/%7Aip/r",
+        "/%61pi/air/export/zip/r",
+        "/api/air/export%2Fzip/r",  # decodes to the route; no raw "/" before "zip"
+        "/api/air/export/zip%2Fr",  # the "/" before the id only as an escape
+    ],
+)
+def test_escapes_in_the_prefix_reach_the_service_as_the_route_they_matched(
+    setup: Setup, path: str
+) -> None:
+    direct = request(setup.service.base_url, "GET", "/api/air/export/zip/r", AUTH)
+    proxied = request(setup.proxy, "GET", path)
+    _same_answer(direct, proxied)
+
+
+@pytest.mark.parametrize("run_id", ["/r", "r/", "%2e%2e/r", "r%2F%2e%2e"])
+def test_slashes_in_the_id_are_forwarded_as_sent(setup: Setup, run_id: str) -> None:
+    for kind in ("zip", "list", "links"):
+        path = f"/api/air/export/{kind}/{run_id}"
+        direct = request(setup.service.base_url, "GET", path, AUTH)
+        proxied = request(setup.proxy, "GET", path)
+        assert direct.status in (404, 422), (path, direct.body)
+        assert direct.json()["detail"]["error"]  # type: ignore[index]
+        _same_answer(direct, proxied)
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "run_id", "sent"),
+    [
+        (b"/api/air/%65xport/zip/a%20b", "a b", "a%20b"),
+        (b"/api/air/export/zip/%2e%2e/x%2Fy", "../x/y", "%2e%2e/x%2Fy"),
+        (b"/api/air/export/zip/", "", ""),
+        (b"/api/air/export/zip%2Fr", "r", "r"),  # no raw "/" before the id: escaped again
+        (None, "../a b/c", "..%2Fa%20b%2Fc"),  # no raw target in the scope
+        (b"", "a b", "a%20b"),
+    ],
+)
+def test_the_raw_id_is_the_end_of_the_raw_path_that_decodes_to_the_id(
+    raw_path: bytes | None, run_id: str, sent: str
+) -> None:
+    scope: dict[str, object] = {"path_params": {"render_run_id": run_id}}
+    if raw_path is not None:
+        scope["raw_path"] = raw_path
+    assert _raw_id(scope) == sent
