@@ -115,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
         "check-config",
         "validate a config and print the resolved settings",
         "Validate the config (file plus environment overrides) and print the settings "
-        "it resolves to, as JSON (the auth token redacted). Exit code 2 when invalid.",
+        "it resolves to, as JSON (the auth token redacted; limits.zip_thread_count is "
+        "the thread count zip_threads resolves to). Exit code 2 when invalid.",
     )
     return parser
 
@@ -130,6 +131,17 @@ def _required_settings(config_path: Path | None) -> Settings:
 def _listen(host: str, port: int) -> socket.socket:
     """The listening socket, bound here so that a port in use is one clear line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        # Resolved here: create_server() turns getaddrinfo's error into a bare
+        # OSError whose (negative) code os.strerror() does not know.
+        socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        reason = (
+            "not a valid address or host name"
+            if error.errno == socket.EAI_NONAME
+            else "the host name cannot be resolved"
+        )
+        raise StartupError(f"cannot listen on {host}:{port}: {reason} ({error.strerror})") from None
     try:
         return socket.create_server((host, port), family=family, backlog=128)
     except OSError as error:
@@ -266,6 +278,9 @@ def _run_healthcheck(arguments: argparse.Namespace) -> int:
 def _run_check_config(arguments: argparse.Namespace) -> int:
     settings = _required_settings(arguments.config)
     resolved = settings.model_dump(mode="json")
+    # What zip_threads = 0 becomes here (the CPUs usable, a container's quota
+    # included): not a key of the file, printed so the quota can be seen taking effect.
+    resolved["limits"]["zip_thread_count"] = settings.limits.zip_thread_count
     if resolved["auth"]["token"]:
         resolved["auth"]["token"] = "<redacted>"
     print(json.dumps(resolved, indent=2))

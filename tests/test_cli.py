@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from export_service import config as config_module
+from export_service.cli import main
 from export_service.sample import SAMPLE_RENDER_RUN_ID
 from tests.conftest import AirTree, write
 from tests.live import free_port, live_service
@@ -119,6 +121,24 @@ def test_check_config_prints_resolved_settings_with_env_overrides(
     assert broken.returncode == 2
     assert broken.stderr.startswith("export-service: config error:")
     assert "EXPORT_SERVICE_SERVER_PORT: " in broken.stderr
+
+
+@pytest.mark.parametrize(("zip_threads", "resolved"), [(0, 3), (5, 5)])
+def test_check_config_prints_the_zip_threads_zero_resolves_to(
+    tree: AirTree,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    zip_threads: int,
+    resolved: int,
+) -> None:
+    # Three CPUs usable (a container's quota, tests/test_cpus.py), whatever this machine has.
+    monkeypatch.setattr(config_module, "usable_cpus", lambda: 3)
+    config = _config(tree, tmp_path / "config.toml", f"[limits]\nzip_threads = {zip_threads}\n")
+    assert main(["check-config", "--config", str(config)]) == 0
+    limits = json.loads(capsys.readouterr().out)["limits"]
+    assert limits["zip_threads"] == zip_threads
+    assert limits["zip_thread_count"] == resolved
 
 
 def test_environment_alone_configures_the_service(tree: AirTree) -> None:
@@ -245,6 +265,20 @@ def test_a_port_in_use_is_one_line_and_exit_2(tree: AirTree, tmp_path: Path) -> 
     assert result.stderr == (
         f"export-service: cannot listen on 127.0.0.1:{port}: Address already in use\n"
     )
+
+
+@pytest.mark.parametrize("host", ["256.1.1.1", "no such host.invalid"])
+def test_a_host_that_is_no_address_is_one_line_with_its_reason(
+    tree: AirTree, tmp_path: Path, host: str
+) -> None:
+    config = _config(tree, tmp_path / "config.toml")
+    result = _cli("serve", "--config", str(config), env={"EXPORT_SERVICE_SERVER_HOST": host})
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"export-service: cannot listen on {host}:8080: not a valid address or host name ("
+    )
+    assert "Unknown error" not in result.stderr
+    assert result.stderr.count("\n") == 1
 
 
 def test_a_bad_value_from_the_environment_names_the_variable(tree: AirTree, tmp_path: Path) -> None:
