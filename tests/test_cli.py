@@ -316,3 +316,17 @@ def test_healthcheck_asks_the_port_the_config_names(tree: AirTree, tmp_path: Pat
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_the_healthcheck_imports_no_server() -> None:
+    """It runs as a Kubernetes exec probe every few seconds: the config only,
+    not aiohttp and the app (0.14 s and 34 MiB here instead of 0.3 s and 52 MiB)."""
+    check = (
+        "import sys; from export_service import cli; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'zipstream')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[]\n"

@@ -4,6 +4,7 @@ the time its shutdown takes (the grace plus 2 s)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -68,26 +69,165 @@ def test_strict_validation_catches_a_misspelt_field(tmp_path: Path) -> None:
     assert result.returncode != 0
 
 
-@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda path: path.name)
-def test_manifest_config_is_valid_and_the_pod_outlives_the_shutdown(manifest: Path) -> None:
-    documents = _documents(manifest)
+def _config_text(documents: list[dict[str, Any]]) -> str:
     (config_map,) = [d for d in documents if d["kind"] == "ConfigMap"]
-    grace = _grace(config_map["data"]["config.toml"])
-    for deployment in (d for d in documents if d["kind"] == "Deployment"):
-        pod = deployment["spec"]["template"]["spec"]
-        assert pod["terminationGracePeriodSeconds"] > grace + EXIT_AFTER_GRACE
+    text: str = config_map["data"]["config.toml"]
+    return text
+
+
+def _service_config(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    return tomllib.loads(_config_text(documents))
+
+
+def _pods(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d["spec"]["template"]["spec"] for d in documents if d["kind"] == "Deployment"]
+
+
+def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    containers: list[dict[str, Any]] = pod.get("initContainers", []) + pod["containers"]
+    return containers
+
+
+def _service(pod: dict[str, Any]) -> dict[str, Any]:
+    (service,) = [c for c in _containers(pod) if c["name"] == "export-service"]
+    return service
+
+
+def _probe_problems(pod: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """Why the service's probes could not reach it. The kubelet sends an
+    httpGet probe to the pod's IP: a service listening on loopback only
+    refuses it. An exec probe runs ``export-service healthcheck`` in the
+    container, which asks the port its config names on this host."""
+    service = _service(pod)
+    host = config["server"].get("host", "127.0.0.1")
+    port = config["server"].get("port", 8080)
+    ports = {p.get("name"): p["containerPort"] for p in service.get("ports", [])}
+    env = {e["name"]: e.get("value") for e in service.get("env", [])}
+    problems = []
+    for kind, live in (("startupProbe", True), ("livenessProbe", True), ("readinessProbe", False)):
+        probe = service[kind]
+        if "httpGet" in probe:
+            get = probe["httpGet"]
+            if host not in ("0.0.0.0", "::"):
+                problems.append(
+                    f"{kind}: httpGet goes to the pod's IP, the service listens on {host}"
+                )
+            if ports.get(get["port"], get["port"]) != port:
+                problems.append(f"{kind}: port {get['port']}, the service listens on {port}")
+            if get["path"] != ("/healthz" if live else "/readyz"):
+                problems.append(f"{kind}: path {get['path']}")
+        elif "exec" in probe:
+            expected = ["export-service", "healthcheck", *(["--live"] if live else [])]
+            if probe["exec"]["command"] != expected:
+                problems.append(f"{kind}: runs {probe['exec']['command']}, not {expected}")
+            config_dirs = {
+                m["mountPath"]
+                for m in service["volumeMounts"]
+                for v in pod["volumes"]
+                if v["name"] == m["name"] and "configMap" in v
+            }
+            if env.get("EXPORT_SERVICE_CONFIG") not in {f"{d}/config.toml" for d in config_dirs}:
+                problems.append(f"{kind}: healthcheck would not find the ConfigMap's config")
+        else:
+            problems.append(f"{kind}: neither httpGet nor exec")
+    return problems
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda path: path.name)
+def test_manifest_config_is_valid_and_the_pod_is_safe(manifest: Path) -> None:
+    documents = _documents(manifest)
+    config = _service_config(documents)
+    for pod in _pods(documents):
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["fsGroup"] == SERVICE_UID
-        containers = pod.get("initContainers", []) + pod["containers"]
-        (service,) = [c for c in containers if c["name"] == "export-service"]
+        service = _service(pod)
         assert service["securityContext"]["readOnlyRootFilesystem"] is True
-        assert service["readinessProbe"]["httpGet"]["path"] == "/readyz"
-        assert service["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert service["resources"]["limits"]["cpu"]
         if service in pod.get("initContainers", []):
             assert service["restartPolicy"] == "Always"  # a native sidecar
         writable = [m for m in service["volumeMounts"] if not m.get("readOnly")]
         assert "/data/air/projects/output" in {m["mountPath"] for m in writable}
+        assert _probe_problems(pod, config) == []
+        for container in pod["containers"]:  # the backend calls the port the service has
+            urls = [
+                e["value"] for e in container.get("env", []) if e["name"] == "EXPORT_SERVICE_URL"
+            ]
+            assert all(url.endswith(f":{config['server']['port']}") for url in urls)
+
+
+def test_the_probe_check_catches_http_probes_to_a_loopback_service() -> None:
+    """The sidecar's first version: httpGet probes, the service on 127.0.0.1.
+    kubernetes-validate passes it; the pod never starts."""
+    documents = _documents(REPO / "deploy/kubernetes/sidecar.yaml")
+    config = _service_config(documents)
+    (pod,) = _pods(documents)
+    service = _service(pod)
+    service["ports"] = [{"name": "export", "containerPort": 8080}]
+    service["startupProbe"] = {"httpGet": {"path": "/healthz", "port": "export"}}
+    service["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": "export"}}
+    assert config["server"]["host"] == "127.0.0.1"
+    assert _probe_problems(pod, config) == [
+        "startupProbe: httpGet goes to the pod's IP, the service listens on 127.0.0.1",
+        "readinessProbe: httpGet goes to the pod's IP, the service listens on 127.0.0.1",
+    ]
+    config["server"]["host"] = "0.0.0.0"
+    assert _probe_problems(pod, config) == []
+
+
+def _graceful_timeout(container: dict[str, Any]) -> float:
+    """uvicorn's --timeout-graceful-shutdown in the container's command (its
+    default is to wait for ever, so it must be explicit)."""
+    for argument in container.get("command", []) + container.get("args", []):
+        name, _, value = argument.partition("=")
+        if name == "--timeout-graceful-shutdown":
+            return float(value)
+    raise AssertionError(f"{container['name']}: no explicit --timeout-graceful-shutdown")
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda path: path.name)
+def test_the_pod_outlives_its_containers_shutdowns_in_turn(manifest: Path) -> None:
+    """One terminationGracePeriodSeconds for the whole pod: with a native
+    sidecar the backend stops first (within its own graceful timeout), and
+    only then does the service get SIGTERM and take its grace plus 2 s."""
+    documents = _documents(manifest)
+    grace = _grace(_config_text(documents))
+    for pod in _pods(documents):
+        budget = grace + EXIT_AFTER_GRACE
+        if _service(pod) in pod.get("initContainers", []):
+            budget += sum(_graceful_timeout(c) for c in pod["containers"])
+        assert pod["terminationGracePeriodSeconds"] >= budget
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda path: path.name)
+def test_the_init_step_creates_every_shared_folder(manifest: Path, tmp_path: Path) -> None:
+    """Run as written against a folder standing in for the volume: every
+    subPath a container mounts exists afterwards (else the kubelet creates it
+    as root and uid 10001 cannot write it), owned by uid 10001 where the step
+    runs as root."""
+    for pod in _pods(_documents(manifest)):
+        (init,) = [c for c in pod["initContainers"] if c["name"] == "links-folder"]
+        (volume_mount,) = init["volumeMounts"]
+        assert init["command"][:2] == ["sh", "-c"]
+        script = init["command"][2].replace(volume_mount["mountPath"], str(tmp_path))
+        as_root = init.get("securityContext", {}).get("runAsUser") == 0
+        if as_root and os.geteuid() != 0:
+            pytest.skip("the step runs as root: chown needs root here too")
+        result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        sub_paths = {
+            m["subPath"]
+            for c in _containers(pod)
+            for m in c.get("volumeMounts", [])
+            if m["name"] == volume_mount["name"] and "subPath" in m
+        }
+        assert "render/output" in sub_paths
+        for sub_path in sub_paths:
+            folder = tmp_path / sub_path
+            assert folder.is_dir(), sub_path
+            if as_root:
+                assert (folder.stat().st_uid, folder.stat().st_gid) == (SERVICE_UID, SERVICE_UID)
+            else:
+                assert folder.stat().st_mode & 0o2070 == 0o2070  # group-writable, setgid
 
 
 def test_compose_leaves_room_for_the_shutdown_and_owns_the_links_folder() -> None:
