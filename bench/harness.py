@@ -217,7 +217,7 @@ class Fetch:
     size: int
 
 
-def curl(url: str, output: str = "/dev/null") -> Fetch:
+def curl(url: str, output: str = "/dev/null", headers: Sequence[str] = ()) -> Fetch:
     result = subprocess.run(
         [
             "curl",
@@ -227,6 +227,7 @@ def curl(url: str, output: str = "/dev/null") -> Fetch:
             output,
             "-w",
             "%{time_total} %{time_starttransfer} %{size_download}",
+            *(argument for header in headers for argument in ("-H", header)),
             url,
         ],
         capture_output=True,

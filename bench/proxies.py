@@ -5,7 +5,10 @@ X-Accel-Redirect pattern (backend authorises, nginx streams).
 The nginx blocks are read from README.md, so the README and what is measured
 cannot drift apart. Rounds alternate between the paths; the medians' ratios to
 the direct download are the result (target for the README block: >= 0.5). A
-Range request through each path must give the same 206 and bytes as direct.
+Range request through each path must give the same 206 and bytes as direct,
+a HEAD the same status and Content-Length, and an id of ``%2e%2e`` the
+service's JSON 422. The service requires a token, which the blocks' and the
+router's ``Authorization`` must supply (the browser sends none).
 
     python bench/proxies.py [--rounds 5]
 """
@@ -43,6 +46,8 @@ from bench.harness import (
 REPO = Path(__file__).resolve().parent.parent
 README_SERVICE = "127.0.0.1:8080"
 README_BACKEND = "127.0.0.1:8000"
+README_TOKEN = "<token>"
+TOKEN = "bench-token"
 
 
 def readme_nginx_blocks() -> tuple[str, str]:
@@ -127,7 +132,12 @@ def backend(service_url: str, mode: str) -> Iterator[tuple[str, int]]:
             "--no-access-log",
         ],
         cwd=REPO,
-        env={**os.environ, "EXPORT_SERVICE_URL": service_url, "BACKEND_EXPORTS": mode},
+        env={
+            **os.environ,
+            "EXPORT_SERVICE_URL": service_url,
+            "EXPORT_SERVICE_AUTH_TOKEN": TOKEN,
+            "BACKEND_EXPORTS": mode,
+        },
     )
     try:
         _wait_for_port(port, process)
@@ -137,9 +147,10 @@ def backend(service_url: str, mode: str) -> Iterator[tuple[str, int]]:
         process.wait(10)
 
 
-def range_check(url: str) -> tuple[int, bytes]:
+def _curl_answer(url: str, *arguments: str) -> tuple[int, bytes]:
+    """Status and output of one curl request (its -w adds the status last)."""
     result = subprocess.run(
-        ["curl", "-sS", "-r", "1000000-1999999", "-w", "\n%{http_code}", url],
+        ["curl", "-sS", *arguments, "-w", "\n%{http_code}", url],
         capture_output=True,
         check=True,
     )
@@ -147,20 +158,34 @@ def range_check(url: str) -> tuple[int, bytes]:
     return int(status), body
 
 
+def checks(url: str, headers: list[str]) -> tuple[tuple[int, bytes], str, str]:
+    """A Range, a HEAD and a bad id through one path: what each gives."""
+    extra = [argument for header in headers for argument in ("-H", header)]
+    ranged = _curl_answer(url, "-r", "1000000-1999999", *extra)
+    _, head = _curl_answer(url, "-I", *extra)
+    length = re.search(rb"(?im)^content-length: *(\d+)", head)
+    status = head.split(b" ", 2)[1].decode() if head.startswith(b"HTTP/") else "?"
+    head_result = f"{status}, {int(length.group(1)) if length else '-'} bytes"
+    bad_status, bad_body = _curl_answer(url.rsplit("/", 1)[0] + "/%2e%2e", *extra)
+    error = re.search(rb'"error": *"([a-z_]+)"', bad_body)
+    bad_result = f"{bad_status} {error.group(1).decode() if error else 'not the JSON shape'}"
+    return ranged, head_result, bad_result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     arguments = parser.parse_args()
     binary = ensure_nginx()
-    plain, accel = readme_nginx_blocks()
+    plain, accel = (block.replace(README_TOKEN, TOKEN) for block in readme_nginx_blocks())
     times: dict[str, list[float]] = {}
-    ranges: dict[str, tuple[int, bytes]] = {}
+    answers: dict[str, tuple[tuple[int, bytes], str, str]] = {}
     proxy_rss_kib = 0
     with tempfile.TemporaryDirectory(prefix="bench-proxies-") as temp:
         workload = reference_workload(Path(temp) / "air")
         path = f"/api/air/export/zip/{workload.run_id}"
         with (
-            service(workload.config) as svc,
+            service(workload.config, ("EXPORT_SERVICE_AUTH_TOKEN", TOKEN)) as svc,
             backend(svc.url, "proxy") as (proxy_address, proxy_pid),
             backend(svc.url, "accel") as (accel_address, _),
         ):
@@ -193,26 +218,32 @@ def main() -> None:
                     urls["nginx, README block"] = f"{readme_nginx}{path}"
                     urls["nginx, default buffer sizes"] = f"{default_nginx}{path}"
                     urls["nginx X-Accel-Redirect"] = f"{accel_nginx}{path}"
-                size = curl(urls["direct"]).size
+                # The browser sends no token; only the direct download brings its own.
+                auth = {"direct": [f"Authorization: Bearer {TOKEN}"]}
+                size = curl(urls["direct"], headers=auth["direct"]).size
                 for name, url in urls.items():
-                    assert curl(url).size == size, f"{name}: wrong size"  # and warm
-                    ranges[name] = range_check(url)
+                    headers = auth.get(name, [])
+                    assert curl(url, headers=headers).size == size, f"{name}: wrong size"  # warm
+                    answers[name] = checks(url, headers)
                 with RssSampler(proxy_pid) as rss:
                     for _ in range(arguments.rounds):
                         for name, url in urls.items():
-                            times.setdefault(name, []).append(curl(url).seconds)
+                            fetch = curl(url, headers=auth.get(name, []))
+                            times.setdefault(name, []).append(fetch.seconds)
                 proxy_rss_kib = rss.peak_kib
     direct = median(times["direct"])
     rows: list[list[object]] = []
     for name, measured in times.items():
-        status, body = ranges[name]
-        same_range = status == 206 and body == ranges["direct"][1]
+        (status, body), head, bad_id = answers[name]
+        same_range = status == 206 and body == answers["direct"][0][1]
         rows.append(
             [
                 name,
                 f"{size / median(measured) / MIB:.0f} MiB/s",
                 f"{direct / median(measured):.2f}",
                 "206, same bytes" if same_range else f"{status}, differs",
+                head,
+                bad_id,
             ]
         )
     print(
@@ -220,7 +251,7 @@ def main() -> None:
             f"One {size / MIB:.0f} MiB ZIP through each path ({arguments.rounds} alternating "
             f"rounds, {machine()})",
             rows,
-            ["path", "throughput", "vs direct", "Range 1000000-1999999"],
+            ["path", "throughput", "vs direct", "Range 1000000-1999999", "HEAD", "id %2e%2e"],
         )
     )
     print(f"FastAPI proxy router: peak RSS of the backend process {proxy_rss_kib / 1024:.0f} MiB")
