@@ -8,6 +8,12 @@ served a request is tracked; on shutdown (after the listening socket and the
 idle connections are closed) the requests in flight get the grace period to
 finish, then their tasks are cancelled and their connections aborted, so
 nothing is left for aiohttp to wait on.
+
+Last, every connection that served a request is closed. One whose request
+left part of its body unread (a PUT answered before its body was read, a GET
+sent with a body) is kept by aiohttp for up to 10 s reading that body away
+(its "lingering close"); aiohttp's own shutdown waited ``shutdown_timeout``
+for each such connection, so an idle service took a second or more to exit.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +37,18 @@ class RequestsInFlight:
 
     def __init__(self) -> None:
         self._tasks: dict[asyncio.Task[object], asyncio.Transport | None] = {}
+        # The open connections that have served a request (aiohttp's handlers
+        # take no weak references: closed ones are dropped as new ones come).
+        self._connections: set[RequestHandler] = set()
 
     def track(self, request: web.Request) -> None:
         """Remember the task serving ``request``'s connection until it ends.
 
         The task also sends a response's body after the handler returned
         (file URLs), so it is the task, not the handler, that is waited for."""
+        if request.protocol not in self._connections:
+            self._connections = {c for c in self._connections if c.transport is not None}
+            self._connections.add(request.protocol)
         task = asyncio.current_task()
         if task is None or task in self._tasks:
             return
@@ -49,7 +62,13 @@ class RequestsInFlight:
         return len(self._tasks)
 
     async def drain(self, grace: float) -> None:
-        """Let the requests in flight finish within ``grace`` seconds, then cut them."""
+        """Let the requests in flight finish within ``grace`` seconds, then cut
+        them; then close every connection (none has a request left)."""
+        await self._finish_or_cut(grace)
+        for connection in list(self._connections):
+            connection.force_close()
+
+    async def _finish_or_cut(self, grace: float) -> None:
         tasks = set(self._tasks)
         if not tasks:
             return
