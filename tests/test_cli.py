@@ -316,17 +316,3 @@ def test_healthcheck_asks_the_port_the_config_names(tree: AirTree, tmp_path: Pat
     finally:
         process.terminate()
         process.wait(30)
-
-
-def test_the_healthcheck_imports_no_server() -> None:
-    """It runs as a Kubernetes exec probe every few seconds: not aiohttp and
-    the app (0.16 s and 35 MiB here instead of 0.3 s and 52 MiB)."""
-    check = (
-        "import sys; from export_service import cli; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aiohttp'))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", check], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "[]\n"
