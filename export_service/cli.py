@@ -133,8 +133,11 @@ def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         # Resolved here: create_server() turns getaddrinfo's error into a bare
-        # OSError whose (negative) code os.strerror() does not know.
-        socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        # OSError whose (negative) code os.strerror() does not know. An ASCII
+        # host goes as bytes, as bind() sends it (a str is IDNA-encoded first,
+        # which imports a codec: a service that dropped privileges may not).
+        name = host.encode() if host.isascii() else host
+        socket.getaddrinfo(name, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     except socket.gaierror as error:
         reason = (
             "not a valid address or host name"
