@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,15 +90,19 @@ class Service:
         return self.process.pid
 
 
-def _wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
+def wait_until_ready(
+    ready: Callable[[], object], process: subprocess.Popen[bytes], what: str, seconds: float = 30
+) -> None:
+    """Call ``ready`` (which raises OSError until ``what`` answers) until it
+    succeeds; RuntimeError when ``process`` ends or ``seconds`` pass first."""
+    deadline = time.monotonic() + seconds
     while True:
         try:
-            urllib.request.urlopen(url, timeout=2).close()
+            ready()
             return
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not come up") from None
+                raise RuntimeError(f"{what} did not come up") from None
             time.sleep(0.05)
 
 
@@ -131,7 +135,9 @@ def service(
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_until_up(url + "/healthz", process)
+        wait_until_ready(
+            lambda: urllib.request.urlopen(url + "/healthz", timeout=2).close(), process, url
+        )
         yield Service(process, url)
     finally:
         process.send_signal(signal.SIGTERM)

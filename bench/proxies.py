@@ -23,7 +23,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +40,7 @@ from bench.harness import (
     reference_workload,
     service,
     table,
+    wait_until_ready,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,15 +69,12 @@ def without_buffer_sizes(block: str) -> str:
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listens on {port}") from None
-            time.sleep(0.05)
+    wait_until_ready(
+        lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close(),
+        process,
+        f"port {port}",
+        seconds=20,
+    )
 
 
 @contextmanager
