@@ -37,7 +37,7 @@ from zipstream.ng import ZipStreamInfo
 
 from .errors import SourceChanged
 from .files import FolderFiles
-from .manifest import ExportedFile, ExportSources, Step, build_export
+from .manifest import ExportSources, ListedFile, Step, build_export
 from .scanning import resolved
 
 log = logging.getLogger(__name__)
@@ -576,7 +576,7 @@ def _header_offset(entry: PlannedEntry) -> int:
 
 
 def plan_archive(
-    files: Iterable[ExportedFile],
+    files: Iterable[ListedFile],
     root_reals: Mapping[Step, str],
     chunk_bytes: int,
     crcs: CrcCache | None = None,
@@ -597,13 +597,12 @@ def plan_archive(
     offset = 0
     with FolderFiles() as folder_files:
         for item in files:
-            step, rel_path, source = item.entry["step"], item.entry["rel_path"], item.source
-            size = source.size
-            if size is None or not folder_files.readable(source.path, root_reals[step]):
+            step, rel_path, size = item.step, item.rel_path, item.size
+            if size is None or not folder_files.readable(item.path, root_reals[step]):
                 log.warning("leaving %s/%s out of the ZIP: it cannot be opened", step, rel_path)
                 skipped.append(f"{step}/{rel_path}")
                 continue
-            seconds = source.mtime_ns // 1_000_000_000
+            seconds = item.mtime_ns // 1_000_000_000
             date_time = date_times.get(seconds)
             if date_time is None:
                 date_time = date_times[seconds] = _dos_date_time(seconds)
@@ -622,12 +621,12 @@ def plan_archive(
                 PlannedEntry(
                     arcname,
                     rel_path,
-                    source.path,
+                    item.path,
                     root_reals[step],
                     size,
-                    source.mtime_ns,
-                    source.dev,
-                    source.ino,
+                    item.mtime_ns,
+                    item.dev,
+                    item.ino,
                     date_time,
                     offset,
                     data_offset,

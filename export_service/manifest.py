@@ -29,7 +29,6 @@ from .scanning import (
     FileRecord,
     FolderScan,
     RunFolderIndex,
-    ScannedFile,
     display_name,
     exact_run_folder,
     scan_run_folder,
@@ -85,11 +84,18 @@ class ExportSources:
         )
 
 
-class ExportedFile(NamedTuple):
-    """A manifest entry together with what the service knows of it on disk."""
+class ListedFile(NamedTuple):
+    """A listed file as a ZIP's plan takes it: its step and rel_path as the
+    manifest lists them, and what the scan saw of it on disk (no URL: a ZIP
+    has none, and making 10,000 of them was a fifth of the plan)."""
 
-    entry: ExportFile
-    source: ScannedFile
+    step: Step
+    rel_path: str
+    path: str  # resolved absolute path; never leaves the service
+    size: int | None  # None when the file could not be stat'ed
+    mtime_ns: int
+    dev: int
+    ino: int
 
 
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*\Z")
@@ -121,25 +127,27 @@ class StepFiles:
             url_starts.append("/".join((run_url, *map(url_segment, scanned.parts))))
         return cls(step, scan, rel_starts, url_starts)
 
+    def rel_path(self, folder: int, name: str) -> str:
+        return f"{self.rel_starts[folder]}/{display_name(name)}"
+
     def entries(self, records: list[FileRecord]) -> list[ExportFile]:
-        step, rel_starts, url_starts = self.step, self.rel_starts, self.url_starts
+        step, url_starts = self.step, self.url_starts
         return [
             {
                 "step": step,
-                "rel_path": f"{rel_starts[folder]}/{display_name(name)}",
+                "rel_path": self.rel_path(folder, name),
                 "url": f"{url_starts[folder]}/{url_segment(name)}",
                 "bytes": size,
             }
             for folder, name, size, *_ in records
         ]
 
-    def exported(self, records: list[FileRecord]) -> Iterator[ExportedFile]:
-        scan = self.scan
-        for entry, record in zip(self.entries(records), records, strict=True):
+    def listed(self, records: list[FileRecord]) -> Iterator[ListedFile]:
+        step, scan = self.step, self.scan
+        for record in records:
             folder, name, size, mtime_ns, dev, ino, _ = record
-            parts = (*scan.folders[folder].parts, name)
-            yield ExportedFile(
-                entry, ScannedFile(scan.path(record), parts, size, mtime_ns, dev, ino)
+            yield ListedFile(
+                step, self.rel_path(folder, name), scan.path(record), size, mtime_ns, dev, ino
             )
 
 
@@ -159,15 +167,14 @@ class Export:
         return sum((step.scan.unlisted for step in self.steps), Counter())
 
     @property
-    def files(self) -> Iterator[ExportedFile]:
-        """The manifest's entries with their sources, in manifest order, made
-        one by one."""
+    def files(self) -> Iterator[ListedFile]:
+        """The listed files, in manifest order, made one by one."""
         for step in self.steps:
             records = step.scan.records
             for start in range(0, len(records), _SLICE):
-                yield from step.exported(records[start : start + _SLICE])
+                yield from step.listed(records[start : start + _SLICE])
 
-    def take_files(self) -> Iterator[ExportedFile]:
+    def take_files(self) -> Iterator[ListedFile]:
         """:attr:`files`, each slice of records dropped once it is handed over
         (the export is empty afterwards). Planning a ZIP keeps what it needs of
         every file: the scan's records need not outlive the plan's entries."""
@@ -178,7 +185,7 @@ class Export:
                 taken = records[-_SLICE:]
                 del records[-_SLICE:]
                 taken.reverse()
-                yield from step.exported(taken)
+                yield from step.listed(taken)
 
     def manifest_json(self) -> bytearray:
         """The manifest as the API sends it, written slice by slice into one

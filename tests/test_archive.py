@@ -420,7 +420,7 @@ def test_planned_names_are_the_allocators_for_the_full_sanitized_names(tree: Air
     archive = _plan(tree)
     allocator = ArcnameAllocator()
     expected = [
-        allocator.allocate(sanitize_arcname(f"{item.entry['step']}/{item.entry['rel_path']}"))
+        allocator.allocate(sanitize_arcname(f"{item.step}/{item.rel_path}"))
         for item in export.files
     ]
     assert [entry.arcname for entry in archive.entries] == expected
