@@ -63,7 +63,7 @@ async def test_forty_clients_that_reset_leave_nothing_behind(
         sock.setblocking(False)
         reader, writer = await asyncio.open_connection(sock=sock)
         writer.write(b"GET /api/air/export/zip/r HTTP/1.1\r\nHost: t\r\n\r\n")
-        await asyncio.wait_for(reader.readexactly(1024 * 1024), 20)
+        await asyncio.wait_for(reader.readexactly(1024 * 1024), 60)  # 40 at once on a busy machine
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.close()
 
