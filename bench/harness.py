@@ -166,14 +166,9 @@ def ensure_nginx() -> str | None:
 
 
 @contextmanager
-def nginx(binary: str, root: Path) -> Iterator[str]:
-    """nginx serving ``root`` as static files with sendfile, on a free port."""
-    for folder in (root, *root.parents):  # its workers run unprivileged
-        if folder == Path(tempfile.gettempdir()):
-            break
-        folder.chmod(folder.stat().st_mode | 0o055)
-    for path in root.iterdir():
-        path.chmod(path.stat().st_mode | 0o044)
+def nginx_server(binary: str, server_body: str) -> Iterator[str]:
+    """nginx with one server on a free port, holding ``server_body`` (a
+    ``root``, or ``location`` blocks); its URL."""
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
     conf = work / "nginx.conf"
@@ -193,27 +188,36 @@ http {{
     scgi_temp_path {work};
     server {{
         listen 127.0.0.1:{port};
-        root {root};
+{server_body}
     }}
 }}
 """)
     process = subprocess.Popen([binary, "-c", str(conf), "-g", "daemon off;"])
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("nginx did not come up") from None
-                time.sleep(0.05)
-        yield url
+        wait_until_ready(
+            lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close(),
+            process,
+            f"nginx on {port}",
+            seconds=10,
+        )
+        yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(10)
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def nginx(binary: str, root: Path) -> Iterator[str]:
+    """nginx serving ``root`` as static files with sendfile, on a free port."""
+    for folder in (root, *root.parents):  # its workers run unprivileged
+        if folder == Path(tempfile.gettempdir()):
+            break
+        folder.chmod(folder.stat().st_mode | 0o055)
+    for path in root.iterdir():
+        path.chmod(path.stat().st_mode | 0o044)
+    with nginx_server(binary, f"        root {root};") as url:
+        yield url
 
 
 @dataclass

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from bench.harness import (
     free_port,
     machine,
     median,
+    nginx_server,
     reference_workload,
     service,
     table,
@@ -75,39 +75,6 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
         f"port {port}",
         seconds=20,
     )
-
-
-@contextmanager
-def nginx_with(binary: str, locations: str) -> Iterator[str]:
-    """nginx with one server holding ``locations``, on a free port."""
-    port = free_port()
-    work = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
-    (work / "nginx.conf").write_text(f"""
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {work};
-    proxy_temp_path {work};
-    fastcgi_temp_path {work};
-    uwsgi_temp_path {work};
-    scgi_temp_path {work};
-    server {{
-        listen 127.0.0.1:{port};
-{locations}
-    }}
-}}
-""")
-    process = subprocess.Popen([binary, "-c", str(work / "nginx.conf"), "-g", "daemon off;"])
-    try:
-        _wait_for_port(port, process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @contextmanager
@@ -192,15 +159,15 @@ def main() -> None:
                 "FastAPI proxy router": f"http://{proxy_address}{path}",
             }
             with (
-                nginx_with(binary, plain.replace(README_SERVICE, service_address))
+                nginx_server(binary, plain.replace(README_SERVICE, service_address))
                 if binary
                 else _none() as readme_nginx,
-                nginx_with(
+                nginx_server(
                     binary, without_buffer_sizes(plain).replace(README_SERVICE, service_address)
                 )
                 if binary
                 else _none() as default_nginx,
-                nginx_with(
+                nginx_server(
                     binary,
                     accel.replace(README_SERVICE, service_address).replace(
                         README_BACKEND, accel_address
