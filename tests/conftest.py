@@ -58,6 +58,15 @@ def write(path: Path, content: bytes = b"", mtime: int | None = None) -> Path:
     return path
 
 
+def content_length(head: bytes) -> int:
+    """The Content-Length of a raw response head."""
+    return next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+
+
 async def raw_exchange(client: TestClient[Any, Any], request: bytes) -> tuple[bytes, bytes]:
     """Send one raw HTTP/1.1 request (no client-side normalization of the path);
     (head, body) as received until the server closes."""
@@ -101,8 +110,7 @@ async def read_slowly(
             received += chunk
             if expected is None and b"\r\n\r\n" in received:
                 head = bytes(received).partition(b"\r\n\r\n")[0]
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                expected = len(head) + 4 + length
+                expected = len(head) + 4 + content_length(head)
             await asyncio.sleep(pause)
     head, _, body = bytes(received).partition(b"\r\n\r\n")
     return head, body

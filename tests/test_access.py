@@ -13,7 +13,14 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from export_service.logs import TextFormatter
-from tests.conftest import AirTree, ClientFactory, raw_exchange, wait_until, write
+from tests.conftest import (
+    AirTree,
+    ClientFactory,
+    content_length,
+    raw_exchange,
+    wait_until,
+    write,
+)
 
 ACCESS = "export_service.access"
 
@@ -201,12 +208,7 @@ async def _read_all_then_close(client: TestClient[Any, Any], path: str) -> int:
     """What curl does: read the head and exactly Content-Length bytes, then close."""
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\nX-Request-ID: whole\r\n\r\n".encode())
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
+    length = content_length(await reader.readuntil(b"\r\n\r\n"))
     await reader.readexactly(length)
     writer.close()
     return length

@@ -17,7 +17,7 @@ import pytest
 from export_service import config as config_module
 from export_service.cli import main
 from export_service.sample import SAMPLE_RENDER_RUN_ID
-from tests.conftest import AirTree, write
+from tests.conftest import AirTree, content_length, write
 from tests.live import free_port, live_service
 from tests.zips import read_zip, unzip_test
 
@@ -171,14 +171,7 @@ def _start_download(base_url: str, path: str) -> tuple[socket.socket, int, bytes
     while b"\r\n\r\n" not in data:
         data += sock.recv(65536)
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(
-        next(
-            line.split(b":")[1]
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length")
-        )
-    )
-    return sock, length, body
+    return sock, content_length(head), body
 
 
 def _refuses_connections(base_url: str) -> bool:

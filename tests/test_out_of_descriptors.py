@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from export_service.descriptors import descriptor_headroom
-from tests.conftest import AirTree, ClientFactory, write
+from tests.conftest import AirTree, ClientFactory, content_length, write
 from tests.zips import read_zip
 
 
@@ -45,12 +45,7 @@ async def connection(client: TestClient[Any, Any]) -> AsyncIterator[Get]:
     async def get(path: str) -> tuple[int, bytes]:
         writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
         head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        return int(head.split()[1]), await reader.readexactly(length)
+        return int(head.split()[1]), await reader.readexactly(content_length(head))
 
     try:
         yield get
