@@ -6,6 +6,7 @@ Everything runs on this machine only (127.0.0.1) and stops by itself.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -148,8 +149,27 @@ def service(
             process.wait()
 
 
-def ensure_nginx() -> str | None:
-    """The nginx binary, installed from Debian when missing and we are root."""
+def add_baseline_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a folder holding another export_service package, measured in the same run "
+        "(e.g. git archive main export_service | tar -x -C /tmp/baseline)",
+    )
+
+
+def versions_to_measure(baseline: Path | None) -> dict[str, Path | None]:
+    """This checkout as "service", and the ``--baseline`` package when given
+    (for :func:`service`'s ``baseline``)."""
+    versions: dict[str, Path | None] = {"service": None}
+    if baseline is not None:
+        versions["baseline"] = baseline.resolve()
+    return versions
+
+
+def ensure_nginx() -> str:
+    """The nginx binary, installed from Debian when missing and we are root;
+    exits when it cannot be had."""
     found = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
     if found:
         return str(found)
@@ -162,7 +182,9 @@ def ensure_nginx() -> str | None:
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
         )
     found = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
-    return str(found) if found else None
+    if not found:
+        sys.exit("nginx is not available (install nginx-light)")
+    return str(found)
 
 
 @contextmanager

@@ -30,7 +30,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import MIB, machine, make_workload, service, table
+from bench.harness import (
+    MIB,
+    add_baseline_option,
+    machine,
+    make_workload,
+    service,
+    table,
+    versions_to_measure,
+)
 
 SECONDS = 25.0
 TIMEOUT = 10
@@ -108,14 +116,12 @@ def run_clients(url: str, run_id: str) -> dict[tuple[str, str, int], str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", type=Path, help="another export_service to compare")
+    add_baseline_option(parser)
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-slow-") as base:
         workload = make_workload(Path(base), [64 * MIB])
         timeout = ("EXPORT_SERVICE_LIMITS_SEND_TIMEOUT_SECONDS", str(TIMEOUT))
-        versions = {"this checkout": None}
-        if arguments.baseline:
-            versions["baseline"] = arguments.baseline
+        versions = versions_to_measure(arguments.baseline)
         outcomes = {}
         for name, baseline in versions.items():
             with service(workload.config, timeout, baseline=baseline) as running:

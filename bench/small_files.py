@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import (
     MIB,
     Workload,
+    add_baseline_option,
     curl,
     ensure_nginx,
     machine,
@@ -31,6 +32,7 @@ from bench.harness import (
     reference_workload,
     service,
     table,
+    versions_to_measure,
 )
 
 SMALL_FILE = 21 * 1024
@@ -70,18 +72,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument(
-        "--baseline",
-        type=Path,
-        help="a folder holding another export_service package, measured in the same rounds",
-    )
+    add_baseline_option(parser)
     arguments = parser.parse_args()
     binary = ensure_nginx()
-    if binary is None:
-        sys.exit("nginx is not available (install nginx-light)")
-    versions: dict[str, Path | None] = {"service": None}
-    if arguments.baseline is not None:
-        versions["baseline"] = arguments.baseline.resolve()
+    versions = versions_to_measure(arguments.baseline)
     rows: list[list[object]] = []
     with tempfile.TemporaryDirectory(prefix="bench-small-files-") as temp:
         exports = {

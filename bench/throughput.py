@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import (
     MIB,
+    add_baseline_option,
     curl,
     ensure_nginx,
     machine,
@@ -30,25 +31,17 @@ from bench.harness import (
     reference_workload,
     service,
     table,
+    versions_to_measure,
 )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument(
-        "--baseline",
-        type=Path,
-        help="a folder holding another export_service package, measured in the same rounds "
-        "(e.g. git archive main export_service | tar -x -C /tmp/baseline)",
-    )
+    add_baseline_option(parser)
     arguments = parser.parse_args()
     binary = ensure_nginx()
-    if binary is None:
-        sys.exit("nginx is not available (install nginx-light)")
-    versions: dict[str, Path | None] = {"service": None}
-    if arguments.baseline is not None:
-        versions["baseline"] = arguments.baseline.resolve()
+    versions = versions_to_measure(arguments.baseline)
     first: dict[str, list[float]] = {name: [] for name in versions}
     later: dict[str, list[float]] = {name: [] for name in versions}
     first_bytes: dict[str, list[float]] = {name: [] for name in versions}
