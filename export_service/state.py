@@ -57,20 +57,20 @@ class Closable(Protocol):
 _C = TypeVar("_C", bound=Closable)
 
 
-async def _run_in_pool(
-    pool: ThreadPoolExecutor, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
-) -> _T:
-    """Run a blocking function in ``pool``, as one hop, in the current context
-    (so its log lines carry the request id)."""
-    call = functools.partial(contextvars.copy_context().run, function, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(pool, call)
+def _in_context(
+    function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+) -> Callable[[], _T]:
+    """The call, to run in a worker thread in the current context (so its
+    log lines carry the request id)."""
+    return functools.partial(contextvars.copy_context().run, function, *args, **kwargs)
 
 
 async def run_blocking(
     request: web.Request, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
 ) -> _T:
     """Run a blocking function in the I/O pool, as one hop."""
-    return await _run_in_pool(request.app[IO_EXECUTOR], function, *args, **kwargs)
+    call = _in_context(function, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(request.app[IO_EXECUTOR], call)
 
 
 async def open_off_loop(
@@ -83,8 +83,7 @@ async def open_off_loop(
     so an abandoned request leaves no descriptor behind. (A function that is
     still queued is not run at all.)
     """
-    call = functools.partial(contextvars.copy_context().run, function, *args, **kwargs)
-    future = request.app[IO_EXECUTOR].submit(call)
+    future = request.app[IO_EXECUTOR].submit(_in_context(function, *args, **kwargs))
     try:
         return await asyncio.wrap_future(future)
     except BaseException:
