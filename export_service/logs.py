@@ -172,6 +172,12 @@ def suppressed_repeats() -> int:
     return _repeat_limiter.suppressed if _repeat_limiter is not None else 0
 
 
+def dropped_lines() -> int:
+    """How many log lines were dropped because the queue to the writing thread
+    was full, since the process started."""
+    return _DroppingQueueHandler.dropped
+
+
 _TRACEBACKS = logging.Formatter()
 _listener: logging.handlers.QueueListener | None = None
 

@@ -15,14 +15,14 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from .logs import suppressed_repeats
+from .logs import dropped_lines, suppressed_repeats
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 1)
 
 
-class _SuppressedLogLines(Collector):
-    """The log's count of out-of-resources errors it held back (logs.py)."""
+class _LogCounts(Collector):
+    """What the log left out, counted by logs.py (which imports no metrics)."""
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(
@@ -31,13 +31,19 @@ class _SuppressedLogLines(Collector):
             "because the same message was logged less than logging.repeated_error_seconds ago",
             value=suppressed_repeats(),
         )
+        yield CounterMetricFamily(
+            "export_log_lines_dropped",
+            "Log lines dropped because the queue to the log writer was full "
+            "(stderr's reader did not keep up)",
+            value=dropped_lines(),
+        )
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # RSS, CPU, open fds
-        self.registry.register(_SuppressedLogLines())
+        self.registry.register(_LogCounts())
         self.requests = Counter(
             "export_http_requests",
             "HTTP requests answered, by route, method and status",

@@ -1,4 +1,5 @@
-"""Logging: out-of-resources errors repeat at most once per interval."""
+"""Logging: out-of-resources errors repeat at most once per interval; what
+the log leaves out is counted in /metrics."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import socket
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 
+from export_service import logs
 from export_service.errors import ConfigError
 from export_service.logs import RepeatLimiter
 from tests.conftest import AirTree
@@ -98,3 +102,25 @@ def test_a_service_out_of_descriptors_logs_the_accept_error_once(
 def test_the_interval_must_be_positive(seconds: float, tree: AirTree) -> None:
     with pytest.raises(ConfigError, match=r"logging\.repeated_error_seconds"):
         tree.settings(logging={"repeated_error_seconds": seconds})
+
+
+def _counter(metrics: str, name: str) -> float:
+    (line,) = [line for line in metrics.splitlines() if line.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+async def test_lines_dropped_by_a_full_log_queue_are_counted_in_metrics(
+    client: TestClient[Any, Any],
+) -> None:
+    before = _counter(await (await client.get("/metrics")).text(), "export_log_lines_dropped_total")
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    try:
+        logs.setup_logging("INFO", "json", queue_size=1)
+        logs.stop_logging()  # no writer left: one line fills the queue
+        for number in range(3):
+            logging.getLogger("export_service.test").info("line %d", number)
+    finally:
+        root.handlers, root.level = saved_handlers, saved_level
+    after = _counter(await (await client.get("/metrics")).text(), "export_log_lines_dropped_total")
+    assert after == before + 2
