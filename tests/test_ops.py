@@ -2,6 +2,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -255,3 +256,18 @@ def test_logging_goes_through_a_queue_and_keeps_tracebacks(
     assert line["message"] == "failed 7"
     assert line["request_id"] == "q-1"
     assert "KeyError: 'lost'" in line["exception"]
+
+
+async def test_the_readmes_metric_list_is_what_metrics_exposes(
+    client: TestClient[Any, Any],
+) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    listed = readme.split("- `GET /metrics` (Prometheus text):", 1)[1].split("\n- ", 1)[0]
+    documented = set(re.findall(r"`((?:export|process)_[a-z_]+)", listed))
+    text = await (await client.get("/metrics")).text()
+    exposed = {
+        line.split()[2]
+        for line in text.splitlines()
+        if line.startswith("# TYPE ") and not line.split()[2].endswith("_created")
+    }
+    assert documented == exposed
