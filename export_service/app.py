@@ -141,6 +141,19 @@ async def _measure_loop_lag(metrics: Metrics) -> None:
 
 
 def create_app(settings: Settings) -> web.Application:
+    """The service for ``settings`` as an aiohttp application: the export API,
+    the file URLs, the OpenAPI document and the ops endpoints, behind the
+    middlewares (in-flight tracking, request id, access log and request
+    metrics, JSON errors, then the bearer token when one is set).
+
+    Building it does no I/O and starts nothing. Starting it (a runner's
+    setup) starts the two thread pools, logs what keeps it from being ready
+    (it starts anyway), starts the event-loop lag probe and makes full garbage
+    collections rarer. Shutting it down lets the requests in flight finish
+    for ``server.shutdown_grace_seconds``, then cuts the rest and closes
+    every connection; cleanup restores the collector's thresholds, stops the
+    probe, and stops the pools (queued work dropped, running work waited for).
+    """
     in_flight = RequestsInFlight()
     middlewares: list[Middleware] = [
         tracking_middleware(in_flight),

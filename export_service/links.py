@@ -226,7 +226,14 @@ def _with_link(text: str, render_run_id: str, link: StoredLink) -> str:
 
 class LinkStore:
     """The links file of one path: cached, single-flight reads; locked,
-    atomic writes that keep every other record as it is."""
+    atomic writes that keep every other record as it is.
+
+    Safe to share between threads and with other processes writing the same
+    file. The methods block (they read or write the file): the service calls
+    them off the event loop. Reading never raises: a file that is missing
+    holds no links, and one that cannot be used holds none either and says
+    why in :meth:`problem`.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -290,18 +297,20 @@ class LinkStore:
         return self._current().problem
 
     def stored(self, render_run_id: str) -> StoredLink | None:
-        """The record of ``render_run_id`` as stored, whatever its param run id."""
+        """The record of ``render_run_id`` as stored, whatever its param run
+        id; None when there is none (or the file is unusable)."""
         return self._current().links.get(render_run_id)
 
     def link_for(self, render_run_id: str) -> StoredLink | None:
-        """The link of ``render_run_id`` when its param run id is a valid run id."""
+        """The link of ``render_run_id`` when its param run id is a valid run
+        id, else None."""
         link = self.stored(render_run_id)
         if link is None or run_id_problem(link.param_run_id) is not None:
             return None  # reported once when the file was read, not per request
         return link
 
     def param_run_id_for(self, render_run_id: str) -> str | None:
-        """The linked param run id, when there is a valid one."""
+        """The linked param run id, when there is a valid one, else None."""
         link = self.link_for(render_run_id)
         return link.param_run_id if link else None
 

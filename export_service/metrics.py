@@ -40,6 +40,12 @@ class _LogCounts(Collector):
 
 
 class Metrics:
+    """The service's Prometheus metrics, in a registry of their own: each app
+    counts its own requests and downloads (two apps in one process, as in the
+    tests, never share counts). The process's metrics and the log's counts
+    (repeats suppressed, lines dropped) are the process's, the same in every
+    app."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # RSS, CPU, open fds
@@ -106,4 +112,6 @@ class Metrics:
         )
 
     def exposition(self) -> bytes:
+        """Every metric in Prometheus' text format. Blocking: the process's
+        metrics are read from /proc."""
         return generate_latest(self.registry)

@@ -52,7 +52,9 @@ def readiness_problems(settings: Settings, links: LinkStore) -> list[str]:
 
 @routes.get("/healthz", allow_head=False)
 async def healthz(request: web.Request) -> web.Response:
-    """The process is up and its event loop answers."""
+    """200 ``{"status": "ok"}`` whenever the event loop answers. It touches
+    neither the files nor the thread pools, so slow or missing roots never
+    make an orchestrator restart the process (readiness tells about them)."""
     return web.json_response({"status": "ok"})
 
 
@@ -71,5 +73,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics", allow_head=False)
 async def metrics(request: web.Request) -> web.Response:
+    """The app's metrics in Prometheus' text format, read off the event loop
+    (one hop to the I/O pool). Open without a token, as health is: scrapers
+    carry none."""
     body = await run_blocking(request, request.app[METRICS].exposition)  # reads /proc
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
