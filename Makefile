@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench
+.PHONY: run test lint fmt bench
 
 BENCHMARKS := crc32 throughput small_files concurrency big_runs huge_runs per_file_costs crowded_roots memory resume links_reload abandoned_requests proxies slow_readers
 
@@ -32,6 +32,11 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/hadolint --failure-threshold error Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
+
+## fmt: apply the fixes ruff knows, then ruff format (what the ruff steps of lint check)
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 ## bench: every benchmark under bench/, each printing a Markdown table (a few minutes;
 ## the throughput benchmark installs Debian's nginx-light when it is missing and it can)
