@@ -12,15 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from export_service.archive import (
-    ArcnameAllocator,
-    CrcCache,
-    ExportArchive,
-    plan_export_archive,
-    sanitize_arcname,
-)
+from export_service.archive import CrcCache, ExportArchive, plan_export_archive
 from export_service.errors import SourceChanged
 from export_service.manifest import ExportSources, build_export
+from export_service.names import ArcnameAllocator, sanitize_arcname
 from tests.conftest import AirTree, open_paths_under, write
 from tests.zips import java_read_zip, read_zip, unzip_test
 
@@ -32,102 +27,6 @@ def _plan(tree: AirTree, run_id: str = "r", chunk: int = 1 << 20) -> ExportArchi
 
 def _body(archive: ExportArchive) -> bytes:
     return b"".join(archive.chunks())
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("render/r/mix.wav", "render/r/mix.wav"),
-        ("render/r/a\\b.wav", "render/r/a/b.wav"),
-        ("render/r/..\\..\\etc\\passwd", "render/r/etc/passwd"),
-        ("/abs/./x//y", "abs/x/y"),
-        ("a\x00b/c\x1fd\x7f", "ab/cd"),
-        ("x/.\x01./y", "x/y"),  # dropping the control character leaves '..'
-        ("", "file"),
-        ("./../..", "file"),
-        ("ünï/cödé.wav", "ünï/cödé.wav"),
-        ("render/r/CON.wav", "render/r/CON_.wav"),  # Windows device names
-        ("render/nul/lpt9.tar.gz", "render/nul_/lpt9_.tar.gz"),
-        ("render/r/aux", "render/r/aux_"),
-        ("render/r/CONSOLE.wav", "render/r/CONSOLE.wav"),
-        ("render/r/COM0.wav", "render/r/COM0.wav"),
-        ("render/r/con_.wav", "render/r/con_.wav"),
-    ],
-)
-def test_sanitize_arcname(name: str, expected: str) -> None:
-    assert sanitize_arcname(name) == expected
-
-
-def test_allocator_suffixes_before_the_extension_and_stays_unique() -> None:
-    allocator = ArcnameAllocator()
-    names = [
-        "a.wav",
-        "a.wav",
-        "a__2.wav",
-        "a.wav",
-        "b",
-        "b",
-        "d.x/c",
-        "d.x/c",
-        ".hidden",
-        ".hidden",
-    ]
-    assert [allocator.allocate(name) for name in names] == [
-        "a.wav",
-        "a__1.wav",
-        "a__2.wav",
-        "a__3.wav",
-        "b",
-        "b__1",
-        "d.x/c",
-        "d.x/c__1",
-        ".hidden",
-        ".hidden__1",
-    ]
-
-
-def test_names_equal_but_for_letter_case_are_taken() -> None:
-    allocator = ArcnameAllocator()
-    names = [
-        "r/Take.wav",
-        "r/take.wav",
-        "r/TAKE.wav",
-        "r/take__1.WAV",
-        "r/Stems/a.wav",
-        "r/stems/b.wav",
-        "r/Stems/c.wav",
-        "r/STEMS",  # a file named like a folder, in another case
-        "r/stems__1/d.wav",  # a real folder named like a suffixed one
-        "r/Café.wav",
-        "r/cafe\u0301.WAV",  # the same name in NFD, which macOS treats as equal
-    ]
-    assert [allocator.allocate(name) for name in names] == [
-        "r/Take.wav",
-        "r/take__1.wav",
-        "r/TAKE__2.wav",
-        "r/take__1__1.WAV",
-        "r/Stems/a.wav",
-        "r/stems__1/b.wav",
-        "r/Stems/c.wav",
-        "r/STEMS__2",
-        "r/stems__1__1/d.wav",
-        "r/Café.wav",
-        "r/cafe\u0301__1.WAV",
-    ]
-
-
-def test_the_allocator_is_deterministic_and_handles_any_depth() -> None:
-    deep = "/".join(["d"] * 5000) + "/x.wav"
-    names = [deep, deep.upper(), "a/b.wav", "A/B.wav"]
-    first = [ArcnameAllocator().allocate(name) for name in names]
-    allocator = ArcnameAllocator()
-    assert [allocator.allocate(name) for name in names] == [
-        deep,
-        "D__1/" + "/".join(["D"] * 4999) + "/X.WAV",
-        "a/b.wav",
-        "A__1/B.wav",
-    ]
-    assert first == names  # each name alone keeps its spelling
 
 
 def test_archive_holds_the_manifest_files_in_order(tree: AirTree, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Hostile names on disk: valid JSON, and ZIPs that every common reader opens."""
+"""Entry names (names.py): the sanitizing and allocation rules one by one, then
+hostile names on disk end to end: valid JSON, and ZIPs every common reader opens."""
 
 import json
 import os
@@ -7,8 +8,10 @@ from pathlib import Path
 from shutil import which
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
+from export_service.names import ArcnameAllocator, sanitize_arcname
 from tests.conftest import AirTree, write
 from tests.zips import extract_with_every_reader, read_zip
 
@@ -47,6 +50,114 @@ def _check_names(names: list[str]) -> None:
         assert not name.startswith("/") and not _WINDOWS.search(name), name
         for segment in name.split("/"):
             assert segment not in {"", ".", ".."} and segment == segment.rstrip(". "), name
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("render/r/mix.wav", "render/r/mix.wav"),
+        ("render/r/a\\b.wav", "render/r/a/b.wav"),
+        ("render/r/..\\..\\etc\\passwd", "render/r/etc/passwd"),
+        ("/abs/./x//y", "abs/x/y"),
+        ("a\x00b/c\x1fd\x7f", "ab/cd"),
+        ("x/.\x01./y", "x/y"),  # dropping the control character leaves '..'
+        ("", "file"),
+        ("./../..", "file"),
+        ("ünï/cödé.wav", "ünï/cödé.wav"),
+        ("render/r/CON.wav", "render/r/CON_.wav"),  # Windows device names
+        ("render/nul/lpt9.tar.gz", "render/nul_/lpt9_.tar.gz"),
+        ("render/r/aux", "render/r/aux_"),
+        ("render/r/CONSOLE.wav", "render/r/CONSOLE.wav"),
+        ("render/r/COM0.wav", "render/r/COM0.wav"),
+        ("render/r/con_.wav", "render/r/con_.wav"),
+    ],
+)
+def test_sanitize_arcname(name: str, expected: str) -> None:
+    assert sanitize_arcname(name) == expected
+
+
+def test_allocator_suffixes_before_the_extension_and_stays_unique() -> None:
+    allocator = ArcnameAllocator()
+    names = [
+        "a.wav",
+        "a.wav",
+        "a__2.wav",
+        "a.wav",
+        "b",
+        "b",
+        "d.x/c",
+        "d.x/c",
+        ".hidden",
+        ".hidden",
+    ]
+    assert [allocator.allocate(name) for name in names] == [
+        "a.wav",
+        "a__1.wav",
+        "a__2.wav",
+        "a__3.wav",
+        "b",
+        "b__1",
+        "d.x/c",
+        "d.x/c__1",
+        ".hidden",
+        ".hidden__1",
+    ]
+
+
+def test_names_equal_but_for_letter_case_are_taken() -> None:
+    allocator = ArcnameAllocator()
+    names = [
+        "r/Take.wav",
+        "r/take.wav",
+        "r/TAKE.wav",
+        "r/take__1.WAV",
+        "r/Stems/a.wav",
+        "r/stems/b.wav",
+        "r/Stems/c.wav",
+        "r/STEMS",  # a file named like a folder, in another case
+        "r/stems__1/d.wav",  # a real folder named like a suffixed one
+        "r/Café.wav",
+        "r/cafe\u0301.WAV",  # the same name in NFD, which macOS treats as equal
+    ]
+    assert [allocator.allocate(name) for name in names] == [
+        "r/Take.wav",
+        "r/take__1.wav",
+        "r/TAKE__2.wav",
+        "r/take__1__1.WAV",
+        "r/Stems/a.wav",
+        "r/stems__1/b.wav",
+        "r/Stems/c.wav",
+        "r/STEMS__2",
+        "r/stems__1__1/d.wav",
+        "r/Café.wav",
+        "r/cafe\u0301__1.WAV",
+    ]
+
+
+def test_the_allocator_is_deterministic_and_handles_any_depth() -> None:
+    deep = "/".join(["d"] * 5000) + "/x.wav"
+    names = [deep, deep.upper(), "a/b.wav", "A/B.wav"]
+    first = [ArcnameAllocator().allocate(name) for name in names]
+    allocator = ArcnameAllocator()
+    assert [allocator.allocate(name) for name in names] == [
+        deep,
+        "D__1/" + "/".join(["D"] * 4999) + "/X.WAV",
+        "a/b.wav",
+        "A__1/B.wav",
+    ]
+    assert first == names  # each name alone keeps its spelling
+
+
+def test_allocating_a_files_folder_and_base_apart_is_allocating_its_full_sanitized_name() -> None:
+    """allocate_file sanitizes a folder once and takes a plain base as it is;
+    the names must be those of the full rules, in the same order."""
+    names = [f"render/r/{name}" for name in HOSTILE]
+    names += ["render/r/x/CON.wav", "render/r/x/con.wav", "render/r/x/a.wav.", "render/r/X/a.wav"]
+    names += ["render/r/ünï/plain.wav", "render/r/a\\b/c.wav", "render/r/a/b/c.wav"]
+    by_parts, whole = ArcnameAllocator(), ArcnameAllocator()
+    for name in names:
+        folder, _, base = name.rpartition("/")
+        assert by_parts.allocate_file(folder, base) == whole.allocate(sanitize_arcname(name))
 
 
 async def test_hostile_names_give_valid_json_and_zips_every_reader_opens(

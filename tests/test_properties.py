@@ -8,7 +8,7 @@ import unicodedata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export_service.archive import ArcnameAllocator, sanitize_arcname, sanitize_arcname_fully
+from export_service.names import ArcnameAllocator, sanitize_arcname, sanitize_arcname_fully
 from export_service.run_ids import RUN_ID_JSON_SCHEMA, run_id_problem
 
 # Text with the characters that matter over-represented.
