@@ -47,10 +47,11 @@ _ZIP_MAX_DATE = (2107, 12, 31, 23, 59, 58)
 # -- the plan ------------------------------------------------------------------
 
 
-# The one ZIP64 rule of an entry: its sizes go in ZIP64 extra fields when they
-# do not fit where zipfile and zipstream-ng put the limit (2 GiB).
-def _zip64(size: int) -> bool:
-    return size > ZIP64_LIMIT
+def _zip64(value: int) -> bool:
+    """The one ZIP64 rule: a size or offset goes in a ZIP64 record when it is
+    beyond where zipfile and zipstream-ng put the limit (2 GiB). (An entry
+    count has its own limit, ``ZIP_FILECOUNT_LIMIT``.)"""
+    return value > ZIP64_LIMIT
 
 
 _LOCAL_HEADER = 30  # fixed part of a local file header (then name, extra field)
@@ -124,11 +125,7 @@ class CrcCache:
             return crc
 
     def put(self, key: tuple[int, int, int, int], crc: int) -> None:
-        with self._lock:
-            self._crcs[key] = crc
-            self._crcs.move_to_end(key)
-            while len(self._crcs) > self._max_entries:
-                self._crcs.popitem(last=False)
+        self.put_many(((key, crc),))
 
     def put_many(self, items: Iterable[tuple[tuple[int, int, int, int], int]]) -> None:
         with self._lock:
@@ -325,15 +322,15 @@ class ExportArchive:
         """What zipstream-ng's footer writes for these entries."""
         size = _END_RECORD
         for entry in self.entries:
-            extras = 2 * _zip64(entry.size) + (entry.header_offset > ZIP64_LIMIT)
+            extras = 2 * _zip64(entry.size) + _zip64(entry.header_offset)
             size += (
                 _CENTRAL_HEADER + _name_length(entry.arcname) + (4 + 8 * extras if extras else 0)
             )
         directory = size - _END_RECORD
         if (
             len(self.entries) >= ZIP_FILECOUNT_LIMIT
-            or self._central_offset > ZIP64_LIMIT
-            or directory > ZIP64_LIMIT
+            or _zip64(self._central_offset)
+            or _zip64(directory)
         ):
             size += _ZIP64_END_RECORDS
         return size
@@ -363,51 +360,51 @@ class ExportArchive:
         self, entry: PlannedEntry, files: FolderFiles, records: _Records, start: int, end: int
     ) -> Generator[bytes, None, int | None]:
         """The part of one entry between ``start`` and ``end`` (ZIP offsets,
-        inclusive); returns its CRC-32 when it was learned or checked."""
-        data_end = entry.data_offset + entry.size
-        first, stop = max(start, entry.data_offset), min(end + 1, data_end)
-        whole_data = first == entry.data_offset and stop == data_end
+        inclusive), unless it is a whole small file (:meth:`chunks` does those);
+        returns its CRC-32 when it was learned or checked."""
+        first = max(start, entry.data_offset) - entry.data_offset  # offsets in the file
+        stop = min(end + 1, entry.data_offset + entry.size) - entry.data_offset
         if start >= entry.data_offset:  # no header: only (part of) the data
-            crc = 0
-            for chunk in _read_planned(
-                entry, files, self._chunk_bytes, first - entry.data_offset, stop - entry.data_offset
-            ):
-                crc = crc32(chunk, crc) if whole_data else crc
-                yield chunk
-            return self._checked(entry, crc) if whole_data else None
-        if whole_data and entry.size <= self._chunk_bytes:
-            # Read in one chunk before its header: no second pass.
-            data = _read_whole(entry, files)
-            crc = crc32(data)
-            yield records.local_header(entry, crc)[start - entry.header_offset :]
-            yield data
-            return crc
+            sent = yield from self._data(entry, files, first, stop)
+            if sent is None:
+                return None
+            cached = self._crcs.get(entry.snapshot) if self._crcs is not None else None
+            self._check_sent(entry, sent, cached)
+            if self._crcs is not None:
+                self._crcs.put(entry.snapshot, sent)
+            return sent
         crc = self._known_crc(entry, files)
-        header = records.local_header(entry, crc)
-        yield from _cut(iter((header,)), entry.header_offset, start, end)
-        if stop <= entry.data_offset:
-            return crc
-        sent = 0
-        for chunk in _read_planned(entry, files, self._chunk_bytes, 0, stop - entry.data_offset):
-            sent = crc32(chunk, sent) if whole_data else sent
+        yield from _cut(iter((records.local_header(entry, crc),)), entry.header_offset, start, end)
+        if stop > 0:
+            sent = yield from self._data(entry, files, 0, stop)
+            if sent is not None:
+                self._check_sent(entry, sent, crc)
+        return crc
+
+    def _data(
+        self, entry: PlannedEntry, files: FolderFiles, first: int, stop: int
+    ) -> Generator[bytes, None, int | None]:
+        """Bytes ``first`` to ``stop`` of an entry's file; returns their CRC-32
+        when they are all of it (a part needs none)."""
+        chunks = _read_planned(entry, files, self._chunk_bytes, first, stop)
+        if first or stop != entry.size:
+            yield from chunks
+            return None
+        crc = 0
+        for chunk in chunks:
+            crc = crc32(chunk, crc)
             yield chunk
-        if whole_data and sent != crc:
+        return crc
+
+    def _check_sent(self, entry: PlannedEntry, sent: int, known: int | None) -> None:
+        """The CRC-32 of the data just sent must be the one its header said
+        (or the cache holds, when the range left the header out): else the file
+        was rewritten in between, even at the same size and mtime, and the
+        download is cut rather than end as a complete-looking, broken ZIP."""
+        if known is not None and sent != known:
             if self._crcs is not None:
                 self._crcs.discard(entry.snapshot)
             raise SourceChanged(f"{entry.rel_path}: was rewritten (its CRC-32 changed)")
-        return crc
-
-    def _checked(self, entry: PlannedEntry, crc: int) -> int:
-        """The CRC-32 of an entry's data sent without its header: it must be
-        the one a header would have said (when known)."""
-        if self._crcs is None:
-            return crc
-        known = self._crcs.get(entry.snapshot)
-        if known is not None and known != crc:
-            self._crcs.discard(entry.snapshot)
-            raise SourceChanged(f"{entry.rel_path}: was rewritten (its CRC-32 changed)")
-        self._crcs.put(entry.snapshot, crc)
-        return crc
 
     def chunks(self, start: int = 0, end: int | None = None) -> Generator[bytes, None, None]:
         """The archive's bytes from ``start`` to ``end`` (inclusive; default:
@@ -429,16 +426,22 @@ class ExportArchive:
                 if data_end <= start:
                     continue  # an empty entry before the range
                 if (
-                    start <= entry.header_offset
+                    start < entry.data_offset
                     and data_end <= end + 1
                     and entry.size <= self._chunk_bytes
                 ):
-                    # A whole small file, read before its header (its CRC is
-                    # cached with the others at the end): most of a run of
-                    # 10,000 small files, so it skips a generator of its own.
+                    # A whole small file, read before its header (no second
+                    # pass; its CRC is cached with the others at the end):
+                    # most of a run of 10,000 small files, so it skips a
+                    # generator of its own.
                     data = _read_whole(entry, files)
                     crcs[index] = crc = crc32(data)
-                    yield records.local_header(entry, crc)
+                    header = records.local_header(entry, crc)
+                    yield (
+                        header[start - entry.header_offset :]
+                        if start > entry.header_offset
+                        else header
+                    )
                     yield data
                     continue
                 crcs[index] = yield from self._entry(entry, files, records, start, end)
