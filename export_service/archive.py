@@ -1,4 +1,19 @@
-"""The ZIP of an export: entry names, the download plan and its bytes.
+"""The ZIP of an export: the download plan and its bytes.
+
+A file goes through three stages, each with one name, from the disk to the
+ZIP (the names of the manifest and the archive alike):
+
+- **scanned file**: what a scan of a run folder saw of a regular file (its
+  path, size, mtime, device, inode): ``scanning.ScannedFile``, kept compact
+  as a ``FileRecord`` in a ``FolderScan``;
+- **listed file**: a scanned file under its step and rel_path, as the
+  manifest lists it: ``manifest.ListedFile`` (without a URL: a ZIP has
+  none); in the manifest's JSON it is an ``ExportFile``, the name the API's
+  schema gives it. An ``Export`` holds one project's listed files;
+- **planned entry**: a listed file as this module plans it into the ZIP, with
+  its entry name (names.py) and its offsets: :class:`PlannedEntry`. An
+  :class:`ExportArchive` holds the planned entries of one download and makes
+  its bytes.
 
 Blocking code, run off the event loop by the caller. The archive is stored
 (no compression), every entry with its CRC-32 and sizes in its local header
@@ -71,8 +86,8 @@ def _name_length(arcname: str) -> int:
 
 
 class PlannedEntry(NamedTuple):
-    """A file as it was when the download was planned, and where it lies in the
-    ZIP; reading checks it still is that file."""
+    """A listed file as it was when the download was planned, under its entry
+    name, and where it lies in the ZIP; reading checks it still is that file."""
 
     arcname: str
     rel_path: str
@@ -490,13 +505,13 @@ def plan_archive(
     skipped: list[str] = []
     offset = 0
     with FolderFiles() as folder_files:
-        for item in files:
-            step, rel_path, size = item.step, item.rel_path, item.size
-            if size is None or not folder_files.readable(item.path, root_reals[step]):
+        for listed in files:
+            step, rel_path, size = listed.step, listed.rel_path, listed.size
+            if size is None or not folder_files.readable(listed.path, root_reals[step]):
                 log.warning("leaving %s/%s out of the ZIP: it cannot be opened", step, rel_path)
                 skipped.append(f"{step}/{rel_path}")
                 continue
-            seconds = item.mtime_ns // 1_000_000_000
+            seconds = listed.mtime_ns // 1_000_000_000
             date_time = date_times.get(seconds)
             if date_time is None:
                 date_time = date_times[seconds] = _dos_date_time(seconds)
@@ -509,12 +524,12 @@ def plan_archive(
                 PlannedEntry(
                     arcname,
                     rel_path,
-                    item.path,
+                    listed.path,
                     root_reals[step],
                     size,
-                    item.mtime_ns,
-                    item.dev,
-                    item.ino,
+                    listed.mtime_ns,
+                    listed.dev,
+                    listed.ino,
                     date_time,
                     offset,
                     data_offset,

@@ -4,9 +4,11 @@
 scans) that callers run off the event loop in one hop. The JSON is byte for
 byte the original AIR export module's: same field order, compact separators,
 UTF-8, as FastAPI renders it. An export keeps its scans' compact records (one
-small tuple per file) and makes the manifest's entries from them slice by
-slice as it writes the JSON, each slice serialized by a pydantic
-``TypeAdapter``: a run of 200,000 files never holds 200,000 dicts at once.
+small tuple per scanned file) and makes its listed files from them slice by
+slice: as ``ExportFile`` dicts while it writes the JSON, each slice serialized
+by a pydantic ``TypeAdapter`` (a run of 200,000 files never holds 200,000
+dicts at once), or as :class:`ListedFile` tuples for a ZIP's plan. (The
+stages of a file and their names: archive.py.)
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from .scanning import (
 Step = Literal["param_generation", "midi_generation", "render"]
 
 
+# A listed file in the manifest's JSON. Its name and the absence of a
+# docstring are part of the OpenAPI document (a docstring would become its
+# schema's description).
 class ExportFile(TypedDict):
     step: Step
     rel_path: str
@@ -54,7 +59,7 @@ class ExportManifest(TypedDict):
 
 MANIFEST = TypeAdapter(ExportManifest)
 _FILES = TypeAdapter(list[ExportFile])
-# Manifest entries made and serialized at once: small enough that a slice
+# Listed files made and serialized at once: small enough that a slice
 # never holds the GIL for long, large enough that the per-slice cost vanishes.
 _SLICE = 2048
 
@@ -130,7 +135,7 @@ class StepFiles:
     def rel_path(self, folder: int, name: str) -> str:
         return f"{self.rel_starts[folder]}/{display_name(name)}"
 
-    def entries(self, records: list[FileRecord]) -> list[ExportFile]:
+    def export_files(self, records: list[FileRecord]) -> list[ExportFile]:
         step, url_starts = self.step, self.url_starts
         return [
             {
@@ -142,7 +147,7 @@ class StepFiles:
             for folder, name, size, *_ in records
         ]
 
-    def listed(self, records: list[FileRecord]) -> Iterator[ListedFile]:
+    def listed_files(self, records: list[FileRecord]) -> Iterator[ListedFile]:
         step, scan = self.step, self.scan
         for record in records:
             folder, name, size, mtime_ns, dev, ino, _ = record
@@ -172,7 +177,7 @@ class Export:
         for step in self.steps:
             records = step.scan.records
             for start in range(0, len(records), _SLICE):
-                yield from step.listed(records[start : start + _SLICE])
+                yield from step.listed_files(records[start : start + _SLICE])
 
     def take_files(self) -> Iterator[ListedFile]:
         """:attr:`files`, each slice of records dropped once it is handed over
@@ -185,7 +190,7 @@ class Export:
                 taken = records[-_SLICE:]
                 del records[-_SLICE:]
                 taken.reverse()
-                yield from step.listed(taken)
+                yield from step.listed_files(taken)
 
     def manifest_json(self) -> bytearray:
         """The manifest as the API sends it, written slice by slice into one
@@ -206,8 +211,8 @@ class Export:
         for step in self.steps:
             for start in range(0, len(step.scan), _SLICE):
                 document += separator
-                entries = step.entries(step.scan.records[start : start + _SLICE])
-                document += memoryview(_FILES.dump_json(entries))[1:-1]
+                files = step.export_files(step.scan.records[start : start + _SLICE])
+                document += memoryview(_FILES.dump_json(files))[1:-1]
                 separator = b","
         document += b"]"
         document += tail

@@ -235,7 +235,7 @@ class ScannedFolder(NamedTuple):
     parts: tuple[str, ...]  # its path inside the run folder, as named on disk
 
 
-# One listed file, kept compact: an exact tuple of strings and ints, which the
+# One scanned file, kept compact: an exact tuple of strings and ints, which the
 # garbage collector stops tracking (a NamedTuple it tracks for good; a million
 # of those made every full collection hold the GIL for a second).
 # (folder index, name on disk, size or None, mtime_ns, dev, ino, the real
