@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -110,6 +110,11 @@ class Metrics:
             "ZIP downloads refused because max_concurrent_zips were streaming",
             registry=self.registry,
         )
+
+    def count_unlisted(self, unlisted: Mapping[str, int]) -> None:
+        """Count one scan's unlisted paths (a manifest's, a ZIP's), by reason."""
+        for reason, count in unlisted.items():
+            self.scan_unlisted.labels(reason).inc(count)
 
     def exposition(self) -> bytes:
         """Every metric in Prometheus' text format. Blocking: the process's

@@ -1,4 +1,7 @@
+"""The ZIP endpoint: routes.export_zip plans, zip_response.ZipResponse answers."""
+
 import asyncio
+import logging
 import os
 import socket
 import struct
@@ -11,7 +14,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from export_service import archive, routes
-from export_service.routes import content_disposition
+from export_service.state import METRICS
+from export_service.zip_response import content_disposition
 from tests.conftest import (
     DEEP,
     AirTree,
@@ -27,6 +31,13 @@ from tests.conftest import (
 from tests.zips import read_zip, unzip_test
 
 SMALL_BATCHES = {"limits": {"read_chunk_bytes": 65536, "batch_bytes": 65536}}
+
+
+def _cut_short(client: TestClient[Any, Any], reason: str) -> float:
+    assert client.app is not None
+    registry = client.app[METRICS].registry
+    value = registry.get_sample_value("export_zip_downloads_cut_short_total", {"reason": reason})
+    return value or 0.0
 
 
 async def test_zip_download_headers_and_body(
@@ -88,8 +99,9 @@ def test_content_disposition_for_non_ascii_ids() -> None:
 
 
 async def test_first_bytes_leave_before_the_last_file_is_read_and_a_late_change_cuts_the_download(
-    tree: AirTree, make_client: ClientFactory
+    tree: AirTree, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="export_service.routes")
     write(tree.render / "r" / "a.wav", os.urandom(256 * 1024))
     last = write(tree.render / "r" / "z.wav", os.urandom(32 * 1024 * 1024))
     client = await make_client(**SMALL_BATCHES)
@@ -103,6 +115,10 @@ async def test_first_bytes_leave_before_the_last_file_is_read_and_a_late_change_
         while chunk := await response.content.read(1 << 20):
             received += len(chunk)
     assert received < expected
+    assert _cut_short(client, "source_changed") == 1
+    (record,) = [r for r in caplog.records if r.name == "export_service.routes"]
+    assert record.levelname == "ERROR"
+    assert record.getMessage() == "ZIP of r cut short: r/z.wav: was replaced or modified"
 
 
 async def test_clients_that_hang_up_leave_no_file_open(
@@ -120,6 +136,9 @@ async def test_clients_that_hang_up_leave_no_file_open(
         writer.close()  # RST: the client is gone mid-download
     await wait_until(lambda: not open_paths_under(tree.base))
     assert open_paths_under(tree.base) == []
+    await wait_until(lambda: _cut_short(client, "client_gone") == 5)
+    assert _cut_short(client, "client_gone") == 5
+    assert _cut_short(client, "source_changed") == _cut_short(client, "stalled") == 0
     # ...and the service answers the next request at once.
     response = await client.get("/api/air/export/list/r")
     assert response.status == 200
