@@ -25,6 +25,7 @@ from tests.conftest import (
     CANARY,
     AirTree,
     ClientFactory,
+    content_length,
     open_paths_under,
     read_slowly,
     wait_until,
@@ -88,22 +89,22 @@ async def test_a_reader_that_stops_reading_is_cut_after_the_send_timeout(
     rss_before = _rss_kib()
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     writer.write(b"GET /api/air/export/zip/r HTTP/1.1\r\nHost: t\r\n\r\n")
+    length = content_length(await reader.readuntil(b"\r\n\r\n"))
     await reader.readexactly(1024)
     started = time.monotonic()
-    await asyncio.sleep(0.5)  # stalled: the server waits, holding what it has
+    # The stall is the behaviour under test: half a second of reading
+    # nothing, then a look at what the service holds meanwhile.
+    await asyncio.sleep(0.5)
     assert _rss_kib() - rss_before < 16 * 1024, "a stalled download must hold bounded memory"
-    metrics_url = "/metrics"
     await wait_until(lambda: not open_paths_under(tree.base), 10)  # we read nothing meanwhile
-    assert open_paths_under(tree.base) == []
     assert time.monotonic() - started < 5
-    metrics = await (await client.get(metrics_url)).text()
+    metrics = await (await client.get("/metrics")).text()
     assert 'export_zip_downloads_cut_short_total{reason="stalled"} 1.0' in metrics
-    received = 1024
-    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
-        while chunk := await reader.read(1 << 20):
-            received += len(chunk)
-        raise asyncio.IncompleteReadError(b"", None)  # EOF before Content-Length
-    assert received < 48 * 1024 * 1024
+    # What the service had queued still arrives, then the end of the
+    # connection, long before Content-Length.
+    with pytest.raises(asyncio.IncompleteReadError) as cut:
+        await reader.readexactly(length - 1024)
+    assert len(cut.value.partial) < length - 1024
     writer.close()
 
 

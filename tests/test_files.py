@@ -1,4 +1,5 @@
 import asyncio
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -231,8 +232,9 @@ def test_folder_files_refuse_what_leads_outside_or_is_no_file(tmp_path: Path) ->
     with FolderFiles() as files:
         with pytest.raises(SourceChanged, match="outside"):
             files.open(str(root / "run" / "out" / "a.wav"), str(root))
-        with pytest.raises(OSError):  # a link is not followed
+        with pytest.raises(OSError) as link:  # a link is not followed
             files.open(str(root / "run" / "link.wav"), str(root))
+        assert link.value.errno == errno.ELOOP
         for not_a_file in ("sub", "fifo.wav"):
             with pytest.raises(SourceChanged, match="not a regular file"):
                 files.open(str(root / "run" / not_a_file), str(root))

@@ -288,8 +288,9 @@ def test_a_link_swapped_while_it_is_resolved_is_a_missing_path(
         raise OSError(errno.EINVAL, "Invalid argument", path)
 
     monkeypatch.setattr(os, "readlink", swapped)
-    with pytest.raises(OSError):
-        os.path.realpath(str(tree.render / "r" / "link.wav"))  # what happened before
+    with pytest.raises(OSError) as before:  # what the race did before
+        os.path.realpath(str(tree.render / "r" / "link.wav"))
+    assert before.value.errno == errno.EINVAL
     assert scanning.resolved(str(tree.render / "r" / "link.wav")) is None
     assert RunFolderIndex(str(tree.midi)).newest("r") is None
     scan = scan_run_folder(str(tree.render), "r")
