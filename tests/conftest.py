@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import socket
@@ -117,10 +118,30 @@ async def read_slowly(
 
 
 async def wait_until(condition: Callable[[], bool], seconds: float = 10) -> None:
-    """Poll a state of the process (not an event) until it holds, or time runs out."""
+    """Poll a state of the process (not an event) until it holds; fail the
+    test, naming the condition, when it still does not after ``seconds``."""
     deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:  # noqa: ASYNC110
+    while not condition():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"still not true after {seconds} s: {_source(condition)}")
         await asyncio.sleep(0.02)
+
+
+def poll_until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    """:func:`wait_until` for a test that runs no event loop."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"still not true after {seconds} s: {_source(condition)}")
+        time.sleep(0.02)
+
+
+def _source(condition: Callable[[], bool]) -> str:
+    """The line that wrote ``condition`` (a lambda's own text), else its name."""
+    try:
+        return inspect.getsource(condition).strip()
+    except (OSError, TypeError):
+        return repr(condition)
 
 
 def open_paths_under(folder: Path) -> list[str]:
