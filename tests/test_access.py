@@ -181,7 +181,7 @@ async def _get_and_reset(client: TestClient[Any, Any], path: str, delay: float) 
     sock = socket.create_connection((client.server.host, client.server.port))
     sock.setblocking(False)
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-    await asyncio.sleep(delay)
+    await asyncio.sleep(delay)  # when the reset lands is what the callers vary
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
 

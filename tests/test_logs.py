@@ -76,7 +76,9 @@ def test_a_service_out_of_descriptors_logs_the_accept_error_once(
         port = int(service.base_url.rsplit(":", 1)[1])
         try:
             with socket.create_connection(("127.0.0.1", port)):
-                time.sleep(3)  # the pending connection is tried again and again
+                # The fault lasts 3 s (the behaviour under test: asyncio tries
+                # the pending connection again and again meanwhile).
+                time.sleep(3)
         finally:
             resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
         with urllib.request.urlopen(f"{service.base_url}/metrics", timeout=10) as answer:

@@ -1,4 +1,3 @@
-import asyncio
 import json
 import logging
 import os
@@ -11,8 +10,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from export_service.logs import JsonFormatter, RequestIdFilter, request_id
-from export_service.state import ZIP_SLOTS
+from export_service.state import METRICS, ZIP_SLOTS
 from tests.conftest import AirTree, ClientFactory, wait_until, write
+
+_LIST_422 = {"route": "/api/air/export/list/{render_run_id}", "method": "GET", "status": "422"}
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -75,10 +76,11 @@ async def test_one_json_access_line_per_request(
 ) -> None:
     with caplog.at_level(logging.INFO, logger="export_service.access"):
         await client.get("/api/air/export/list/r", headers={"X-Request-ID": "line-1"})
-        for _ in range(50):
-            if any(getattr(r, "fields", {}).get("request_id") == "line-1" for r in caplog.records):
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(
+            lambda: any(
+                getattr(r, "fields", {}).get("request_id") == "line-1" for r in caplog.records
+            )
+        )
     (record,) = [
         r for r in caplog.records if getattr(r, "fields", {}).get("request_id") == "line-1"
     ]
@@ -113,7 +115,13 @@ async def test_metrics_count_requests_bytes_and_skips(
     response = await client.get("/api/air/export/zip/r")
     length = len(await response.read())
     await client.get("/api/air/export/list/bad%2Fid")
-    await asyncio.sleep(0.05)  # the access log runs once the response is sent
+    # The access log counts a request once its response is sent, which can
+    # be after the client has it all.
+    assert client.app is not None
+    registry = client.app[METRICS].registry
+    await wait_until(
+        lambda: registry.get_sample_value("export_http_requests_total", _LIST_422) == 1
+    )
     text = await (await client.get("/metrics")).text()
     assert _metric(text, "export_zip_bytes_sent_total") == length
     assert (
@@ -126,16 +134,7 @@ async def test_metrics_count_requests_bytes_and_skips(
         )
         == 1
     )
-    assert (
-        _metric(
-            text,
-            "export_http_requests_total",
-            route="/api/air/export/list/{render_run_id}",
-            method="GET",
-            status="422",
-        )
-        == 1
-    )
+    assert _metric(text, "export_http_requests_total", **_LIST_422) == 1
     assert _metric(text, "export_zip_streams_in_flight") == 0
     assert "export_http_request_duration_seconds_bucket" in text
     assert "process_open_fds" in text

@@ -55,6 +55,6 @@ async def test_the_deadline_moves_while_the_response_waits_for_its_own_data() ->
     async with asyncio.timeout(0.2) as deadline:
         progress = SendProgress(None, deadline, 0.2)
         try:
-            await asyncio.sleep(0.6)  # not sending: producing the next batch
+            await asyncio.sleep(0.6)  # not sending (producing the next batch) past the deadline
         finally:
             progress.stop()

@@ -3,9 +3,12 @@ client that stopped reading (issue 12, item 10)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import socket
+import struct
+import termios
 import time
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from export_service.shutdown import CANCEL_WAIT_SECONDS
-from tests.conftest import AirTree, write
+from tests.conftest import AirTree, poll_until, write
 from tests.live import live_service
 
 GRACE = 2.0
@@ -39,6 +42,12 @@ def _stalled_download(base_url: str, path: str) -> socket.socket:
     return sock
 
 
+def _queued(sock: socket.socket) -> int:
+    """Bytes the kernel holds for ``sock`` that it has not read."""
+    queued: int = struct.unpack("i", fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4))[0]
+    return queued
+
+
 def _log_times(output: str, message: str) -> list[float]:
     stamps = re.findall(r'"time": "([^"]+)"[^\n]*' + re.escape(message), output)
     return [datetime.fromisoformat(stamp).timestamp() for stamp in stamps]
@@ -52,7 +61,7 @@ def test_a_stalled_download_is_cut_at_the_grace_and_the_process_exits_soon_after
     config = _config(tree, tmp_path / "c.toml")
     with live_service(["--config", str(config)]) as service:
         sock = _stalled_download(service.base_url, path)
-        time.sleep(0.3)  # the transfer is under way and blocked on the client
+        poll_until(lambda: _queued(sock) > 0)  # the body is under way; nobody reads it
         signalled = time.time()
         started = time.monotonic()
         code, output = service.stop(timeout=4 * GRACE + 10)

@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from export_service.state import IO_EXECUTOR, open_off_loop
+from tests.conftest import wait_until
 
 
 class Opened:
@@ -63,7 +64,7 @@ async def test_a_call_still_queued_when_cancelled_never_runs(
         return ran[-1]
 
     task = asyncio.create_task(open_off_loop(request_with_pool, open_it))
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: pool._work_queue.qsize() == 1)  # queued behind busy.wait
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
