@@ -1,7 +1,6 @@
 import calendar
 import io
 import os
-import shutil
 import stat
 import struct
 import subprocess
@@ -17,7 +16,7 @@ from export_service.errors import SourceChanged
 from export_service.manifest import ExportSources, build_export
 from export_service.names import ArcnameAllocator, sanitize_arcname
 from tests.conftest import AirTree, open_paths_under, write
-from tests.zips import java_read_zip, read_zip, unzip_test
+from tests.zips import java_read_zip, read_zip, require, unzip_test
 
 
 def _plan(tree: AirTree, run_id: str = "r", chunk: int = 1 << 20) -> ExportArchive:
@@ -245,8 +244,7 @@ def test_extracted_files_are_readable_by_everyone(tree: AirTree, tmp_path: Path)
         (info,) = opened.infolist()
     assert info.create_system == 3  # Unix
     assert info.external_attr >> 16 == stat.S_IFREG | 0o644
-    if shutil.which("unzip") is None:
-        pytest.skip("unzip is not installed")
+    require("unzip")
     (tmp_path / "export.zip").write_bytes(body)
     out = tmp_path / "out"
     subprocess.run(["unzip", "-q", str(tmp_path / "export.zip"), "-d", str(out)], check=True)

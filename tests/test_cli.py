@@ -56,10 +56,10 @@ def test_serve_without_config_serves_the_sample_and_stops_on_sigterm(tmp_path: P
         entries = read_zip(body)
         assert "render/rnd_7f3a9c/stems/lead synth.wav" in entries
         assert entries["render/rnd_7f3a9c/mix.wav"].startswith(b"RIFF")
-        unzip_test(body, tmp_path)
         code, output = service.stop()
     assert code == 0, output
     assert "Traceback" not in output
+    unzip_test(body, tmp_path)
 
 
 @pytest.mark.parametrize("command", ["serve", "manifest", "zip", "link", "check-config"])

@@ -206,7 +206,6 @@ async def test_range_requests_over_http(tree: AirTree, client: Any) -> None:
 async def test_curl_resumes_a_download_cut_in_the_middle(
     tree: AirTree, client: Any, tmp_path: Path
 ) -> None:
-    import shutil
     import subprocess
 
     if shutil.which("curl") is None:
@@ -252,9 +251,6 @@ def test_zip64_records_scaled_down(
         f"render/r/{path.name}": path.read_bytes() for path in (tree.render / "r").iterdir()
     }
     assert read_zip(full) == contents
-    unzip_test(full, tmp_path)
-    if shutil.which("javac"):
-        assert java_read_zip(full, tmp_path) == contents
     # Ranges starting on and around every entry's data boundaries, where a
     # wrong header or descriptor length would show.
     with zipfile.ZipFile(io.BytesIO(full)) as opened:
@@ -268,6 +264,8 @@ def test_zip64_records_scaled_down(
     for start in sorted(starts):
         part = b"".join(_archive(tree, CrcCache()).chunks(start, len(full) - 1))
         assert part == full[start:], start
+    unzip_test(full, tmp_path)
+    assert java_read_zip(full, tmp_path) == contents
 
 
 def test_more_than_65535_entries_for_real(tree: AirTree, tmp_path: Path) -> None:
