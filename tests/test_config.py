@@ -1,5 +1,4 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -89,23 +88,6 @@ def test_missing_section_and_bad_toml(tree: AirTree, tmp_path: Path) -> None:
         load_settings(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "absent.toml")
-
-
-def test_serve_with_a_bad_config_prints_one_line_and_exits_2(tree: AirTree, tmp_path: Path) -> None:
-    import subprocess
-
-    path = tmp_path / "config.toml"
-    path.write_text(_toml(tree, render="/nonexistent/render"))
-    result = subprocess.run(
-        [sys.executable, "-m", "export_service", "serve", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1, result.stderr
-    assert "roots.render: '/nonexistent/render' does not exist" in result.stderr
-    assert "Traceback" not in result.stderr
 
 
 def test_the_container_config_is_valid() -> None:
