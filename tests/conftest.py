@@ -7,10 +7,12 @@ import contextlib
 import inspect
 import json
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,6 +198,31 @@ def link_beyond_path_max(link: Path, deep: Path) -> None:
     finally:
         os.close(fd)
     link.symlink_to(f"{os.path.relpath(deep, link.parent)}/{steps}/jump")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temp_folder_left_empty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The run's temporary files, its child processes' included (TMPDIR), go
+    to one fresh folder, which must be empty when the run ends: a service
+    killed before it removed its sample tree fails the run instead of
+    leaving ``export-service-sample-*`` behind. A folder of the run's own,
+    not the system's: other runs on the machine write there meanwhile."""
+    tmp_path_factory.getbasetemp()  # tmp_path stays in pytest's own folder
+    folder = Path(tempfile.mkdtemp(prefix="export-service-tests-"))
+    folder.chmod(0o755)  # tests that run a child as nobody build its tree below
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        tempfile.tempdir = saved[1]
+        left = sorted(path.name for path in folder.iterdir())
+        shutil.rmtree(folder)
+    assert left == [], f"the run left these in the temporary folder: {left}"
 
 
 @pytest.fixture

@@ -51,6 +51,10 @@ class LiveService:
 def live_service(
     arguments: Sequence[str] = (), env: dict[str, str] | None = None
 ) -> Iterator[LiveService]:
+    """The service on a free port until the block ends, then stopped as an
+    orchestrator stops it: SIGTERM, so that it removes its sample tree
+    (SIGKILL only if it has not exited 10 s later, which leaves the tree for
+    conftest's temp_folder_left_empty to report)."""
     port = free_port()
     with tempfile.TemporaryFile("w+") as log:
         yield from _run(arguments, env, port, log)
@@ -91,6 +95,9 @@ def _run(
                 time.sleep(0.05)
         yield service
     finally:
-        if process.poll() is None:
+        service.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
