@@ -165,18 +165,6 @@ async def test_text_lines_cannot_be_forged_through_the_path(
     assert "/x\\n2026-11-24 00:00:00,000 INFO" in text and "200\\r\\x1b[2J" in text
 
 
-def test_text_tracebacks_are_indented_and_escaped() -> None:
-    try:
-        raise ValueError("boom\n2026-11-24 00:00:00,000 INFO forged")
-    except ValueError as error:
-        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "a\\b %s", ("\x00",), None)
-        record.exc_info = (ValueError, error, error.__traceback__)
-    lines = TextFormatter().format(record).split("\n")
-    assert lines[0].endswith("ERROR t a\\\\b \\x00")
-    assert all(line.startswith("  ") for line in lines[1:])
-    assert "  2026-11-24 00:00:00,000 INFO forged" in lines
-
-
 async def _get_and_reset(client: TestClient[Any, Any], path: str, delay: float) -> None:
     sock = socket.create_connection((client.server.host, client.server.port))
     sock.setblocking(False)

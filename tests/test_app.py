@@ -1,10 +1,16 @@
-import gc
+"""app: the application factory, its middlewares (request ids, the bearer
+token; JSON errors: tests/test_errors.py) and what runs while it serves."""
 
-from aiohttp.test_utils import TestServer
+import gc
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from export_service.access import runner_options
 from export_service.app import GC_FULL_COLLECTION_EVERY, create_app
-from tests.conftest import AirTree
+from export_service.state import METRICS
+from tests.conftest import AirTree, ClientFactory, wait_until, write
 
 
 async def test_full_collections_are_rarer_while_the_app_runs(tree: AirTree) -> None:
@@ -19,3 +25,52 @@ async def test_full_collections_are_rarer_while_the_app_runs(tree: AirTree) -> N
     finally:
         await server.close()
     assert gc.get_threshold() == before
+
+
+async def test_request_ids_are_taken_or_made_and_echoed(client: TestClient[Any, Any]) -> None:
+    given = await client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert given.headers["X-Request-ID"] == "abc-123"
+    made = await client.get("/api/air/export/list/r")
+    assert len(made.headers["X-Request-ID"]) == 32
+    hostile = await client.get("/healthz", headers={"X-Request-ID": "a b\tc" * 50})
+    assert hostile.headers["X-Request-ID"] != "a b\tc" * 50
+    error = await client.get("/nope", headers={"X-Request-ID": "err-1"})
+    assert error.headers["X-Request-ID"] == "err-1"
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/air/export/list/r", 200),
+        ("/api/air/export/zip/r", 200),
+        ("/api/audio/r/a.wav", 200),
+        ("/api/air/export/links/r", 404),  # no link for r
+        ("/api/air/export/openapi.json", 200),
+        ("/nope", 404),
+    ],
+)
+async def test_auth_token_guards_everything_but_health_and_metrics(
+    tree: AirTree, make_client: ClientFactory, path: str, status: int
+) -> None:
+    write(tree.render / "r" / "a.wav", b"a")
+    client = await make_client(auth={"token": "s3cret"})
+    denied = await client.get(path)
+    assert denied.status == 401
+    assert denied.headers["WWW-Authenticate"].startswith("Bearer")
+    assert (await denied.json())["detail"]["error"] == "unauthorized"
+    wrong = await client.get(path, headers={"Authorization": "Bearer s3cre"})
+    assert wrong.status == 401
+    allowed = await client.get(path, headers={"Authorization": "Bearer s3cret"})
+    assert allowed.status == status
+    for open_path in ("/healthz", "/readyz", "/metrics"):
+        assert (await client.get(open_path)).status == 200
+
+
+async def test_the_event_loop_lag_is_measured_while_the_app_runs(
+    client: TestClient[Any, Any],
+) -> None:
+    assert client.app is not None
+    registry = client.app[METRICS].registry
+    await wait_until(
+        lambda: (registry.get_sample_value("export_event_loop_lag_seconds_count") or 0) >= 3
+    )

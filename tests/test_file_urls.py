@@ -74,27 +74,15 @@ async def test_a_resume_after_the_file_was_rewritten_restarts_instead_of_splicin
     assert headers["ETag"] != old_etag
 
 
+# One form of each answer: which form asks for what is tests/test_byte_ranges.py's.
 @pytest.mark.parametrize(
     ("range_header", "status", "first", "last"),
     [
         ("bytes=0-9", 206, 0, 9),
-        ("bytes=10240-10240", 416, None, None),
         ("bytes=-10", 206, 10230, 10239),
-        ("bytes=-99999", 206, 0, 10239),
-        ("bytes=10000-", 206, 10000, 10239),
         ("bytes=10000-99999999", 206, 10000, 10239),
-        ("BYTES=1-2", 206, 1, 2),
-        ("bytes=-0", 416, None, None),
-        ("bytes=99999-", 416, None, None),
-        ("items=0-1", 200, 0, 10239),
+        ("bytes=10240-10240", 416, None, None),
         ("bytes=0-1,5-6", 200, 0, 10239),
-        ("bytes=5-1", 200, 0, 10239),
-        ("bytes=", 200, 0, 10239),
-        ("bytes=a-b", 200, 0, 10239),
-        ("bytes=" + "9" * 5000 + "-", 416, None, None),
-        ("bytes=0-" + "9" * 5000, 206, 0, 10239),
-        ("bytes=-" + "9" * 5000, 206, 0, 10239),
-        ("bytes=" + "0" * 5000 + "1-2", 206, 1, 2),
     ],
 )
 async def test_range_forms(

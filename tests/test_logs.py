@@ -1,5 +1,6 @@
-"""Logging: out-of-resources errors repeat at most once per interval; what
-the log leaves out is counted in /metrics."""
+"""logs: JSON and text lines (request ids, tracebacks, nothing forged), the
+queue they go through, out-of-resources errors at most once per interval, and
+what the log leaves out counted in /metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import os
 import resource
 import socket
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -19,7 +21,13 @@ from aiohttp.test_utils import TestClient
 
 from export_service import logs
 from export_service.errors import ConfigError
-from export_service.logs import RepeatLimiter
+from export_service.logs import (
+    JsonFormatter,
+    RepeatLimiter,
+    RequestIdFilter,
+    TextFormatter,
+    request_id,
+)
 from tests.conftest import AirTree
 from tests.live import live_service
 
@@ -126,3 +134,58 @@ async def test_lines_dropped_by_a_full_log_queue_are_counted_in_metrics(
         root.handlers, root.level = saved_handlers, saved_level
     after = _counter(await (await client.get("/metrics")).text(), "export_log_lines_dropped_total")
     assert after == before + 2
+
+
+def test_error_lines_are_json_with_the_request_id_and_exception() -> None:
+    token = request_id.set("req-9")
+    try:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            record = logging.getLogger("t").makeRecord(
+                "t", logging.ERROR, __file__, 1, "failed %s", ("x",), sys.exc_info()
+            )
+        assert RequestIdFilter().filter(record)
+    finally:
+        request_id.reset(token)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "failed x" and line["level"] == "ERROR"
+    assert line["request_id"] == "req-9"
+    assert "ValueError: boom" in line["exception"]
+
+
+def test_logging_goes_through_a_queue_and_keeps_tracebacks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import export_service.logs as logs
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    try:
+        logs.setup_logging("INFO", "json")
+        token = request_id.set("q-1")
+        try:
+            raise KeyError("lost")
+        except KeyError:
+            logging.getLogger("export_service.test").exception("failed %d", 7)
+        finally:
+            request_id.reset(token)
+        logs.stop_logging()  # writes out the queue
+    finally:
+        root.handlers, root.level = saved_handlers, saved_level
+    (line,) = [json.loads(text) for text in capsys.readouterr().err.splitlines()]
+    assert line["message"] == "failed 7"
+    assert line["request_id"] == "q-1"
+    assert "KeyError: 'lost'" in line["exception"]
+
+
+def test_text_tracebacks_are_indented_and_escaped() -> None:
+    try:
+        raise ValueError("boom\n2026-11-24 00:00:00,000 INFO forged")
+    except ValueError as error:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "a\\b %s", ("\x00",), None)
+        record.exc_info = (ValueError, error, error.__traceback__)
+    lines = TextFormatter().format(record).split("\n")
+    assert lines[0].endswith("ERROR t a\\\\b \\x00")
+    assert all(line.startswith("  ") for line in lines[1:])
+    assert "  2026-11-24 00:00:00,000 INFO forged" in lines

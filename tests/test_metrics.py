@@ -1,0 +1,65 @@
+"""metrics: the names /metrics exposes (a contract with dashboards and alerts:
+README, Operations), one registry per application, the log's count read when
+scraped. (What requests count: tests/test_access.py, tests/test_ops.py.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from export_service import metrics as metrics_module
+from export_service.metrics import Metrics
+
+
+async def test_the_readmes_metric_list_is_what_metrics_exposes(
+    client: TestClient[Any, Any],
+) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    listed = readme.split("- `GET /metrics` (Prometheus text):", 1)[1].split("\n- ", 1)[0]
+    documented = set(re.findall(r"`((?:export|process)_[a-z_]+)", listed))
+    text = await (await client.get("/metrics")).text()
+    exposed = {
+        line.split()[2]
+        for line in text.splitlines()
+        if line.startswith("# TYPE ") and not line.split()[2].endswith("_created")
+    }
+    assert documented == exposed
+
+
+def test_labelled_series_carry_their_labels() -> None:
+    metrics = Metrics()
+    metrics.requests.labels("/r", "GET", "200").inc()
+    metrics.requests_cut_short.labels("/r", "client_gone").inc()
+    metrics.zips_cut_short.labels("stalled").inc()
+    metrics.scan_unlisted.labels("permission").inc(2)
+    metrics.latency.labels("/r").observe(0.01)
+    sample = metrics.registry.get_sample_value
+    assert sample("export_http_requests_total", {"route": "/r", "method": "GET", "status": "200"})
+    assert sample("export_http_requests_cut_short_total", {"route": "/r", "ended": "client_gone"})
+    assert sample("export_zip_downloads_cut_short_total", {"reason": "stalled"}) == 1
+    assert sample("export_scan_unlisted_total", {"reason": "permission"}) == 2
+    assert sample("export_http_request_duration_seconds_count", {"route": "/r"}) == 1
+
+
+def test_each_application_counts_on_its_own() -> None:
+    first, second = Metrics(), Metrics()
+    first.zip_bytes.inc(100)
+    first.zips_in_flight.inc()
+    assert first.registry.get_sample_value("export_zip_bytes_sent_total") == 100
+    assert second.registry.get_sample_value("export_zip_bytes_sent_total") == 0
+    assert second.registry.get_sample_value("export_zip_streams_in_flight") == 0
+
+
+def test_what_the_log_left_out_is_read_at_each_scrape(monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = Metrics()
+    suppressed, dropped = iter([3, 7]), iter([1, 4])
+    monkeypatch.setattr(metrics_module, "suppressed_repeats", lambda: next(suppressed))
+    monkeypatch.setattr(metrics_module, "dropped_lines", lambda: next(dropped))
+    for repeats, lines in ((3, 1), (7, 4)):
+        text = metrics.exposition().decode()
+        assert f"export_log_repeats_suppressed_total {repeats}.0" in text
+        assert f"export_log_lines_dropped_total {lines}.0" in text
