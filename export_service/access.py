@@ -32,9 +32,9 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
+from .keys import METRICS, SHUTTING_DOWN
 from .logs import request_id
 from .metrics import Metrics
-from .state import METRICS, SHUTTING_DOWN
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -21,15 +21,10 @@ from . import ops
 from .access import remember_response, track_exchange
 from .archive import CrcCache
 from .config import Settings
+from .download_slots import DownloadSlots
 from .errors import ExportServiceError, Unauthorized
 from .file_urls import file_route
-from .logs import request_id
-from .manifest import ExportSources
-from .metrics import Metrics
-from .openapi import openapi_route
-from .routes import routes
-from .shutdown import RequestsInFlight, tracking_middleware
-from .state import (
+from .keys import (
     CRC_CACHE,
     IN_FLIGHT,
     IO_EXECUTOR,
@@ -39,8 +34,13 @@ from .state import (
     SOURCES,
     ZIP_EXECUTOR,
     ZIP_SLOTS,
-    DownloadSlots,
 )
+from .logs import request_id
+from .manifest import ExportSources
+from .metrics import Metrics
+from .openapi import openapi_route
+from .routes import routes
+from .shutdown import RequestsInFlight, tracking_middleware
 
 log = logging.getLogger(__name__)
 

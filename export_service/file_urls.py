@@ -28,9 +28,10 @@ from .access import note_aborted, note_body_bytes
 from .byte_ranges import requested_range
 from .conditional import not_modified_response
 from .files import RootFile, content_type, open_root_file
+from .keys import IO_EXECUTOR, SETTINGS
 from .manifest import Step
+from .offload import open_off_loop
 from .send_progress import SendProgress
-from .state import SETTINGS, open_off_loop
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def file_route(step: Step, prefix: str) -> web.RouteDef:
     async def serve_file(request: web.Request) -> web.StreamResponse:
         raw_tail = request.rel_url.raw_path[len(prefix) + 1 :]
         root = str(getattr(request.app[SETTINGS].roots, step))
-        opened = await open_off_loop(request, open_root_file, root, raw_tail)
+        opened = await open_off_loop(request.app[IO_EXECUTOR], open_root_file, root, raw_tail)
         try:
             return await _send(request, opened)
         finally:

@@ -2,7 +2,7 @@
 
 The request id (``X-Request-ID`` from the client, else generated) lives in a
 context variable, so every log line written while serving a request carries
-it, also from the worker threads (the hops in ``state`` copy the context).
+it, also from the worker threads (the hops in ``offload`` copy the context).
 
 Records are handed to a listener thread through a bounded queue, so a slow
 log reader (a full pipe, a stalled collector) never blocks the event loop;

@@ -10,8 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from .config import Settings
 from .descriptors import descriptor_headroom
 from .errors import NotReady
+from .keys import IO_EXECUTOR, METRICS, SETTINGS, SOURCES
 from .links import LinkStore
-from .state import METRICS, SETTINGS, SOURCES, run_blocking
+from .offload import run_blocking
 
 routes = web.RouteTableDef()
 
@@ -64,7 +65,10 @@ async def readyz(request: web.Request) -> web.Response:
     and the links file is absent or parses and can be written; otherwise 503
     naming each problem."""
     problems = await run_blocking(
-        request, readiness_problems, request.app[SETTINGS], request.app[SOURCES].links
+        request.app[IO_EXECUTOR],
+        readiness_problems,
+        request.app[SETTINGS],
+        request.app[SOURCES].links,
     )
     if problems:
         raise NotReady("; ".join(problems))
@@ -76,5 +80,6 @@ async def metrics(request: web.Request) -> web.Response:
     """The app's metrics in Prometheus' text format, read off the event loop
     (one hop to the I/O pool). Open without a token, as health is: scrapers
     carry none."""
-    body = await run_blocking(request, request.app[METRICS].exposition)  # reads /proc
+    exposition = request.app[METRICS].exposition  # reads /proc
+    body = await run_blocking(request.app[IO_EXECUTOR], exposition)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -12,10 +12,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
 from .archive import plan_export_archive
 from .conditional import not_modified_response
 from .errors import InvalidRequestBody, LinkNotFound, TooManyDownloads
+from .keys import CRC_CACHE, IO_EXECUTOR, METRICS, SOURCES, ZIP_SLOTS
 from .links import StoredLink
 from .manifest import ExportSources, export_manifest_json
+from .offload import run_blocking
 from .run_ids import RUN_ID_JSON_SCHEMA, check_param_run_id, check_render_run_id
-from .state import CRC_CACHE, METRICS, SOURCES, ZIP_SLOTS, run_blocking
 from .zip_response import UNLISTED_HEADER, ZipResponse
 
 routes = web.RouteTableDef()
@@ -57,7 +58,11 @@ async def export_manifest(request: web.Request) -> web.Response:
     Without ``param_run_id`` the links file names the param run."""
     render_run_id, param_run_id = _run_ids(request)
     body, etag, unlisted = await run_blocking(
-        request, _manifest_and_etag, request.app[SOURCES], render_run_id, param_run_id
+        request.app[IO_EXECUTOR],
+        _manifest_and_etag,
+        request.app[SOURCES],
+        render_run_id,
+        param_run_id,
     )
     request.app[METRICS].count_unlisted(unlisted)
     cached = not_modified_response(request, etag, None)
@@ -99,7 +104,7 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
         # Planning scans like a manifest: in the I/O pool, so that however long
         # it takes it never holds the ZIP threads that keep downloads streaming.
         archive = await run_blocking(
-            request,
+            request.app[IO_EXECUTOR],
             plan_export_archive,
             request.app[SOURCES],
             render_run_id,
@@ -145,7 +150,7 @@ async def get_link(request: web.Request) -> web.Response:
     run id), 422 for a bad run id."""
     render_run_id = check_render_run_id(request.match_info["render_run_id"])
     links = request.app[SOURCES].links
-    stored = await run_blocking(request, links.link_for, render_run_id)
+    stored = await run_blocking(request.app[IO_EXECUTOR], links.link_for, render_run_id)
     if stored is None:
         raise LinkNotFound(f"no param run is linked to render run {render_run_id!r}")
     return _link(render_run_id, stored)
@@ -168,5 +173,5 @@ async def put_link(request: web.Request) -> web.Response:
         ) from None
     param_run_id = check_param_run_id(update.param_run_id)
     links = request.app[SOURCES].links
-    stored = await run_blocking(request, links.link, render_run_id, param_run_id)
+    stored = await run_blocking(request.app[IO_EXECUTOR], links.link, render_run_id, param_run_id)
     return _link(render_run_id, stored)

@@ -33,8 +33,9 @@ from .byte_ranges import requested_range
 from .descriptors import require_descriptors
 from .errors import SourceChanged
 from .files import DESCRIPTORS_PER_DOWNLOAD
+from .keys import IO_EXECUTOR, METRICS, SETTINGS, SHUTTING_DOWN, ZIP_EXECUTOR
+from .offload import run_blocking
 from .send_progress import SendProgress
-from .state import METRICS, SETTINGS, SHUTTING_DOWN, ZIP_EXECUTOR, run_blocking
 from .streaming import OffloadedChunks
 
 # The logger these lines always had (log queries may select on it).
@@ -73,7 +74,9 @@ class ZipResponse:
         request, archive = self._request, self._archive
         streams = request.method != hdrs.METH_HEAD
         if streams:  # after a 200 a download short of descriptors could only stop at 0 bytes
-            await run_blocking(request, require_descriptors, DESCRIPTORS_PER_DOWNLOAD)
+            await run_blocking(
+                request.app[IO_EXECUTOR], require_descriptors, DESCRIPTORS_PER_DOWNLOAD
+            )
         byte_range = requested_range(
             request.headers.get(hdrs.RANGE),
             request.headers.get(hdrs.IF_RANGE),

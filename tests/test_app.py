@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from export_service.access import runner_options
 from export_service.app import GC_FULL_COLLECTION_EVERY, create_app
-from export_service.state import METRICS
+from export_service.keys import METRICS
 from tests.conftest import AirTree, ClientFactory, wait_until, write
 
 

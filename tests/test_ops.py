@@ -1,14 +1,13 @@
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
+from export_service.keys import METRICS, ZIP_SLOTS
 from export_service.logs import JsonFormatter
-from export_service.state import METRICS, ZIP_SLOTS
 from tests.conftest import AirTree, ClientFactory, wait_until, write
 
 _LIST_422 = {"route": "/api/air/export/list/{render_run_id}", "method": "GET", "status": "422"}
@@ -161,13 +160,3 @@ async def test_openapi_covers_every_route(client: TestClient[Any, Any]) -> None:
         "files",
         "missing",
     ]
-
-
-def test_zip_slots_cannot_go_beyond_the_limit(tmp_path: Path) -> None:
-    from export_service.state import DownloadSlots
-
-    slots = DownloadSlots(2)
-    assert slots.try_acquire() and slots.try_acquire()
-    assert not slots.try_acquire()
-    slots.release()
-    assert slots.try_acquire()

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from export_service import archive, routes
-from export_service.state import METRICS
+from export_service.keys import METRICS
 from export_service.zip_response import content_disposition
 from tests.conftest import (
     DEEP,

@@ -1,16 +1,17 @@
-"""The hop that opens something closes it when its awaiter is gone."""
+"""The hop off the loop: it carries the caller's context, and what it opens is
+closed when its awaiter is gone."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
 
-from export_service.state import IO_EXECUTOR, open_off_loop
+from export_service.offload import open_off_loop, run_blocking
 from tests.conftest import wait_until
 
 
@@ -23,14 +24,27 @@ class Opened:
 
 
 @pytest.fixture
-def request_with_pool() -> web.Request:
-    app = web.Application()
-    app[IO_EXECUTOR] = ThreadPoolExecutor(max_workers=1)
-    return make_mocked_request("GET", "/", app=app)
+def pool() -> Iterator[ThreadPoolExecutor]:
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-pool")
+    yield executor
+    executor.shutdown(wait=True)
+
+
+async def test_a_blocking_call_runs_in_the_pool_in_the_callers_context(
+    pool: ThreadPoolExecutor,
+) -> None:
+    tag: ContextVar[str] = ContextVar("tag", default="none")
+    tag.set("caller")
+
+    def where() -> tuple[str, str]:
+        return threading.current_thread().name, tag.get()
+
+    thread, seen = await run_blocking(pool, where)
+    assert thread.startswith("test-pool") and seen == "caller"
 
 
 async def test_what_a_thread_opens_after_its_awaiter_was_cancelled_is_closed(
-    request_with_pool: web.Request,
+    pool: ThreadPoolExecutor,
 ) -> None:
     opening, may_finish = threading.Event(), threading.Event()
     opened = Opened()
@@ -40,21 +54,20 @@ async def test_what_a_thread_opens_after_its_awaiter_was_cancelled_is_closed(
         may_finish.wait(10)
         return opened
 
-    task = asyncio.create_task(open_off_loop(request_with_pool, slow_open))
+    task = asyncio.create_task(open_off_loop(pool, slow_open))
     await asyncio.to_thread(opening.wait, 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not opened.closed  # the thread is still opening
     may_finish.set()
-    request_with_pool.app[IO_EXECUTOR].shutdown(wait=True)
+    pool.shutdown(wait=True)
     assert opened.closed
 
 
 async def test_a_call_still_queued_when_cancelled_never_runs(
-    request_with_pool: web.Request,
+    pool: ThreadPoolExecutor,
 ) -> None:
-    pool = request_with_pool.app[IO_EXECUTOR]
     busy = threading.Event()
     pool.submit(busy.wait, 10)  # the one thread is taken
     ran: list[Opened] = []
@@ -63,7 +76,7 @@ async def test_a_call_still_queued_when_cancelled_never_runs(
         ran.append(Opened())
         return ran[-1]
 
-    task = asyncio.create_task(open_off_loop(request_with_pool, open_it))
+    task = asyncio.create_task(open_off_loop(pool, open_it))
     await wait_until(lambda: pool._work_queue.qsize() == 1)  # queued behind busy.wait
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -73,7 +86,7 @@ async def test_a_call_still_queued_when_cancelled_never_runs(
     assert ran == []
 
 
-async def test_a_result_is_handed_over_and_not_closed(request_with_pool: web.Request) -> None:
-    opened = await open_off_loop(request_with_pool, Opened)
+async def test_a_result_is_handed_over_and_not_closed(pool: ThreadPoolExecutor) -> None:
+    opened = await open_off_loop(pool, Opened)
     assert not opened.closed
-    request_with_pool.app[IO_EXECUTOR].shutdown(wait=True)
+    pool.shutdown(wait=True)

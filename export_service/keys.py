@@ -1,0 +1,25 @@
+"""The application's typed state: one ``web.AppKey`` per thing ``create_app`` keeps."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from .archive import CrcCache
+from .config import Settings
+from .download_slots import DownloadSlots
+from .manifest import ExportSources
+from .metrics import Metrics
+from .shutdown import RequestsInFlight
+
+SETTINGS = web.AppKey("settings", Settings)
+SOURCES = web.AppKey("sources", ExportSources)
+IO_EXECUTOR = web.AppKey("io_executor", ThreadPoolExecutor)
+ZIP_EXECUTOR = web.AppKey("zip_executor", ThreadPoolExecutor)
+METRICS = web.AppKey("metrics", Metrics)
+ZIP_SLOTS = web.AppKey("zip_slots", DownloadSlots)
+CRC_CACHE = web.AppKey("crc_cache", CrcCache)
+SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
+IN_FLIGHT = web.AppKey("in_flight", RequestsInFlight)
