@@ -48,10 +48,9 @@ from zipstream import ZipStream
 from zipstream.ng import ZipStreamInfo
 
 from .errors import SourceChanged
-from .files import FolderFiles
 from .manifest import ExportSources, ListedFile, Step, build_export
 from .names import ArcnameAllocator
-from .scanning import resolved
+from .safe_files import FolderFiles, resolved
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import mimetypes
+import os
 from datetime import UTC, datetime
 
 from aiohttp import hdrs, web
@@ -27,10 +29,10 @@ from aiohttp import hdrs, web
 from .access import note_aborted, note_body_bytes
 from .byte_ranges import requested_range
 from .conditional import not_modified_response
-from .files import RootFile, content_type, open_root_file
 from .keys import IO_EXECUTOR, SETTINGS
 from .manifest import Step
 from .offload import open_off_loop
+from .safe_files import RootFile, open_root_file
 from .send_progress import SendProgress
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,23 @@ log = logging.getLogger(__name__)
 # sendfile() in pieces of this size: the body bytes sent are counted per
 # piece, and a piece is what a file that shrank can overrun by.
 SENDFILE_PIECE = 1024 * 1024
+
+# What the AIR steps write; mimetypes covers the rest.
+_CONTENT_TYPES = {
+    ".wav": "audio/wav",
+    ".mp3": "audio/mpeg",
+    ".mid": "audio/midi",
+    ".midi": "audio/midi",
+    ".flac": "audio/flac",
+    ".ogg": "audio/ogg",
+    ".json": "application/json",
+}
+
+
+def content_type(name: str) -> str:
+    extension = os.path.splitext(name)[1].lower()
+    guessed = _CONTENT_TYPES.get(extension) or mimetypes.guess_type(name)[0]
+    return guessed or "application/octet-stream"
 
 
 def _etag(opened: RootFile) -> str:

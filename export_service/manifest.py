@@ -13,13 +13,10 @@ stages of a file and their names: archive.py.)
 
 from __future__ import annotations
 
-import os
-import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
-from urllib.parse import quote
 
 from pydantic import TypeAdapter
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
@@ -35,6 +32,7 @@ from .scanning import (
     exact_run_folder,
     scan_run_folder,
 )
+from .urls import url_segment
 
 Step = Literal["param_generation", "midi_generation", "render"]
 
@@ -101,16 +99,6 @@ class ListedFile(NamedTuple):
     mtime_ns: int
     dev: int
     ino: int
-
-
-_URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*\Z")
-
-
-def url_segment(segment: str) -> str:
-    """One path segment, percent-encoded from its bytes (as on disk)."""
-    if _URL_SAFE.match(segment):
-        return segment
-    return quote(os.fsencode(segment), safe="")
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,14 @@ from operator import itemgetter
 from typing import NamedTuple
 
 from .errors import ExportTooLarge, raise_if_out_of_descriptors
+from .safe_files import (
+    CHILD_FOLDER_FLAGS,
+    PROC_FD,
+    fd_real_path,
+    is_within,
+    open_folder_inside,
+    resolved,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,28 +48,6 @@ class ScannedFile(NamedTuple):
     mtime_ns: int
     dev: int
     ino: int
-
-
-def is_within(root_real: str, path_real: str) -> bool:
-    """True when ``path_real`` lies strictly below ``root_real`` (both resolved;
-    an empty ``root_real``, a root that could not be resolved, holds nothing)."""
-    if not root_real:
-        return False
-    prefix = root_real if root_real.endswith(os.sep) else root_real + os.sep
-    return path_real.startswith(prefix)
-
-
-def resolved(path: str) -> str | None:
-    """``os.path.realpath``, or None when the path changes under it.
-
-    realpath raises (EINVAL from ``readlink``) when a link it saw is swapped
-    for a file or folder before it reads the link; ELOOP, ENAMETOOLONG and
-    the like come the same way. For a caller that is the path not being there.
-    """
-    try:
-        return os.path.realpath(path)
-    except (OSError, ValueError):
-        return None
 
 
 def _folder_inside(root_real: str, path: str) -> str | None:
@@ -156,59 +142,6 @@ def exact_run_folder(root: str, run_id: str) -> str | None:
     return run_id if _folder_inside(root_real, os.path.join(root, run_id)) else None
 
 
-FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-PROC_FD = "/proc/self/fd"
-_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def fd_real_path(fd: int, fallback_path: str) -> str:
-    """Where the open file or folder really is (from ``/proc``; without it,
-    the resolved ``fallback_path``); empty, which lies in no root, when
-    neither can tell."""
-    try:
-        return os.readlink(f"{PROC_FD}/{fd}")
-    except OSError:
-        return resolved(fallback_path) or ""
-
-
-def open_folder_inside(path: str, root_real: str) -> tuple[int, str] | None:
-    """A descriptor of the folder at ``path`` and its real path, when what was
-    opened really is the root or lies inside it (checked on the descriptor, so
-    a link swapped in for any folder on the way is caught); None otherwise.
-    OSError when it cannot be opened."""
-    try:
-        fd = os.open(path, FOLDER_FLAGS)
-    except OSError as error:
-        if error.errno != errno.ENAMETOOLONG or not is_within(root_real, path):
-            raise
-        return _open_folder_step_by_step(path, root_real)
-    real = fd_real_path(fd, path)
-    if real == root_real or is_within(root_real, real):
-        return fd, real
-    os.close(fd)
-    return None
-
-
-def _open_folder_step_by_step(path: str, root_real: str) -> tuple[int, str] | None:
-    """:func:`open_folder_inside` for a folder whose path is longer than the
-    kernel opens at once (and names in ``/proc``): one folder at a time from
-    the checked root, never through a link, so what it reaches lies inside
-    the root by construction."""
-    opened = open_folder_inside(root_real, root_real)
-    if opened is None:
-        return None
-    fd = opened[0]
-    try:
-        for name in path[len(root_real) + 1 :].split("/"):
-            child = os.open(name, _CHILD_FOLDER_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, path
-
-
 def display_name(segment: str) -> str:
     """A file name as valid Unicode text: undecodable bytes become U+FFFD."""
     if segment.isascii():
@@ -227,7 +160,6 @@ UNLISTED_REASONS = {
 # A path that is gone, or is no longer what the listing saw (a folder swapped
 # for a link or a file): not there, nothing to report.
 _GONE = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP})
-_CHILD_FOLDER_FLAGS = FOLDER_FLAGS | os.O_NOFOLLOW
 
 
 class ScannedFolder(NamedTuple):
@@ -266,6 +198,9 @@ class FolderScan:
             folder, name, size, mtime_ns, dev, ino, _ = record
             parts = (*self.folders[folder].parts, name)
             yield ScannedFile(self.path(record), parts, size, mtime_ns, dev, ino)
+
+
+_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _link_target(link_path: str, root_real: str) -> tuple[str, os.stat_result] | None:
@@ -399,7 +334,7 @@ class _Walk:
                 opened = open_folder_inside(target, self.root_real)
             else:
                 assert parent.fd is not None
-                fd = os.open(name, _CHILD_FOLDER_FLAGS, dir_fd=parent.fd)
+                fd = os.open(name, CHILD_FOLDER_FLAGS, dir_fd=parent.fd)
                 opened = self.checked_child(fd, f"{parent_folder.real}/{name}")
         except OSError as error:
             if error.errno not in _GONE:

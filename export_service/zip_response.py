@@ -32,9 +32,9 @@ from .archive import ExportArchive
 from .byte_ranges import requested_range
 from .descriptors import require_descriptors
 from .errors import SourceChanged
-from .files import DESCRIPTORS_PER_DOWNLOAD
 from .keys import IO_EXECUTOR, METRICS, SETTINGS, SHUTTING_DOWN, ZIP_EXECUTOR
 from .offload import run_blocking
+from .safe_files import DESCRIPTORS_PER_DOWNLOAD
 from .send_progress import SendProgress
 from .streaming import OffloadedChunks
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from export_service.file_urls import content_type
 from tests.conftest import (
     AirTree,
     ClientFactory,
@@ -254,3 +255,11 @@ async def test_a_slow_but_steady_reader_is_not_cut(
     await wait_until(lambda: any(r.name == access for r in caplog.records))
     (line,) = [getattr(r, "fields", {}) for r in caplog.records if r.name == access]
     assert line["ended"] == "complete" and line["bytes"] == len(content)
+
+
+def test_content_types() -> None:
+    assert content_type("a.WAV") == "audio/wav"
+    assert content_type("a.mp3") == "audio/mpeg"
+    assert content_type("a.mid") == "audio/midi"
+    assert content_type("a.json") == "application/json"
+    assert content_type("a.unknownext") == "application/octet-stream"

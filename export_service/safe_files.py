@@ -1,4 +1,5 @@
-"""Opening files of the roots safely, for the ZIP and for single-file URLs.
+"""Safe access to the roots: resolving paths, opening folders and files only
+where they lie inside their root, for the scan, the ZIP and single-file URLs.
 
 Blocking functions. A file is opened without following a final link and
 without blocking (a FIFO swapped in must not hang a reader), and then the open
@@ -9,29 +10,93 @@ few folders, so :class:`FolderFiles` asks once per folder instead.
 
 from __future__ import annotations
 
+import errno
 import io
-import mimetypes
 import os
 import stat
 from collections import OrderedDict
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes
 
 from .errors import NotFound, SourceChanged, raise_if_out_of_descriptors
-from .scanning import fd_real_path, is_within, open_folder_inside, resolved
+from .urls import url_path_segments
+
+
+def is_within(root_real: str, path_real: str) -> bool:
+    """True when ``path_real`` lies strictly below ``root_real`` (both resolved;
+    an empty ``root_real``, a root that could not be resolved, holds nothing)."""
+    if not root_real:
+        return False
+    prefix = root_real if root_real.endswith(os.sep) else root_real + os.sep
+    return path_real.startswith(prefix)
+
+
+def resolved(path: str) -> str | None:
+    """``os.path.realpath``, or None when the path changes under it.
+
+    realpath raises (EINVAL from ``readlink``) when a link it saw is swapped
+    for a file or folder before it reads the link; ELOOP, ENAMETOOLONG and
+    the like come the same way. For a caller that is the path not being there.
+    """
+    try:
+        return os.path.realpath(path)
+    except (OSError, ValueError):
+        return None
+
+
+FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+PROC_FD = "/proc/self/fd"
+CHILD_FOLDER_FLAGS = FOLDER_FLAGS | os.O_NOFOLLOW
+
+
+def fd_real_path(fd: int, fallback_path: str) -> str:
+    """Where the open file or folder really is (from ``/proc``; without it,
+    the resolved ``fallback_path``); empty, which lies in no root, when
+    neither can tell."""
+    try:
+        return os.readlink(f"{PROC_FD}/{fd}")
+    except OSError:
+        return resolved(fallback_path) or ""
+
+
+def open_folder_inside(path: str, root_real: str) -> tuple[int, str] | None:
+    """A descriptor of the folder at ``path`` and its real path, when what was
+    opened really is the root or lies inside it (checked on the descriptor, so
+    a link swapped in for any folder on the way is caught); None otherwise.
+    OSError when it cannot be opened."""
+    try:
+        fd = os.open(path, FOLDER_FLAGS)
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG or not is_within(root_real, path):
+            raise
+        return _open_folder_step_by_step(path, root_real)
+    real = fd_real_path(fd, path)
+    if real == root_real or is_within(root_real, real):
+        return fd, real
+    os.close(fd)
+    return None
+
+
+def _open_folder_step_by_step(path: str, root_real: str) -> tuple[int, str] | None:
+    """:func:`open_folder_inside` for a folder whose path is longer than the
+    kernel opens at once (and names in ``/proc``): one folder at a time from
+    the checked root, never through a link, so what it reaches lies inside
+    the root by construction."""
+    opened = open_folder_inside(root_real, root_real)
+    if opened is None:
+        return None
+    fd = opened[0]
+    try:
+        for name in path[len(root_real) + 1 :].split("/"):
+            child = os.open(name, CHILD_FOLDER_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, path
+
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-# What the AIR steps write; mimetypes covers the rest.
-_CONTENT_TYPES = {
-    ".wav": "audio/wav",
-    ".mp3": "audio/mpeg",
-    ".mid": "audio/midi",
-    ".midi": "audio/midi",
-    ".flac": "audio/flac",
-    ".ogg": "audio/ogg",
-    ".json": "application/json",
-}
 
 
 def _regular_file_stat(fd: int) -> os.stat_result:
@@ -123,27 +188,6 @@ class FolderFiles:
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-
-def content_type(name: str) -> str:
-    extension = os.path.splitext(name)[1].lower()
-    guessed = _CONTENT_TYPES.get(extension) or mimetypes.guess_type(name)[0]
-    return guessed or "application/octet-stream"
-
-
-def url_path_segments(raw_tail: str) -> list[str]:
-    """The file-system names of a percent-encoded URL path below a prefix.
-
-    Decoded once, from bytes (so a name that is not UTF-8 still matches);
-    empty, ``.`` and ``..`` segments and encoded ``/`` or NUL are refused.
-    """
-    segments = []
-    for raw in raw_tail.split("/"):
-        name = unquote_to_bytes(raw)
-        if name in {b"", b".", b".."} or b"/" in name or b"\0" in name:
-            raise NotFound("no such file")
-        segments.append(os.fsdecode(name))
-    return segments
 
 
 @dataclass
