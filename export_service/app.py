@@ -23,6 +23,7 @@ from .archive import CrcCache
 from .config import Settings
 from .download_slots import DownloadSlots
 from .errors import ExportServiceError, Unauthorized
+from .exports import ExportSources
 from .file_urls import file_route
 from .keys import (
     CRC_CACHE,
@@ -36,7 +37,6 @@ from .keys import (
     ZIP_SLOTS,
 )
 from .logs import request_id
-from .manifest import ExportSources
 from .metrics import Metrics
 from .openapi import openapi_route
 from .routes import routes

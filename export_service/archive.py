@@ -40,7 +40,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from importlib.metadata import version
-from typing import NamedTuple, get_args
+from typing import NamedTuple
 from zipfile import ZIP64_LIMIT, ZIP_FILECOUNT_LIMIT
 
 from isal.isal_zlib import crc32
@@ -48,9 +48,9 @@ from zipstream import ZipStream
 from zipstream.ng import ZipStreamInfo
 
 from .errors import SourceChanged
-from .manifest import ExportSources, ListedFile, Step, build_export
+from .manifest import ListedFile, Step
 from .names import ArcnameAllocator
-from .safe_files import FolderFiles, resolved
+from .safe_files import FolderFiles
 
 log = logging.getLogger(__name__)
 
@@ -536,21 +536,3 @@ def plan_archive(
             )
             offset = data_offset + size
     return ExportArchive(entries, skipped, chunk_bytes, crcs)
-
-
-def plan_export_archive(
-    sources: ExportSources,
-    render_run_id: str,
-    param_run_id: str | None,
-    crcs: CrcCache | None = None,
-) -> ExportArchive:
-    """The manifest's files, planned as one download (blocking, one hop)."""
-    export = build_export(sources, render_run_id, param_run_id)
-    root_reals: dict[Step, str] = {
-        step: resolved(str(getattr(sources.settings.roots, step))) or "" for step in get_args(Step)
-    }
-    archive = plan_archive(
-        export.take_files(), root_reals, sources.settings.limits.read_chunk_bytes, crcs
-    )
-    archive.unlisted = export.unlisted
-    return archive

@@ -21,7 +21,6 @@ from aiohttp import web
 
 from .access import runner_options
 from .app import create_app
-from .archive import plan_export_archive
 from .config import (
     CONFIG_ENV_VAR,
     ENV_PREFIX,
@@ -32,8 +31,8 @@ from .config import (
     settings_from_mapping,
 )
 from .errors import ConfigError, ExportServiceError
+from .exports import ExportSources, export_manifest_json, plan_export_archive
 from .logs import setup_logging
-from .manifest import ExportSources, export_manifest_json
 from .run_ids import check_param_run_id, check_render_run_id
 from .sample import SAMPLE_RENDER_RUN_ID, create_sample_tree
 from .shutdown import CANCEL_WAIT_SECONDS

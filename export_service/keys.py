@@ -10,7 +10,7 @@ from aiohttp import web
 from .archive import CrcCache
 from .config import Settings
 from .download_slots import DownloadSlots
-from .manifest import ExportSources
+from .exports import ExportSources
 from .metrics import Metrics
 from .shutdown import RequestsInFlight
 

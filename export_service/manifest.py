@@ -1,7 +1,7 @@
 """The export manifest: which files of a project exist, with their URLs.
 
-``build_export`` is one blocking function (link lookup, folder lookups, three
-scans) that callers run off the event loop in one hop. The JSON is byte for
+An :class:`Export` is what one lookup of a project's run folders found (made
+by :func:`.exports.build_export`, off the event loop). The JSON is byte for
 byte the original AIR export module's: same field order, compact separators,
 UTF-8, as FastAPI renders it. An export keeps its scans' compact records (one
 small tuple per scanned file) and makes its listed files from them slice by
@@ -21,17 +21,7 @@ from typing import Literal, NamedTuple
 from pydantic import TypeAdapter
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from .config import Settings
-from .errors import ExportTooLarge
-from .links import LinkStore
-from .scanning import (
-    FileRecord,
-    FolderScan,
-    RunFolderIndex,
-    display_name,
-    exact_run_folder,
-    scan_run_folder,
-)
+from .scanning import FileRecord, FolderScan, display_name
 from .urls import url_segment
 
 Step = Literal["param_generation", "midi_generation", "render"]
@@ -64,27 +54,6 @@ _SLICE = 2048
 
 def manifest_json(manifest: ExportManifest) -> bytes:
     return MANIFEST.dump_json(manifest)
-
-
-@dataclass(frozen=True, slots=True)
-class ExportSources:
-    """Where exports come from: the settings, the links file, and the indexes
-    of the run folders in the MIDI and param roots (kept for the app's life)."""
-
-    settings: Settings
-    links: LinkStore
-    midi_folders: RunFolderIndex
-    param_folders: RunFolderIndex
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ExportSources:
-        roots = settings.roots
-        return cls(
-            settings,
-            LinkStore(settings.links.file),
-            RunFolderIndex(str(roots.midi_generation)),
-            RunFolderIndex(str(roots.param_generation)),
-        )
 
 
 class ListedFile(NamedTuple):
@@ -205,66 +174,3 @@ class Export:
         document += b"]"
         document += tail
         return document
-
-
-def build_export(sources: ExportSources, render_run_id: str, param_run_id: str | None) -> Export:
-    """Collect one project's files from the three roots (blocking).
-
-    Both ids must already be validated. ``param_run_id`` None means: take it
-    from the links file.
-    """
-    roots, urls = sources.settings.roots, sources.settings.urls
-    if param_run_id is None:
-        param_run_id = sources.links.param_run_id_for(render_run_id)
-
-    render_root = str(roots.render)
-    lookups: list[tuple[Step, str, str, str | None]] = [
-        ("render", render_root, urls.render, exact_run_folder(render_root, render_run_id)),
-        (
-            "midi_generation",
-            sources.midi_folders.root,
-            urls.midi_generation,
-            sources.midi_folders.newest(render_run_id),
-        ),
-        (
-            "param_generation",
-            sources.param_folders.root,
-            urls.param_generation,
-            sources.param_folders.newest(param_run_id) if param_run_id else None,
-        ),
-    ]
-    limit = sources.settings.limits.max_files_per_export
-    steps: list[StepFiles] = []
-    for step, root, prefix, folder in lookups:
-        scan = FolderScan()
-        if folder:
-            try:
-                scan = scan_run_folder(
-                    root, folder, limit - sum(len(files.scan) for files in steps)
-                )
-            except ExportTooLarge:
-                raise ExportTooLarge(
-                    f"the export of {render_run_id!r} has more than {limit:,} files, the "
-                    "most this service lists for one export (limits.max_files_per_export)"
-                ) from None
-        steps.append(StepFiles.of(step, scan, folder or "", urls.base, prefix))
-    return Export(
-        render_run_id,
-        param_run_id,
-        sorted(steps, key=lambda files: files.step),  # manifest order: by step, then rel_path
-        [files.step for files in steps if not files.scan],
-    )
-
-
-class ManifestBody(NamedTuple):
-    json: bytearray
-    unlisted: Counter[str]  # paths that could not be listed, by reason
-
-
-def export_manifest_json(
-    sources: ExportSources, render_run_id: str, param_run_id: str | None
-) -> ManifestBody:
-    """The manifest as the API sends it (blocking; its JSON for 10,000 files
-    takes milliseconds, so it is made in the same hop as the scan)."""
-    export = build_export(sources, render_run_id, param_run_id)
-    return ManifestBody(export.manifest_json(), export.unlisted)

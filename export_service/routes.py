@@ -9,12 +9,11 @@ from typing import Annotated
 from aiohttp import hdrs, web
 from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
 
-from .archive import plan_export_archive
 from .conditional import not_modified_response
 from .errors import InvalidRequestBody, LinkNotFound, TooManyDownloads
+from .exports import ExportSources, export_manifest_json, plan_export_archive
 from .keys import CRC_CACHE, IO_EXECUTOR, METRICS, SOURCES, ZIP_SLOTS
 from .links import StoredLink
-from .manifest import ExportSources, export_manifest_json
 from .offload import run_blocking
 from .run_ids import RUN_ID_JSON_SCHEMA, check_param_run_id, check_render_run_id
 from .zip_response import UNLISTED_HEADER, ZipResponse

@@ -4,7 +4,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from export_service.manifest import ExportSources, build_export
+from export_service.exports import ExportSources, build_export
 from tests.conftest import (
     DEEP,
     AirTree,

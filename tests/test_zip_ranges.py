@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 import export_service.archive as archive_module
-from export_service.archive import CrcCache, ExportArchive, plan_export_archive
+from export_service.archive import CrcCache, ExportArchive
 from export_service.errors import SourceChanged
-from export_service.manifest import ExportSources
+from export_service.exports import ExportSources, plan_export_archive
 from export_service.safe_files import FolderFiles
 from tests.conftest import AirTree, write
 from tests.zips import java_read_zip, read_zip, unzip_test

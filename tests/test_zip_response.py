@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from export_service import archive, routes
+from export_service import exports, routes
 from export_service.keys import METRICS
 from export_service.zip_response import content_disposition
 from tests.conftest import (
@@ -224,7 +224,7 @@ async def test_a_long_plan_never_holds_the_threads_downloads_stream_with(
     write(tree.render / "small" / "a.wav", b"a")
     write(tree.render / "huge" / "b.wav", b"b")
     planning, finish = threading.Event(), threading.Event()
-    real_plan = archive.plan_export_archive
+    real_plan = exports.plan_export_archive
 
     def endless_plan(sources: Any, render_run_id: str, *rest: Any) -> Any:
         if render_run_id == "huge":

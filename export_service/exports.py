@@ -1,0 +1,122 @@
+"""The service's use cases: a project's export as a manifest or planned as a
+ZIP, from the sources an app keeps for its life.
+
+Blocking functions, each run off the event loop in one hop by its caller
+(the HTTP handlers, or the CLI's one-shot commands).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import NamedTuple, get_args
+
+from .archive import CrcCache, ExportArchive, plan_archive
+from .config import Settings
+from .errors import ExportTooLarge
+from .links import LinkStore
+from .manifest import Export, Step, StepFiles
+from .safe_files import resolved
+from .scanning import FolderScan, RunFolderIndex, exact_run_folder, scan_run_folder
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSources:
+    """Where exports come from: the settings, the links file, and the indexes
+    of the run folders in the MIDI and param roots (kept for the app's life)."""
+
+    settings: Settings
+    links: LinkStore
+    midi_folders: RunFolderIndex
+    param_folders: RunFolderIndex
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ExportSources:
+        roots = settings.roots
+        return cls(
+            settings,
+            LinkStore(settings.links.file),
+            RunFolderIndex(str(roots.midi_generation)),
+            RunFolderIndex(str(roots.param_generation)),
+        )
+
+
+def build_export(sources: ExportSources, render_run_id: str, param_run_id: str | None) -> Export:
+    """Collect one project's files from the three roots (blocking).
+
+    Both ids must already be validated. ``param_run_id`` None means: take it
+    from the links file.
+    """
+    roots, urls = sources.settings.roots, sources.settings.urls
+    if param_run_id is None:
+        param_run_id = sources.links.param_run_id_for(render_run_id)
+
+    render_root = str(roots.render)
+    lookups: list[tuple[Step, str, str, str | None]] = [
+        ("render", render_root, urls.render, exact_run_folder(render_root, render_run_id)),
+        (
+            "midi_generation",
+            sources.midi_folders.root,
+            urls.midi_generation,
+            sources.midi_folders.newest(render_run_id),
+        ),
+        (
+            "param_generation",
+            sources.param_folders.root,
+            urls.param_generation,
+            sources.param_folders.newest(param_run_id) if param_run_id else None,
+        ),
+    ]
+    limit = sources.settings.limits.max_files_per_export
+    steps: list[StepFiles] = []
+    for step, root, prefix, folder in lookups:
+        scan = FolderScan()
+        if folder:
+            try:
+                scan = scan_run_folder(
+                    root, folder, limit - sum(len(files.scan) for files in steps)
+                )
+            except ExportTooLarge:
+                raise ExportTooLarge(
+                    f"the export of {render_run_id!r} has more than {limit:,} files, the "
+                    "most this service lists for one export (limits.max_files_per_export)"
+                ) from None
+        steps.append(StepFiles.of(step, scan, folder or "", urls.base, prefix))
+    return Export(
+        render_run_id,
+        param_run_id,
+        sorted(steps, key=lambda files: files.step),  # manifest order: by step, then rel_path
+        [files.step for files in steps if not files.scan],
+    )
+
+
+class ManifestBody(NamedTuple):
+    json: bytearray
+    unlisted: Counter[str]  # paths that could not be listed, by reason
+
+
+def export_manifest_json(
+    sources: ExportSources, render_run_id: str, param_run_id: str | None
+) -> ManifestBody:
+    """The manifest as the API sends it (blocking; its JSON for 10,000 files
+    takes milliseconds, so it is made in the same hop as the scan)."""
+    export = build_export(sources, render_run_id, param_run_id)
+    return ManifestBody(export.manifest_json(), export.unlisted)
+
+
+def plan_export_archive(
+    sources: ExportSources,
+    render_run_id: str,
+    param_run_id: str | None,
+    crcs: CrcCache | None = None,
+) -> ExportArchive:
+    """The manifest's files, planned as one download (blocking, one hop)."""
+    export = build_export(sources, render_run_id, param_run_id)
+    root_reals: dict[Step, str] = {
+        step: resolved(str(getattr(sources.settings.roots, step))) or "" for step in get_args(Step)
+    }
+    archive = plan_archive(
+        export.take_files(), root_reals, sources.settings.limits.read_chunk_bytes, crcs
+    )
+    archive.unlisted = export.unlisted
+    return archive
