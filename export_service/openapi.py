@@ -11,8 +11,8 @@ from pydantic import BaseModel, TypeAdapter
 from . import __version__
 from .config import Settings
 from .manifest import ExportManifest
-from .routes import EXPORT_PREFIX, Link, LinkUpdate
 from .run_ids import RUN_ID_JSON_SCHEMA
+from .schemas import EXPORT_PREFIX, Link, LinkUpdate
 
 OPENAPI_PATH = EXPORT_PREFIX + "/openapi.json"
 

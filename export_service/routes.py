@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from typing import Annotated
 
 from aiohttp import hdrs, web
-from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
+from pydantic import ValidationError
 
 from .conditional import not_modified_response
 from .errors import InvalidRequestBody, LinkNotFound, TooManyDownloads
@@ -15,12 +14,12 @@ from .exports import ExportSources, export_manifest_json, plan_export_archive
 from .keys import CRC_CACHE, IO_EXECUTOR, METRICS, SOURCES, ZIP_SLOTS
 from .links import StoredLink
 from .offload import run_blocking
-from .run_ids import RUN_ID_JSON_SCHEMA, check_param_run_id, check_render_run_id
+from .run_ids import check_param_run_id, check_render_run_id
+from .schemas import EXPORT_PREFIX, Link, LinkUpdate
 from .zip_response import UNLISTED_HEADER, ZipResponse
 
 routes = web.RouteTableDef()
 
-EXPORT_PREFIX = "/api/air/export"
 RETRY_AFTER_SECONDS = 5
 # Any character, newlines too: the run-id check, not the router, refuses what
 # is not a run id (a control character is a 422, never a 404).
@@ -116,21 +115,6 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
         return await ZipResponse(request, archive, render_run_id).send()
     finally:
         slots.release()
-
-
-class LinkUpdate(BaseModel):
-    """The body of ``PUT /api/air/export/links/{render_run_id}``."""
-
-    model_config = ConfigDict(extra="forbid")
-    # Checked by check_param_run_id (so a bad id is invalid_param_run_id, not
-    # invalid_body); the schema only documents the rule.
-    param_run_id: Annotated[str, WithJsonSchema(RUN_ID_JSON_SCHEMA)]
-
-
-class Link(BaseModel):
-    render_run_id: str
-    param_run_id: str
-    updated_at: float | None
 
 
 def _link(render_run_id: str, stored: StoredLink) -> web.Response:

@@ -1,0 +1,27 @@
+"""The API's shape shared by its handlers and its OpenAPI document: the path
+prefix of the export routes and the bodies of the links routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, WithJsonSchema
+
+from .run_ids import RUN_ID_JSON_SCHEMA
+
+EXPORT_PREFIX = "/api/air/export"
+
+
+class LinkUpdate(BaseModel):
+    """The body of ``PUT /api/air/export/links/{render_run_id}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Checked by check_param_run_id (so a bad id is invalid_param_run_id, not
+    # invalid_body); the schema only documents the rule.
+    param_run_id: Annotated[str, WithJsonSchema(RUN_ID_JSON_SCHEMA)]
+
+
+class Link(BaseModel):
+    render_run_id: str
+    param_run_id: str
+    updated_at: float | None
