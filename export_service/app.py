@@ -24,7 +24,7 @@ from .config import Settings
 from .download_slots import DownloadSlots
 from .errors import ExportServiceError, Unauthorized
 from .exports import ExportSources
-from .file_urls import file_route
+from .file_responses import file_route
 from .keys import (
     CRC_CACHE,
     IN_FLIGHT,

@@ -1,4 +1,4 @@
-"""HTTP handlers: manifest, streamed ZIP and links (the file URLs: file_urls.py)."""
+"""HTTP handlers: manifest, streamed ZIP and links (the file URLs: file_responses.py)."""
 
 from __future__ import annotations
 

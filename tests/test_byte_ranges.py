@@ -1,5 +1,5 @@
 """byte_ranges: which bytes a Range header asks for, If-Range, HTTP dates.
-(The routes' answers to them: tests/test_file_urls.py, tests/test_zip_ranges.py.)"""
+(The routes' answers to them: tests/test_file_responses.py, tests/test_zip_ranges.py.)"""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from export_service.file_urls import content_type
+from export_service.file_responses import content_type
 from tests.conftest import (
     AirTree,
     ClientFactory,
