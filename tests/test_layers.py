@@ -1,0 +1,141 @@
+"""The layers of the README's layout table hold: each module, imported alone in
+a fresh process, loads only what its row says it may import, and the table
+names exactly the modules of the package."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+import export_service
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+PACKAGE = Path(export_service.__file__).resolve().parent
+ROW = re.compile(r"\| `(\w+)\.py` \| [^|]+ \| ([^|]+?) \|")
+ANY = "all layers"  # the HTTP layer's cell: it may import any module
+
+# The modules issue 16 puts in the domain, whatever the table says.
+DOMAIN_BY_DESIGN = {
+    "errors",
+    "config",
+    "cpus",
+    "run_ids",
+    "descriptors",
+    "safe_files",
+    "scanning",
+    "urls",
+    "links",
+    "manifest",
+    "names",
+    "archive",
+    "exports",
+    "sample",
+}
+
+# Forks once per module, so each import starts from the same clean process
+# (one interpreter start for all of them); prints what each one loaded.
+_IMPORT_EACH = """
+import importlib, json, os, sys
+
+loaded = {}
+for name in sys.argv[1:]:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            importlib.import_module(name)
+            found = sorted(
+                module for module in sys.modules
+                if module.partition(".")[0] in ("aiohttp", "export_service")
+            )
+        except BaseException as error:
+            found = ["import failed: " + repr(error)]
+        with os.fdopen(write_end, "w") as writer:
+            writer.write(json.dumps(found))
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        loaded[name] = json.loads(reader.read())
+    os.waitpid(pid, 0)
+print(json.dumps(loaded))
+"""
+
+
+def _table() -> dict[str, str]:
+    """Module name -> its "may import" cell, from the README's layout table."""
+    return {name: cell for name, cell in ROW.findall(README.read_text())}
+
+
+def _module(name: str) -> str:
+    return "export_service" if name == "__init__" else f"export_service.{name}"
+
+
+def _allowed(table: dict[str, str], name: str) -> set[str] | None:
+    """The service's modules ``name`` may load (besides itself and the
+    package); None when it may load any."""
+    cell = table[name]
+    if cell == ANY:
+        return None
+    if cell == "domain":
+        return {_module(other) for other, kind in table.items() if kind == "domain"}
+    if cell == "nothing of the service":
+        return set()
+    names = re.fullmatch(r"`(\w+)`(?:, `(\w+)`)*", cell)
+    assert names, f"{name}: unknown 'may import' cell {cell!r}"
+    return {_module(other) for other in names.groups() if other}
+
+
+@cache
+def _loaded() -> dict[str, list[str]]:
+    """What importing each checked module alone loads: the service's modules
+    and aiohttp's."""
+    table = _table()
+    checked = [_module(name) for name, cell in table.items() if cell != ANY]
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EACH, *checked],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    loaded: dict[str, list[str]] = json.loads(done.stdout)
+    return loaded
+
+
+def test_the_table_names_every_module_of_the_package_and_no_other() -> None:
+    on_disk = {path.stem for path in PACKAGE.glob("*.py")}
+    assert set(_table()) == on_disk
+
+
+def test_the_modules_designed_as_domain_are_domain_in_the_table() -> None:
+    table = _table()
+    assert {name: table[name] for name in DOMAIN_BY_DESIGN & set(table)} == {
+        name: "domain" for name in DOMAIN_BY_DESIGN & set(table)
+    }
+
+
+@pytest.mark.parametrize("name", sorted(name for name, cell in _table().items() if cell != ANY))
+def test_a_module_loads_only_what_its_layer_may_import(name: str) -> None:
+    allowed = _allowed(_table(), name)
+    assert allowed is not None
+    module = _module(name)
+    loaded = set(_loaded()[module])
+    assert not any(found.startswith("import failed") for found in loaded), loaded
+    assert "aiohttp" not in loaded, f"{module} loads aiohttp"
+    assert loaded - {"export_service", module} <= allowed, sorted(loaded - allowed)
+
+
+def test_logs_loads_no_other_module_of_the_service_and_metrics_only_logs() -> None:
+    assert _loaded()["export_service.logs"] == ["export_service", "export_service.logs"]
+    assert _loaded()["export_service.metrics"] == [
+        "export_service",
+        "export_service.logs",
+        "export_service.metrics",
+    ]
