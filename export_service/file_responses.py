@@ -35,7 +35,8 @@ from .offload import open_off_loop
 from .safe_files import RootFile, open_root_file
 from .send_progress import SendProgress
 
-log = logging.getLogger(__name__)
+# The logger these lines always had (log queries may select on it).
+log = logging.getLogger("export_service.file_urls")
 
 # sendfile() in pieces of this size: the body bytes sent are counted per
 # piece, and a piece is what a file that shrank can overrun by.

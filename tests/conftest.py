@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from export_service.access import runner_options
 from export_service.app import create_app
 from export_service.config import Settings, settings_from_mapping
+from export_service.logs import JsonFormatter
 
 CANARY = b"CANARY-outside-the-roots"
 
@@ -127,6 +128,17 @@ async def wait_until(condition: Callable[[], bool], seconds: float = 10) -> None
         if time.monotonic() >= deadline:
             pytest.fail(f"still not true after {seconds} s: {_source(condition)}")
         await asyncio.sleep(0.02)
+
+
+def logged(caplog: pytest.LogCaptureFixture, prefix: str) -> list[tuple[str, str, str]]:
+    """(logger, level, message) as the JSON log writes them, of each captured
+    line whose message starts with ``prefix``, whichever logger wrote it."""
+    lines = [json.loads(JsonFormatter().format(record)) for record in caplog.records]
+    return [
+        (line["logger"], line["level"], line["message"])
+        for line in lines
+        if line["message"].startswith(prefix)
+    ]
 
 
 def poll_until(condition: Callable[[], bool], seconds: float = 10) -> None:

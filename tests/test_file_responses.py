@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import struct
@@ -13,10 +14,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from export_service import file_responses
 from export_service.file_responses import content_type
 from tests.conftest import (
     AirTree,
     ClientFactory,
+    logged,
     open_paths_under,
     raw_exchange,
     read_slowly,
@@ -255,6 +258,40 @@ async def test_a_slow_but_steady_reader_is_not_cut(
     await wait_until(lambda: any(r.name == access for r in caplog.records))
     (line,) = [getattr(r, "fields", {}) for r in caplog.records if r.name == access]
     assert line["ended"] == "complete" and line["bytes"] == len(content)
+
+
+# How a send ended, told under the logger these lines had when file_urls.py
+# wrote them: log queries select on it, so moving the code must not change it.
+@pytest.mark.parametrize(
+    ("ending", "level", "message"),
+    [
+        (TimeoutError(), "INFO", f"file {URL} cut: the client took nothing for 7.0 s"),
+        (ConnectionResetError("gone"), "INFO", f"file {URL}: the client went away"),
+        (None, "ERROR", f"file {URL} cut short: it shrank while being sent"),  # 0 bytes sent
+    ],
+)
+async def test_each_way_a_send_is_cut_is_logged_under_the_file_urls_logger(
+    mix: AirTree,
+    make_client: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    ending: Exception | None,
+    level: str,
+    message: str,
+) -> None:
+    async def sendfile(*_: Any) -> int:
+        if ending is not None:
+            raise ending
+        return 0
+
+    monkeypatch.setattr(file_responses, "_sendfile", sendfile)
+    caplog.set_level(logging.INFO)
+    client = await make_client(limits={"send_timeout_seconds": 7.0})
+    response = await client.get(URL)
+    assert response.status == 200
+    await wait_until(lambda: bool(logged(caplog, "file ")))
+    response.close()
+    assert logged(caplog, "file ") == [("export_service.file_urls", level, message)]
 
 
 def test_content_types() -> None:
