@@ -1,5 +1,7 @@
-"""The file URLs over HTTP: RFC 9110 ranges and preconditions, JSON errors,
-every manifest URL served, and no descriptor left by an abandoned request."""
+"""The file URLs over HTTP: every manifest URL served (links inside the root
+too, configured prefixes), hostile paths 404, RFC 9110 ranges and
+preconditions, JSON errors, and no descriptor left by a served or abandoned
+request."""
 
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ from aiohttp.test_utils import TestClient
 from export_service import file_responses
 from export_service.file_responses import content_type
 from tests.conftest import (
+    CANARY,
     AirTree,
     ClientFactory,
     logged,
     open_paths_under,
     raw_exchange,
+    raw_get,
     read_slowly,
     wait_until,
     write,
@@ -42,6 +46,93 @@ def mix(tree: AirTree) -> AirTree:
 async def _get(client: TestClient[Any, Any], **headers: str) -> tuple[int, Any, bytes]:
     response = await client.get(URL, headers=headers)
     return response.status, response.headers, await response.read()
+
+
+NAMES = ["mix.wav", "a b.wav", "#1.mp3", "100%.json", "naïve ü.mid", "stems/deep/x.wav", "?q=1"]
+
+
+def _populate(tree: AirTree) -> None:
+    for index, name in enumerate(NAMES):
+        write(tree.render / "r" / name, os.urandom(1000 + index))
+    raw = tree.render / "r" / "raw\udcff.wav"  # not UTF-8 on disk
+    raw.write_bytes(b"raw")
+    write(tree.midi / "20261101_r" / "t.mid", b"MThd")
+    write(tree.param / "20261101_p" / "params.json", b"{}")
+    tree.link({"r": {"param_run_id": "p"}})
+
+
+async def test_every_manifest_url_serves_its_file(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    _populate(tree)
+    manifest = await (await client.get("/api/air/export/list/r")).json()
+    assert len(manifest["files"]) == len(NAMES) + 3
+    roots = {"render": tree.render, "midi_generation": tree.midi, "param_generation": tree.param}
+    for item in manifest["files"]:
+        status, body = await raw_get(client, item["url"])
+        assert status == 200, item
+        if "\ufffd" in item["rel_path"]:
+            assert body == b"raw"
+        else:
+            assert body == (roots[item["step"]] / item["rel_path"]).read_bytes(), item
+        assert len(body) == item["bytes"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/audio/r/../../secret.txt",
+        "/api/audio/..%2f..%2fsecret.txt",
+        "/api/audio/%2e%2e/%2e%2e/secret.txt",
+        "/api/audio/r/%2e%2e%2f%2e%2e%2fsecret.txt",
+        "/api/audio/r/..%5c..%5csecret.txt",
+        "/api/audio/%252e%252e/secret.txt",
+        "/api/audio/r/leak.txt",
+        "/api/audio/r/leak_dir/secret.txt",
+        "/api/audio/escape/secret.txt",
+        "/api/audio//etc/passwd",
+        "/api/audio/r/mix.wav%00.txt",
+        "/api/audio/r",
+        "/api/audio/r/",
+        "/api/audio/r/sub",
+        "/api/audio/r/pipe",
+        "/api/midi-generation/output/../render/output/r/mix.wav",
+        "/api/param-generation/output/%2fetc%2fpasswd",
+    ],
+)
+async def test_hostile_file_paths_are_json_404s(
+    mix: AirTree, client: TestClient[Any, Any], path: str
+) -> None:
+    (mix.render / "r" / "sub").mkdir()
+    os.mkfifo(mix.render / "r" / "pipe")
+    (mix.render / "r" / "leak.txt").symlink_to(mix.canary)
+    (mix.render / "r" / "leak_dir").symlink_to(mix.base)
+    (mix.render / "escape").symlink_to(mix.base)
+    status, body = await raw_get(client, path)
+    assert status == 404, (status, body)
+    assert body.startswith(b'{"detail":{"error":')
+    assert CANARY not in body
+
+
+async def test_links_inside_the_root_are_served(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    write(tree.render / "other" / "shared.wav", b"shared")
+    write(tree.render / "r" / "own.wav", b"own")
+    (tree.render / "r" / "shared.wav").symlink_to(tree.render / "other" / "shared.wav")
+    response = await client.get("/api/audio/r/shared.wav")
+    assert await response.read() == b"shared"
+
+
+async def test_configured_prefixes_serve_their_manifest_urls(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    write(tree.render / "r" / "a b.wav", b"ab")
+    client = await make_client(urls={"render": "/files/render"})
+    manifest = await (await client.get("/api/air/export/list/r")).json()
+    assert manifest["files"][0]["url"] == "/files/render/r/a%20b.wav"
+    assert await (await client.get(manifest["files"][0]["url"])).read() == b"ab"
+    assert (await client.get("/api/audio/r/a%20b.wav")).status == 404
 
 
 async def test_if_range_serves_the_range_only_for_the_current_version(
@@ -107,6 +198,8 @@ async def test_range_forms(
         assert first is not None and last is not None
         assert body == CONTENT[first : last + 1]
         assert headers["Content-Length"] == str(len(body))
+        if status == 206:
+            assert headers["Content-Range"] == f"bytes {first}-{last}/{len(CONTENT)}"
 
 
 async def test_preconditions(mix: AirTree, client: TestClient[Any, Any]) -> None:
@@ -151,11 +244,19 @@ async def test_head_sends_the_headers_of_the_get(
 ) -> None:
     head = await client.head(URL, headers={"Range": "bytes=0-9"})
     assert head.status == 206 and head.headers["Content-Length"] == "10"
+    assert head.headers["Content-Range"] == f"bytes 0-9/{len(CONTENT)}"
     assert await head.read() == b""
+    _, get_headers, _ = await _get(client)
     head = await client.head(URL)
-    assert head.headers["Content-Length"] == str(len(CONTENT))
-    assert head.headers["Last-Modified"] == LAST_MODIFIED
-    assert head.headers["Accept-Ranges"] == "bytes"
+    assert head.status == 200
+    for name, value in (
+        ("Content-Length", str(len(CONTENT))),
+        ("Content-Type", "audio/wav"),
+        ("Last-Modified", LAST_MODIFIED),
+        ("Accept-Ranges", "bytes"),
+        ("ETag", get_headers["ETag"]),
+    ):
+        assert head.headers[name] == get_headers[name] == value, name
 
 
 async def test_an_empty_file(tree: AirTree, client: TestClient[Any, Any]) -> None:
@@ -180,6 +281,28 @@ async def test_names_with_newlines_and_controls_are_served_at_their_manifest_url
         )
         assert head.startswith(b"HTTP/1.1 200"), (item, head)
         assert body == item["rel_path"].split("/")[-1].encode()
+
+
+async def test_served_files_leave_no_descriptor_open(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    write(tree.render / "r" / "a.wav", os.urandom(300_000))
+    etag = (await client.get("/api/audio/r/a.wav")).headers["ETag"]
+    for headers in (
+        {},
+        {"Range": "bytes=5-9"},
+        {"If-None-Match": etag},
+        {"Range": "bytes=9999999-"},
+    ):
+        response = await client.get("/api/audio/r/a.wav", headers=headers)
+        await response.read()
+        await client.head("/api/audio/r/a.wav", headers=headers)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(b"GET /api/audio/r/a.wav HTTP/1.1\r\nHost: t\r\n\r\n")
+    await reader.read(1000)
+    writer.close()  # gone mid-body
+    await wait_until(lambda: not open_paths_under(tree.base))
+    assert open_paths_under(tree.base) == []
 
 
 def _fd_count() -> int:
