@@ -1,6 +1,7 @@
 """The layers of the README's layout table hold: each module, imported alone in
 a fresh process, loads only what its row says it may import, and the table
-names exactly the modules of the package."""
+names exactly the modules of the package; and each module has its mirror
+test file."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import export_service
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 PACKAGE = Path(export_service.__file__).resolve().parent
+TESTS = Path(__file__).resolve().parent
 ROW = re.compile(r"\| `(\w+)\.py` \| [^|]+ \| ([^|]+?) \|")
 ANY = "all layers"  # the HTTP layer's cell: it may import any module
 
@@ -112,6 +114,15 @@ def _loaded() -> dict[str, list[str]]:
 def test_the_table_names_every_module_of_the_package_and_no_other() -> None:
     on_disk = {path.stem for path in PACKAGE.glob("*.py")}
     assert set(_table()) == on_disk
+
+
+def test_every_module_has_its_mirror_test_file() -> None:
+    """tests/test_<module>.py for each module, the package's ``__init__`` and
+    ``__main__`` aside: a new module comes with its tests."""
+    modules = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    assert "zip_response" in modules  # the glob found the package's modules
+    missing = sorted(name for name in modules if not (TESTS / f"test_{name}.py").is_file())
+    assert missing == [], f"modules without tests/test_<module>.py: {missing}"
 
 
 def test_the_modules_designed_as_domain_are_domain_in_the_table() -> None:
