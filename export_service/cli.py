@@ -123,7 +123,10 @@ def _parser() -> argparse.ArgumentParser:
 def _required_settings(config_path: Path | None) -> Settings:
     settings = resolve_settings(config_path, os.environ)
     if settings is None:
-        raise ConfigError(f"this command needs --config, ${CONFIG_ENV_VAR} or {ENV_PREFIX}* keys")
+        raise ConfigError(
+            f"this command needs --config, ${CONFIG_ENV_VAR}, or the roots or links file "
+            f"in the environment ({ENV_PREFIX}ROOTS_*, {ENV_PREFIX}LINKS_FILE)"
+        )
     return settings
 
 
@@ -307,4 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
     except ExportServiceError as error:
         print(f"export-service: {error.code}: {error.message}", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:
+        # Whoever read the output stopped early (``| head``): end quietly, as
+        # cat does, and point stdout at /dev/null so that Python's own flush at
+        # exit does not fail on the same pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED

@@ -90,6 +90,47 @@ def test_manifest_and_zip_commands_give_what_the_endpoints_give(
     assert not (tmp_path / "bad.zip").exists()
 
 
+@pytest.mark.parametrize("command", [["manifest", "r"], ["zip", "r", "-o", "-"]])
+def test_output_read_only_in_part_ends_quietly(
+    tree: AirTree, tmp_path: Path, command: list[str]
+) -> None:
+    """``export-service zip r -o - | head -c 10``: the reader leaves early, the
+    command stops with exit 1 and no traceback."""
+    write(tree.render / "r" / "mix.wav", os.urandom(4_000_000))
+    for index in range(2000):  # a manifest of ~200 KB, more than a pipe holds
+        write(tree.render / "r" / f"take {index:04}.wav", b"RIFF")
+    config = _config(tree, tmp_path / "config.toml")
+    with subprocess.Popen(
+        [sys.executable, "-m", "export_service", *command, "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert len(process.stdout.read(10)) == 10
+        process.stdout.close()
+        error = process.stderr.read().decode()
+        assert process.wait(timeout=60) == 1, error
+    assert error == ""
+
+
+def test_check_config_without_a_config_names_what_it_needs(tmp_path: Path) -> None:
+    """A port alone is no config (it does not say where the files are)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EXPORT_SERVICE_")}
+    with_port = subprocess.run(
+        [sys.executable, "-m", "export_service", "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "EXPORT_SERVICE_SERVER_PORT": "9000"},
+    )
+    assert with_port.returncode == 2
+    assert with_port.stderr == (
+        "export-service: config error: this command needs --config, $EXPORT_SERVICE_CONFIG, "
+        "or the roots or links file in the environment (EXPORT_SERVICE_ROOTS_*, "
+        "EXPORT_SERVICE_LINKS_FILE)\n"
+    )
+
+
 def test_link_command_writes_the_links_file(tree: AirTree, tmp_path: Path) -> None:
     config = _config(tree, tmp_path / "config.toml")
     result = _cli("link", "r1", "p1", "--config", str(config))
