@@ -62,6 +62,46 @@ def write(path: Path, content: bytes = b"", mtime: int | None = None) -> Path:
     return path
 
 
+def every_case(tree: AirTree) -> None:
+    """A project with each case of the manifest's lookup: nested, empty,
+    non-ASCII and backslashed render files; two MIDI runs of run_1 (the newer
+    one is listed) beside look-alikes; two param runs; run_2 with no link; a
+    link with a hostile value."""
+    run = tree.render / "run_1"
+    write(run / "mix.wav", b"RIFF")
+    write(run / "empty.txt")
+    write(run / "stems" / "deep" / "kick.wav", b"kkk")
+    write(run / "a\\b.wav", b"x")
+    write(run / "a" / "b.wav", b"yy")
+    write(run / "naïve #1 100%.wav", b"nnnnn")
+    write(tree.midi / "20261101_100000_run_1" / "old.mid", b"o")
+    write(tree.midi / "20261102_090000_run_1" / "track.mid", b"MThd")
+    write(tree.midi / "run_10" / "x.mid", b"x")
+    write(tree.midi / "20261103_run_1x" / "y.mid", b"y")
+    write(tree.param / "20261101_101200_prm_a" / "params.json", b"{}")
+    write(tree.param / "20261101_101300_prm_b" / "params.json", b'{"b":1}')
+    write(tree.render / "run_2" / "mix.wav", b"2")
+    tree.link(
+        {
+            "run_1": {"param_run_id": "prm_a", "updated_at": 1.5, "note": "kept"},
+            "run_bad": {"param_run_id": "../../etc", "updated_at": 1.0},
+        }
+    )
+
+
+async def error_detail(client: TestClient[Any, Any], method: str, path: str, status: int) -> Any:
+    """The ``detail`` of an error answer, checked to be the service's one
+    JSON error shape with this status."""
+    response = await client.request(method, path)
+    assert response.status == status
+    assert response.content_type == "application/json"
+    body = await response.json()
+    assert set(body) == {"detail"}
+    assert set(body["detail"]) == {"error", "message"}
+    assert body["detail"]["message"]
+    return body["detail"]
+
+
 def content_length(head: bytes) -> int:
     """The Content-Length of a raw response head."""
     return next(

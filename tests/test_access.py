@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from export_service.logs import TextFormatter
+from export_service.logs import JsonFormatter, TextFormatter
 from tests.conftest import (
     AirTree,
     ClientFactory,
@@ -225,3 +226,22 @@ async def test_a_download_read_to_its_end_is_complete_though_the_client_closes_a
     metrics = await (await client.get("/metrics")).text()
     assert _metric(metrics, "export_http_requests_cut_short_total") == 0
     assert _metric(metrics, "export_zip_downloads_cut_short_total") == 0
+
+
+async def test_one_json_access_line_per_request(
+    client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="export_service.access"):
+        await client.get("/api/air/export/list/r", headers={"X-Request-ID": "line-1"})
+        await wait_until(
+            lambda: any(
+                getattr(r, "fields", {}).get("request_id") == "line-1" for r in caplog.records
+            )
+        )
+    (record,) = [
+        r for r in caplog.records if getattr(r, "fields", {}).get("request_id") == "line-1"
+    ]
+    line = json.loads(JsonFormatter().format(record))
+    assert line["method"] == "GET" and line["path"] == "/api/air/export/list/r"
+    assert line["status"] == 200 and line["bytes"] > 0 and line["duration_ms"] >= 0
+    assert line["request_id"] == "line-1"

@@ -1,5 +1,5 @@
 """app: the application factory, its middlewares (request ids, the bearer
-token; JSON errors: tests/test_errors.py) and what runs while it serves."""
+token, every error as JSON) and what runs while it serves."""
 
 import gc
 from typing import Any
@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from export_service.access import runner_options
 from export_service.app import GC_FULL_COLLECTION_EVERY, create_app
 from export_service.keys import METRICS
-from tests.conftest import AirTree, ClientFactory, wait_until, write
+from tests.conftest import AirTree, ClientFactory, error_detail, wait_until, write
 
 
 async def test_full_collections_are_rarer_while_the_app_runs(tree: AirTree) -> None:
@@ -73,4 +73,25 @@ async def test_the_event_loop_lag_is_measured_while_the_app_runs(
     registry = client.app[METRICS].registry
     await wait_until(
         lambda: (registry.get_sample_value("export_event_loop_lag_seconds_count") or 0) >= 3
+    )
+
+
+async def test_unknown_route_is_json_404(client: TestClient[Any, Any]) -> None:
+    detail = await error_detail(client, "GET", "/nope", 404)
+    assert detail["error"] == "not_found"
+
+
+async def test_wrong_method_is_json_405_with_allow(client: TestClient[Any, Any]) -> None:
+    response = await client.post("/api/air/export/zip/r")
+    assert response.status == 405
+    assert response.headers["Allow"] == "GET,HEAD"
+    assert (await response.json())["detail"]["error"] == "method_not_allowed"
+
+
+async def test_error_body_is_compact_like_the_original(client: TestClient[Any, Any]) -> None:
+    response = await client.get("/api/air/export/list/%20")
+    assert response.status == 422
+    assert await response.read() == (
+        b'{"detail":{"error":"invalid_run_id",'
+        b'"message":"render_run_id must not be empty or blank"}}'
     )

@@ -1,42 +1,88 @@
-from typing import Any
+"""errors: the one error hierarchy, each error's HTTP status and JSON code, and
+the turning of a process out of descriptors into its own error. (How app.py's
+middleware renders them: test_app.py.)"""
 
-from aiohttp.test_utils import TestClient
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from export_service import errors
+from export_service.errors import (
+    ConfigError,
+    ExportServiceError,
+    OutOfDescriptors,
+    raise_if_out_of_descriptors,
+)
+
+# What clients see: the status and the ``detail.error`` of each error.
+STATUS_AND_CODE = {
+    "ExportServiceError": (500, "internal_error"),
+    "InvalidRunId": (422, "invalid_run_id"),
+    "InvalidParamRunId": (422, "invalid_param_run_id"),
+    "InvalidRequestBody": (422, "invalid_body"),
+    "NotFound": (404, "not_found"),
+    "LinkNotFound": (404, "link_not_found"),
+    "LinksFileCorrupt": (503, "links_file_corrupt"),
+    "LinksFileUnwritable": (503, "links_file_unwritable"),
+    "Unauthorized": (401, "unauthorized"),
+    "ExportTooLarge": (422, "export_too_large"),
+    "TooManyDownloads": (503, "too_many_downloads"),
+    "RangeNotSatisfiable": (416, "range_not_satisfiable"),
+    "PreconditionFailed": (412, "precondition_failed"),
+    "OutOfDescriptors": (503, "out_of_descriptors"),
+    "NotReady": (503, "not_ready"),
+    "SourceChanged": (500, "source_changed"),  # never rendered: the download is cut instead
+}
 
 
-async def _error(client: TestClient[Any, Any], method: str, path: str, status: int) -> Any:
-    response = await client.request(method, path)
-    assert response.status == status
-    assert response.content_type == "application/json"
-    body = await response.json()
-    assert set(body) == {"detail"}
-    assert set(body["detail"]) == {"error", "message"}
-    assert body["detail"]["message"]
-    return body["detail"]
+def _hierarchy() -> dict[str, type[ExportServiceError]]:
+    """Every error class the module defines that a client can be sent."""
+    return {
+        name: value
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, ExportServiceError)
+    }
 
 
-async def test_unknown_route_is_json_404(client: TestClient[Any, Any]) -> None:
-    detail = await _error(client, "GET", "/nope", 404)
-    assert detail["error"] == "not_found"
+def test_each_error_has_its_status_and_code() -> None:
+    found = {name: (error.status, error.code) for name, error in _hierarchy().items()}
+    assert found == STATUS_AND_CODE
 
 
-async def test_wrong_method_is_json_405_with_allow(client: TestClient[Any, Any]) -> None:
-    response = await client.post("/api/air/export/zip/r")
-    assert response.status == 405
-    assert response.headers["Allow"] == "GET,HEAD"
-    assert (await response.json())["detail"]["error"] == "method_not_allowed"
+def test_no_two_errors_share_a_code() -> None:
+    codes = [error.code for error in _hierarchy().values()]
+    assert len(codes) == len(set(codes)), sorted(codes)
 
 
-async def test_error_body_is_compact_like_the_original(client: TestClient[Any, Any]) -> None:
-    response = await client.get("/api/air/export/list/%20")
-    assert response.status == 422
-    assert await response.read() == (
-        b'{"detail":{"error":"invalid_run_id",'
-        b'"message":"render_run_id must not be empty or blank"}}'
-    )
+def test_an_error_keeps_its_message_and_headers_and_shares_no_headers() -> None:
+    given = errors.TooManyDownloads("busy", headers={"Retry-After": "5"})
+    assert (given.message, str(given), given.headers) == ("busy", "busy", {"Retry-After": "5"})
+    first, second = errors.NotFound("a"), errors.NotFound("b")
+    first.headers["X"] = "1"
+    assert second.headers == {}
 
 
-async def test_bad_param_run_id_is_its_own_error(client: TestClient[Any, Any]) -> None:
-    detail = await _error(client, "GET", "/api/air/export/list/r?param_run_id=..", 422)
-    assert detail["error"] == "invalid_param_run_id"
-    detail = await _error(client, "GET", "/api/air/export/zip/r?param_run_id=a/b", 422)
-    assert detail["error"] == "invalid_param_run_id"
+@pytest.mark.parametrize("number", [errno.EMFILE, errno.ENFILE])
+def test_no_descriptor_left_is_out_of_descriptors_with_retry_after(number: int) -> None:
+    cause = OSError(number, "Too many open files")
+    with pytest.raises(OutOfDescriptors) as raised:
+        raise_if_out_of_descriptors(cause)
+    assert raised.value.__cause__ is cause
+    assert raised.value.headers == {"Retry-After": "5"}
+    assert "file descriptors" in raised.value.message
+
+
+@pytest.mark.parametrize("number", [errno.ENOENT, errno.EACCES, errno.ENOTDIR, errno.EIO, None])
+def test_any_other_os_error_is_left_to_the_caller(number: int | None) -> None:
+    error = OSError(number, "other") if number is not None else OSError("no errno")
+    raise_if_out_of_descriptors(error)  # returns: the caller treats it as "not there"
+
+
+def test_a_config_error_is_no_client_error() -> None:
+    """The operator's error, raised while the config is read (the CLI reports
+    it and exits), never an answer the JSON middleware renders for a client."""
+    assert issubclass(ConfigError, Exception)
+    assert not issubclass(ConfigError, ExportServiceError)
+    assert "ConfigError" not in _hierarchy()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+from typing import Any
 
 from export_service.exports import ExportSources, export_manifest_json, plan_export_archive
-from tests.conftest import AirTree, write
+from tests.conftest import DEEP, AirTree, every_case, make_deep, remove_deep, write
 from tests.zips import read_zip
 
 
@@ -43,3 +45,101 @@ def test_a_zip_plan_holds_the_files_the_manifest_lists(tree: AirTree) -> None:
         "render/r/stems/kick.wav": b"k",
     }
     assert archive.skipped == [] and archive.unlisted.total() == 0
+
+
+def _manifest(sources: ExportSources, render_run_id: str, param_run_id: str | None = None) -> Any:
+    return json.loads(export_manifest_json(sources, render_run_id, param_run_id).json)
+
+
+def _sources(tree: AirTree, **sections: dict[str, Any]) -> ExportSources:
+    return ExportSources.from_settings(tree.settings(**sections))
+
+
+def test_missing_steps_are_listed_in_order(tree: AirTree) -> None:
+    every_case(tree)
+    sources = _sources(tree)
+    manifest = _manifest(sources, "run_2")
+    assert manifest["midi_run_id"] is None
+    assert manifest["param_run_id"] is None
+    assert manifest["missing"] == ["midi_generation", "param_generation"]
+
+    nothing = export_manifest_json(sources, "never_rendered", None).json
+    assert nothing == (
+        b'{"render_run_id":"never_rendered","midi_run_id":null,"param_run_id":null,'
+        b'"files":[],"missing":["render","midi_generation","param_generation"]}'
+    )
+
+
+def test_param_run_that_does_not_exist_is_missing(tree: AirTree) -> None:
+    every_case(tree)
+    manifest = _manifest(_sources(tree), "run_1", "prm_z")
+    assert manifest["param_run_id"] is None
+    assert manifest["missing"] == ["param_generation"]
+
+
+def test_a_hostile_link_value_is_ignored(tree: AirTree) -> None:
+    every_case(tree)
+    write(tree.render / "run_bad" / "mix.wav", b"m")
+    manifest = _manifest(_sources(tree), "run_bad")
+    assert manifest["param_run_id"] is None
+    assert "param_generation" in manifest["missing"]
+
+
+def test_empty_run_folder_counts_as_missing(tree: AirTree) -> None:
+    (tree.render / "hollow" / "sub").mkdir(parents=True)
+    (tree.midi / "20261101_hollow").mkdir()
+    manifest = _manifest(_sources(tree), "hollow")
+    assert manifest["missing"] == ["render", "midi_generation", "param_generation"]
+    assert manifest["midi_run_id"] is None
+
+
+def test_url_base_and_prefixes_are_configurable(tree: AirTree) -> None:
+    write(tree.render / "r" / "a b.wav", b"1")
+    sources = _sources(tree, urls={"base": "https://air.example.com/", "render": "/files/"})
+    manifest = _manifest(sources, "r")
+    assert manifest["files"][0]["url"] == "https://air.example.com/files/r/a%20b.wav"
+
+
+def test_undecodable_names_give_valid_json_and_a_byte_exact_url(tree: AirTree) -> None:
+    run = tree.render / "r"
+    run.mkdir()
+    (run / "bad\udcff.wav").write_bytes(b"1")  # the name on disk is b"bad\xff.wav"
+    manifest = _manifest(_sources(tree), "r")
+    assert manifest["files"][0]["rel_path"] == "r/bad\ufffd.wav"
+    assert manifest["files"][0]["url"] == "/api/audio/r/bad%FF.wav"
+
+
+def test_no_absolute_path_appears(tree: AirTree) -> None:
+    every_case(tree)
+    body = export_manifest_json(_sources(tree), "run_1", None).json
+    assert str(tree.base).encode() not in body
+
+
+def test_a_run_folder_created_while_serving_is_found_on_the_next_request(tree: AirTree) -> None:
+    sources = _sources(tree)  # one for the app's life, as the app keeps it
+    write(tree.render / "run_9" / "mix.wav", b"m")
+    write(tree.midi / "20261101_000000_run_8" / "x.mid", b"x")
+    settled = 1_600_000_000  # the index trusts a root whose mtime has settled
+    os.utime(tree.midi, (settled, settled))
+    before = _manifest(sources, "run_9")
+    assert before["midi_run_id"] is None  # the index of the MIDI root is now built
+
+    write(tree.midi / "20261124_120000_run_9" / "take.mid", b"MThd")  # changes the mtime
+    after = _manifest(sources, "run_9")
+    assert after["midi_run_id"] == "run_9"
+    assert [f["rel_path"] for f in after["files"] if f["step"] == "midi_generation"] == [
+        "20261124_120000_run_9/take.mid"
+    ]
+
+
+def test_a_file_1100_folders_deep_is_listed(tree: AirTree) -> None:
+    make_deep(tree.render / "r", 1100)
+    try:
+        body = export_manifest_json(_sources(tree), "r", None)
+    finally:
+        remove_deep(tree.render / "r")
+    path = "/".join([DEEP] * 1100 + ["deep.wav"])
+    assert json.loads(body.json)["files"] == [
+        {"step": "render", "rel_path": f"r/{path}", "url": f"/api/audio/r/{path}", "bytes": 4}
+    ]
+    assert body.unlisted.total() == 0

@@ -154,57 +154,6 @@ async def test_a_change_is_parsed_once_while_concurrent_manifests_wait_for_it(
     assert parses == 1
 
 
-async def test_link_endpoints(tree: AirTree, client: TestClient[Any, Any]) -> None:
-    write(tree.render / "r" / "mix.wav", b"m")
-    write(tree.param / "20261101_101200_p9" / "params.json", b"{}")
-    missing = await client.get("/api/air/export/links/r")
-    assert missing.status == 404
-    assert (await missing.json())["detail"]["error"] == "link_not_found"
-
-    put = await client.put("/api/air/export/links/r", json={"param_run_id": "p9"})
-    assert put.status == 200
-    body = await put.json()
-    assert body["render_run_id"] == "r" and body["param_run_id"] == "p9"
-    assert isinstance(body["updated_at"], float)
-    assert await (await client.get("/api/air/export/links/r")).json() == body
-
-    manifest = await (await client.get("/api/air/export/list/r")).json()
-    assert manifest["param_run_id"] == "p9"
-    assert manifest["missing"] == ["midi_generation"]
-
-
-@pytest.mark.parametrize(
-    ("body", "code"),
-    [
-        (b"not json", "invalid_body"),
-        (b"[]", "invalid_body"),
-        (b"{}", "invalid_body"),
-        (b'{"param_run_id": 5}', "invalid_body"),
-        (b'{"param_run_id": "p", "extra": 1}', "invalid_body"),
-        (b'{"param_run_id": ".."}', "invalid_param_run_id"),
-        (b'{"param_run_id": "a/b"}', "invalid_param_run_id"),
-    ],
-)
-async def test_bad_link_bodies_are_422(
-    tree: AirTree, client: TestClient[Any, Any], body: bytes, code: str
-) -> None:
-    response = await client.put("/api/air/export/links/r", data=body)
-    assert response.status == 422
-    assert (await response.json())["detail"]["error"] == code
-    assert not tree.links.exists()
-
-
-async def test_put_on_a_corrupt_file_is_503_and_keeps_it(
-    tree: AirTree, client: TestClient[Any, Any]
-) -> None:
-    write(tree.links, b"{broken")
-    response = await client.put("/api/air/export/links/r", json={"param_run_id": "p"})
-    assert response.status == 503
-    assert (await response.json())["detail"]["error"] == "links_file_corrupt"
-    assert tree.links.read_bytes() == b"{broken"
-    assert (await client.get("/api/air/export/links/r")).status == 404
-
-
 CRASHING_WRITER = """
 import os, sys, time
 from pathlib import Path

@@ -1,14 +1,70 @@
-"""The API routes' run-id segment: every character reaches the run-id check."""
+"""routes: the export API's handlers (manifest, ZIP, links) as the app serves
+them. What an export holds: test_exports.py; how a ZIP is sent once planned:
+test_zip_response.py; the JSON error shape: test_app.py."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import threading
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import raw_exchange
+from export_service import exports, routes
+from export_service.keys import ZIP_SLOTS
+from tests.conftest import (
+    AirTree,
+    ClientFactory,
+    error_detail,
+    every_case,
+    link_beyond_path_max,
+    raw_exchange,
+    remove_deep,
+    wait_until,
+    write,
+)
+from tests.zips import read_zip
+
+# Hand-written: what the original AIR export module returns for the tree built
+# by every_case(), in its compact FastAPI rendering.
+EXPECTED_RUN_1 = """
+{"render_run_id": "run_1", "midi_run_id": "run_1", "param_run_id": "prm_a",
+ "files": [
+  {"step": "midi_generation", "rel_path": "20261102_090000_run_1/track.mid",
+   "url": "/api/midi-generation/output/20261102_090000_run_1/track.mid", "bytes": 4},
+  {"step": "param_generation", "rel_path": "20261101_101200_prm_a/params.json",
+   "url": "/api/param-generation/output/20261101_101200_prm_a/params.json", "bytes": 2},
+  {"step": "render", "rel_path": "run_1/a/b.wav", "url": "/api/audio/run_1/a/b.wav", "bytes": 2},
+  {"step": "render", "rel_path": "run_1/a\\\\b.wav", "url": "/api/audio/run_1/a%5Cb.wav",
+   "bytes": 1},
+  {"step": "render", "rel_path": "run_1/empty.txt", "url": "/api/audio/run_1/empty.txt",
+   "bytes": 0},
+  {"step": "render", "rel_path": "run_1/mix.wav", "url": "/api/audio/run_1/mix.wav", "bytes": 4},
+  {"step": "render", "rel_path": "run_1/naïve #1 100%.wav",
+   "url": "/api/audio/run_1/na%C3%AFve%20%231%20100%25.wav", "bytes": 5},
+  {"step": "render", "rel_path": "run_1/stems/deep/kick.wav",
+   "url": "/api/audio/run_1/stems/deep/kick.wav", "bytes": 3}
+ ],
+ "missing": []}
+"""
+
+
+def _compact(text: str) -> bytes:
+    return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def _manifest(client: TestClient[Any, Any], path: str) -> Any:
+    response = await client.get(path)
+    assert response.status == 200, await response.text()
+    assert response.content_type == "application/json"
+    return await response.read()
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
 @pytest.mark.parametrize("control", ["%0A", "%0D", "%09", "%0D%0A"])
@@ -28,3 +84,211 @@ async def test_a_control_character_in_the_run_id_is_a_422(
     assert head.split()[1] == b"422", head
     if method != "HEAD":
         assert json.loads(answer)["detail"]["error"] == "invalid_run_id"
+
+
+async def test_bad_param_run_id_is_its_own_error(client: TestClient[Any, Any]) -> None:
+    detail = await error_detail(client, "GET", "/api/air/export/list/r?param_run_id=..", 422)
+    assert detail["error"] == "invalid_param_run_id"
+    detail = await error_detail(client, "GET", "/api/air/export/zip/r?param_run_id=a/b", 422)
+    assert detail["error"] == "invalid_param_run_id"
+
+
+# -- the manifest ------------------------------------------------------------
+
+
+async def test_manifest_is_byte_for_byte_the_original(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    every_case(tree)
+    body = await _manifest(client, "/api/air/export/list/run_1")
+    assert body == _compact(EXPECTED_RUN_1)
+
+
+async def test_query_param_run_id_wins_over_the_link(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    every_case(tree)
+    manifest = json.loads(await _manifest(client, "/api/air/export/list/run_1?param_run_id=prm_b"))
+    assert manifest["param_run_id"] == "prm_b"
+    params = [f for f in manifest["files"] if f["step"] == "param_generation"]
+    assert params == [
+        {
+            "step": "param_generation",
+            "rel_path": "20261101_101300_prm_b/params.json",
+            "url": "/api/param-generation/output/20261101_101300_prm_b/params.json",
+            "bytes": 7,
+        }
+    ]
+
+
+async def test_an_empty_param_run_id_query_falls_back_to_the_link(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    every_case(tree)
+    manifest = json.loads(await _manifest(client, "/api/air/export/list/run_1?param_run_id="))
+    assert manifest["param_run_id"] == "prm_a"
+
+
+async def test_an_export_of_more_files_than_the_limit_is_refused(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    for index in range(4):
+        write(tree.render / "r" / f"{index}.wav", b"r")
+    write(tree.midi / "20261101_r" / "track.mid", b"m")
+    client = await make_client(limits={"max_files_per_export": 4})
+    response = await client.get("/api/air/export/list/r")
+    assert response.status == 422
+    error = (await response.json())["detail"]
+    assert error["error"] == "export_too_large"
+    assert "more than 4 files" in error["message"]
+    assert "limits.max_files_per_export" in error["message"]
+    (tree.midi / "20261101_r" / "track.mid").unlink()  # 4 files: at the limit, listed
+    response = await client.get("/api/air/export/list/r")
+    assert response.status == 200
+    assert len((await response.json())["files"]) == 4
+
+
+async def test_what_could_not_be_listed_is_counted_in_a_header_and_a_metric(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    write(tree.render / "r" / "own.wav", b"o")
+    response = await client.get("/api/air/export/list/r")
+    assert response.headers["X-Export-Unlisted-Paths"] == "0"
+    link_beyond_path_max(tree.render / "r" / "into_deep", tree.render / "elsewhere")
+    try:
+        response = await client.get("/api/air/export/list/r")
+        body = await response.json()
+    finally:
+        remove_deep(tree.render / "elsewhere")
+    assert [f["rel_path"] for f in body["files"]] == ["r/own.wav"]
+    assert response.headers["X-Export-Unlisted-Paths"] == "1"
+    metrics = await (await client.get("/metrics")).text()
+    assert _metric(metrics, 'export_scan_unlisted_total{reason="name_too_long"}') == 1
+
+
+# -- the ZIP's entry: what is refused before a ZIP is sent ---------------------
+
+
+async def test_a_download_beyond_the_cap_gets_503_with_retry_after(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    write(tree.render / "r" / "big.wav", os.urandom(32 * 1024 * 1024))
+    client = await make_client(
+        limits={"max_concurrent_zips": 1, "batch_bytes": 65536, "read_chunk_bytes": 65536}
+    )
+    first = await client.get("/api/air/export/zip/r")
+    await first.content.readexactly(1024)  # streaming, and stalled by us
+    refused = await client.get("/api/air/export/zip/r")
+    assert refused.status == 503
+    assert refused.headers["Retry-After"] == "5"
+    assert (await refused.json())["detail"]["error"] == "too_many_downloads"
+    # A HEAD plans the whole ZIP as a GET does: it counts against the cap too.
+    head = await client.head("/api/air/export/zip/r")
+    assert (head.status, head.headers["Retry-After"]) == (503, "5")
+    await first.read()
+    # The client can have the last byte before the server's handler returns.
+    assert client.app is not None
+    slots = client.app[ZIP_SLOTS]
+    await wait_until(lambda: slots.in_use == 0)
+    assert (await client.head("/api/air/export/zip/r")).status == 200
+    again = await client.get("/api/air/export/zip/r")
+    assert again.status == 200
+    await again.read()
+    text = await (await client.get("/metrics")).text()
+    assert _metric(text, "export_zip_downloads_refused_total") == 2
+
+
+async def test_a_zip_of_more_files_than_the_limit_is_refused_get_and_head(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    for index in range(3):
+        write(tree.render / "r" / f"{index}.wav", b"r")
+    client = await make_client(limits={"max_files_per_export": 2})
+    response = await client.get("/api/air/export/zip/r")
+    assert response.status == 422
+    assert (await response.json())["detail"]["error"] == "export_too_large"
+    assert (await client.head("/api/air/export/zip/r")).status == 422
+
+
+async def test_a_long_plan_never_holds_the_threads_downloads_stream_with(
+    tree: AirTree, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning a run of 200,000 files takes seconds; in the ZIP pool it held
+    the threads every download needs (a small export's first byte waited
+    16 s). With one ZIP thread and a plan that does not end, a small export
+    still downloads."""
+    write(tree.render / "small" / "a.wav", b"a")
+    write(tree.render / "huge" / "b.wav", b"b")
+    planning, finish = threading.Event(), threading.Event()
+    real_plan = exports.plan_export_archive
+
+    def endless_plan(sources: Any, render_run_id: str, *rest: Any) -> Any:
+        if render_run_id == "huge":
+            planning.set()
+            finish.wait(10)
+        return real_plan(sources, render_run_id, *rest)
+
+    monkeypatch.setattr(routes, "plan_export_archive", endless_plan)
+    client = await make_client(limits={"zip_threads": 1})
+    head = asyncio.ensure_future(client.head("/api/air/export/zip/huge"))
+    await wait_until(planning.is_set)
+    try:
+        response = await asyncio.wait_for(client.get("/api/air/export/zip/small"), 5)
+        assert read_zip(await response.read()) == {"render/small/a.wav": b"a"}
+    finally:
+        finish.set()
+    assert (await head).status == 200
+
+
+# -- links -------------------------------------------------------------------
+
+
+async def test_link_endpoints(tree: AirTree, client: TestClient[Any, Any]) -> None:
+    write(tree.render / "r" / "mix.wav", b"m")
+    write(tree.param / "20261101_101200_p9" / "params.json", b"{}")
+    missing = await client.get("/api/air/export/links/r")
+    assert missing.status == 404
+    assert (await missing.json())["detail"]["error"] == "link_not_found"
+
+    put = await client.put("/api/air/export/links/r", json={"param_run_id": "p9"})
+    assert put.status == 200
+    body = await put.json()
+    assert body["render_run_id"] == "r" and body["param_run_id"] == "p9"
+    assert isinstance(body["updated_at"], float)
+    assert await (await client.get("/api/air/export/links/r")).json() == body
+
+    manifest = await (await client.get("/api/air/export/list/r")).json()
+    assert manifest["param_run_id"] == "p9"
+    assert manifest["missing"] == ["midi_generation"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"not json", "invalid_body"),
+        (b"[]", "invalid_body"),
+        (b"{}", "invalid_body"),
+        (b'{"param_run_id": 5}', "invalid_body"),
+        (b'{"param_run_id": "p", "extra": 1}', "invalid_body"),
+        (b'{"param_run_id": ".."}', "invalid_param_run_id"),
+        (b'{"param_run_id": "a/b"}', "invalid_param_run_id"),
+    ],
+)
+async def test_bad_link_bodies_are_422(
+    tree: AirTree, client: TestClient[Any, Any], body: bytes, code: str
+) -> None:
+    response = await client.put("/api/air/export/links/r", data=body)
+    assert response.status == 422
+    assert (await response.json())["detail"]["error"] == code
+    assert not tree.links.exists()
+
+
+async def test_put_on_a_corrupt_file_is_503_and_keeps_it(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    write(tree.links, b"{broken")
+    response = await client.put("/api/air/export/links/r", json={"param_run_id": "p"})
+    assert response.status == 503
+    assert (await response.json())["detail"]["error"] == "links_file_corrupt"
+    assert tree.links.read_bytes() == b"{broken"
+    assert (await client.get("/api/air/export/links/r")).status == 404

@@ -1,11 +1,11 @@
-"""The ZIP endpoint: routes.export_zip plans, zip_response.ZipResponse answers."""
+"""zip_response: how a planned ZIP is answered (headers, body, HEAD, how a
+download ends). What the ZIP route refuses before it sends: test_routes.py."""
 
 import asyncio
 import logging
 import os
 import socket
 import struct
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from export_service import exports, routes
 from export_service.errors import SourceChanged
 from export_service.keys import METRICS
 from export_service.zip_response import ZipResponse, content_disposition
@@ -211,18 +210,6 @@ async def test_folders_1000_levels_deep_zip(tree: AirTree, client: TestClient[An
             folder.rmdir()
 
 
-async def test_a_zip_of_more_files_than_the_limit_is_refused_get_and_head(
-    tree: AirTree, make_client: ClientFactory
-) -> None:
-    for index in range(3):
-        write(tree.render / "r" / f"{index}.wav", b"r")
-    client = await make_client(limits={"max_files_per_export": 2})
-    response = await client.get("/api/air/export/zip/r")
-    assert response.status == 422
-    assert (await response.json())["detail"]["error"] == "export_too_large"
-    assert (await client.head("/api/air/export/zip/r")).status == 422
-
-
 async def test_the_zip_counts_what_could_not_be_listed(
     tree: AirTree, client: TestClient[Any, Any]
 ) -> None:
@@ -260,33 +247,3 @@ async def test_a_zip_holds_a_file_1100_folders_deep(
     )
     deep = "render/r/" + "/".join([DEEP] * 1100) + "/deep.wav"
     assert read_zip(body) == {"render/r/top.wav": b"t", deep: b"deep"}
-
-
-async def test_a_long_plan_never_holds_the_threads_downloads_stream_with(
-    tree: AirTree, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Planning a run of 200,000 files takes seconds; in the ZIP pool it held
-    the threads every download needs (a small export's first byte waited
-    16 s). With one ZIP thread and a plan that does not end, a small export
-    still downloads."""
-    write(tree.render / "small" / "a.wav", b"a")
-    write(tree.render / "huge" / "b.wav", b"b")
-    planning, finish = threading.Event(), threading.Event()
-    real_plan = exports.plan_export_archive
-
-    def endless_plan(sources: Any, render_run_id: str, *rest: Any) -> Any:
-        if render_run_id == "huge":
-            planning.set()
-            finish.wait(10)
-        return real_plan(sources, render_run_id, *rest)
-
-    monkeypatch.setattr(routes, "plan_export_archive", endless_plan)
-    client = await make_client(limits={"zip_threads": 1})
-    head = asyncio.ensure_future(client.head("/api/air/export/zip/huge"))
-    await wait_until(planning.is_set)
-    try:
-        response = await asyncio.wait_for(client.get("/api/air/export/zip/small"), 5)
-        assert read_zip(await response.read()) == {"render/small/a.wav": b"a"}
-    finally:
-        finish.set()
-    assert (await head).status == 200
