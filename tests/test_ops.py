@@ -1,9 +1,18 @@
+"""ops: liveness, readiness (and the problems it names) and the metrics route."""
+
+from __future__ import annotations
+
 import os
 from typing import Any
 
+import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from export_service import ops
 from export_service.keys import METRICS
+from export_service.links import LinkStore
+from export_service.ops import OPEN_PATHS, descriptor_problem, readiness_problems
 from tests.conftest import AirTree, ClientFactory, wait_until, write
 
 _LIST_422 = {"route": "/api/air/export/list/{render_run_id}", "method": "GET", "status": "422"}
@@ -83,3 +92,49 @@ async def test_metrics_count_requests_bytes_and_skips(
     assert _metric(text, "export_zip_streams_in_flight") == 0
     assert "export_http_request_duration_seconds_bucket" in text
     assert "process_open_fds" in text
+
+
+def test_the_open_paths_are_the_ops_routes() -> None:
+    """Auth leaves these open: exactly the routes orchestrators and scrapers use."""
+    paths = frozenset(route.path for route in ops.routes if isinstance(route, web.RouteDef))
+    assert (paths, len(ops.routes)) == (OPEN_PATHS, len(OPEN_PATHS))
+
+
+@pytest.mark.parametrize(
+    ("free", "problem"),
+    [
+        (0, "descriptors: none left to open a file with (limit 1024)"),
+        (31, "descriptors: 31 free of 1024, fewer than limits.descriptor_reserve (32)"),
+        (32, None),
+    ],
+)
+def test_too_few_free_descriptors_is_a_problem_naming_the_reserve(
+    monkeypatch: pytest.MonkeyPatch, free: int, problem: str | None
+) -> None:
+    monkeypatch.setattr(ops, "descriptor_headroom", lambda: (free, 1024))
+    assert descriptor_problem(32) == problem
+
+
+def test_readiness_names_each_root_that_is_no_folder_and_an_unusable_links_file(
+    tree: AirTree,
+) -> None:
+    links = LinkStore(tree.links)
+    assert readiness_problems(tree.settings(), links) == []  # no links file yet is fine
+
+    gone = tree.base / "gone"
+    settings = tree.settings(
+        server={"require_roots": False},
+        roots={
+            "render": str(tree.render),
+            "midi_generation": str(tree.midi),
+            "param_generation": str(gone),
+        },
+    )
+    tree.midi.rmdir()  # a root that became a file after the service started
+    write(tree.midi, b"a file")
+    write(tree.links, b"[1]")
+    assert readiness_problems(settings, links) == [
+        f"roots.midi_generation: '{tree.midi}' does not exist or is not a folder",
+        f"roots.param_generation: '{gone}' does not exist or is not a folder",
+        "links.file: top level is a JSON list, not an object",
+    ]
