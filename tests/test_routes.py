@@ -5,6 +5,7 @@ test_zip_response.py; the JSON error shape: test_app.py."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import threading
@@ -166,7 +167,20 @@ async def test_what_could_not_be_listed_is_counted_in_a_header_and_a_metric(
     assert _metric(metrics, 'export_scan_unlisted_total{reason="name_too_long"}') == 1
 
 
-# -- the ZIP's entry: what is refused before a ZIP is sent ---------------------
+async def test_the_manifest_is_json_with_a_strong_etag_of_its_bytes(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    write(tree.render / "r" / "mix.wav", b"m")
+    response = await client.get("/api/air/export/list/r")
+    body = await response.read()
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["ETag"] == f'"{hashlib.sha256(body).hexdigest()[:40]}"'
+    head = await client.head("/api/air/export/list/r")
+    assert (head.status, await head.read()) == (200, b"")
+    assert head.headers["ETag"] == response.headers["ETag"]
+
+
+# -- the ZIP's entry: a slot, the file limit, planning in the I/O pool -------
 
 
 async def test_a_download_beyond_the_cap_gets_503_with_retry_after(
@@ -292,3 +306,34 @@ async def test_put_on_a_corrupt_file_is_503_and_keeps_it(
     assert (await response.json())["detail"]["error"] == "links_file_corrupt"
     assert tree.links.read_bytes() == b"{broken"
     assert (await client.get("/api/air/export/links/r")).status == 404
+
+
+async def test_a_link_is_answered_compactly_in_field_order(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    tree.link({"r": {"param_run_id": "p", "updated_at": 1.5, "note": "not answered"}})
+    response = await client.get("/api/air/export/links/r")
+    assert response.headers["Content-Type"] == "application/json"
+    assert await response.read() == b'{"render_run_id":"r","param_run_id":"p","updated_at":1.5}'
+
+
+async def test_the_links_route_answers_get_and_put_only(client: TestClient[Any, Any]) -> None:
+    head = await client.head("/api/air/export/links/r")
+    assert (head.status, head.headers["Allow"]) == (405, "GET,PUT")
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"[]", "body: Input should be an object"),
+        (b"{}", "param_run_id: Field required"),
+        (b'{"param_run_id": 5}', "param_run_id: Input should be a valid string"),
+    ],
+)
+async def test_a_refused_link_body_is_named_with_what_is_wrong_in_it(
+    client: TestClient[Any, Any], body: bytes, problem: str
+) -> None:
+    detail = await (await client.put("/api/air/export/links/r", data=body)).json()
+    assert detail["detail"]["message"] == (
+        'the body must be JSON {"param_run_id": "<id>"}; ' + problem
+    )
