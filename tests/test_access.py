@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from export_service.access import ACCESS_LOGGER
 from export_service.logs import JsonFormatter, TextFormatter
 from tests.conftest import (
     AirTree,
@@ -24,6 +25,11 @@ from tests.conftest import (
 )
 
 ACCESS = "export_service.access"
+
+
+def test_the_lines_go_to_the_access_logger_by_its_name() -> None:
+    """Log pipelines select access lines by this logger name."""
+    assert ACCESS_LOGGER.name == ACCESS
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
