@@ -1,10 +1,11 @@
 """The layers of the README's layout table hold: each module, imported alone in
 a fresh process, loads only what its row says it may import, and the table
 names exactly the modules of the package; and each module has its mirror
-test file."""
+test file, which imports it."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -123,6 +124,34 @@ def test_every_module_has_its_mirror_test_file() -> None:
     assert "zip_response" in modules  # the glob found the package's modules
     missing = sorted(name for name in modules if not (TESTS / f"test_{name}.py").is_file())
     assert missing == [], f"modules without tests/test_<module>.py: {missing}"
+
+
+def _imported(test_file: Path) -> set[str]:
+    """The service's modules a test file imports, in any of the forms
+    ``import export_service.m``, ``from export_service.m import ...`` and
+    ``from export_service import m``."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(test_file.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module == "export_service":
+            found.update(f"export_service.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_every_mirror_imports_its_module() -> None:
+    """A mirror that does not import its module tests something else (as
+    test_errors once tested app.py's middleware)."""
+    modules = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    astray = sorted(
+        name
+        for name in modules
+        if (TESTS / f"test_{name}.py").is_file()
+        and _module(name) not in _imported(TESTS / f"test_{name}.py")
+    )
+    assert astray == [], f"tests/test_<module>.py files that do not import their module: {astray}"
 
 
 def test_the_modules_designed_as_domain_are_domain_in_the_table() -> None:
