@@ -105,29 +105,32 @@ async def test_manifest_is_byte_for_byte_the_original(
     assert body == _compact(EXPECTED_RUN_1)
 
 
-async def test_query_param_run_id_wins_over_the_link(
-    tree: AirTree, client: TestClient[Any, Any]
+@pytest.mark.parametrize(
+    ("query", "param_run_id", "params"),
+    [("prm_b", "prm_b", ("20261101_101300_prm_b", 7)), ("", "prm_a", ("20261101_101200_prm_a", 2))],
+    ids=["given", "empty"],
+)
+async def test_the_query_param_run_id_wins_over_the_link_unless_empty(
+    tree: AirTree,
+    client: TestClient[Any, Any],
+    query: str,
+    param_run_id: str,
+    params: tuple[str, int],
 ) -> None:
+    """An empty ``param_run_id=`` counts as absent, as in the original module."""
     every_case(tree)
-    manifest = json.loads(await _manifest(client, "/api/air/export/list/run_1?param_run_id=prm_b"))
-    assert manifest["param_run_id"] == "prm_b"
-    params = [f for f in manifest["files"] if f["step"] == "param_generation"]
-    assert params == [
+    path = f"/api/air/export/list/run_1?param_run_id={query}"
+    manifest = json.loads(await _manifest(client, path))
+    assert manifest["param_run_id"] == param_run_id
+    folder, size = params
+    assert [f for f in manifest["files"] if f["step"] == "param_generation"] == [
         {
             "step": "param_generation",
-            "rel_path": "20261101_101300_prm_b/params.json",
-            "url": "/api/param-generation/output/20261101_101300_prm_b/params.json",
-            "bytes": 7,
+            "rel_path": f"{folder}/params.json",
+            "url": f"/api/param-generation/output/{folder}/params.json",
+            "bytes": size,
         }
     ]
-
-
-async def test_an_empty_param_run_id_query_falls_back_to_the_link(
-    tree: AirTree, client: TestClient[Any, Any]
-) -> None:
-    every_case(tree)
-    manifest = json.loads(await _manifest(client, "/api/air/export/list/run_1?param_run_id="))
-    assert manifest["param_run_id"] == "prm_a"
 
 
 async def test_an_export_of_more_files_than_the_limit_is_refused(
