@@ -13,7 +13,12 @@ memory) is logged at most once per ``repeat_seconds`` per message, without
 its traceback, with how many repeats were suppressed: asyncio logs
 "socket.accept() out of system resource" for every try of every pending
 connection (about 127 a second for one), which would flood the log exactly
-when the process can least afford it.
+when the process can least afford it. Each of those tries also arms a retry
+of the listening socket a second later (CPython gh-151615, fixed after 3.11):
+when the service stops within that second, every retry fails on the closed
+socket ("Exception in callback BaseSelectorEventLoop._start_serving",
+``ValueError: Invalid file descriptor: -1``), hundreds of tracebacks of a
+server that is already gone. Those are dropped and counted with the repeats.
 
 Every line is one record: JSON escapes control characters by itself, and
 the text format escapes them (``\\n``, ``\\x1b``...) and indents a traceback,
@@ -127,12 +132,15 @@ class _DroppingQueueHandler(logging.handlers.QueueHandler):
 
 
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# How asyncio reports a retry of accepting that fires after its socket closed.
+_RETRY_AFTER_CLOSE = "Exception in callback BaseSelectorEventLoop._start_serving("
 
 
 class RepeatLimiter(logging.Filter):
     """Lets an out-of-resources error through once per ``seconds`` per
     message (its first line), without the traceback, telling how many
-    repeats were suppressed since; other records pass untouched."""
+    repeats were suppressed since; drops (and counts) the accept retries that
+    fire after the server closed; other records pass untouched."""
 
     def __init__(self, seconds: float) -> None:
         super().__init__()
@@ -143,6 +151,10 @@ class RepeatLimiter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, ValueError) and record.getMessage().startswith(_RETRY_AFTER_CLOSE):
+            with self._lock:
+                self.suppressed += 1
+            return False
         if not (isinstance(error, OSError) and error.errno in _OUT_OF_RESOURCES):
             return True
         message = record.getMessage().partition("\n")[0]

@@ -28,7 +28,8 @@ class _LogCounts(Collector):
         yield CounterMetricFamily(
             "export_log_repeats_suppressed",
             "Out-of-resources errors (no descriptor left to accept with...) not logged "
-            "because the same message was logged less than logging.repeated_error_seconds ago",
+            "because the same message was logged less than logging.repeated_error_seconds ago, "
+            "and the accept retries they armed that failed after the server closed",
             value=suppressed_repeats(),
         )
         yield CounterMetricFamily(

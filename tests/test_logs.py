@@ -64,6 +64,25 @@ def test_an_out_of_resources_error_passes_once_per_interval_with_the_count() -> 
     assert limiter.filter(_record(accept, OSError(errno.EPIPE, "pipe"), 1010.8))
 
 
+def test_accept_retries_that_fire_after_the_server_closed_are_dropped_and_counted() -> None:
+    """What asyncio logs for each retry of accepting that its refused accepts
+    armed, when the listening socket has closed since (CPython gh-151615)."""
+    limiter = RepeatLimiter(10)
+    retry = (
+        "Exception in callback BaseSelectorEventLoop._start_serving(<aiohttp.web_...>, "
+        "<socket.socke...pe=1, proto=0>, None, <Server sockets=()>, 128, None, None)\n"
+        "handle: <TimerHandle when=12189.1 BaseSelectorEventLoop._start_serving(...)>"
+    )
+    invalid = ValueError("Invalid file descriptor: -1")
+    assert not any(limiter.filter(_record(retry, invalid, 1000 + index)) for index in range(300))
+    assert limiter.suppressed == 300
+    # another callback's ValueError, or this callback failing otherwise, is logged
+    other = _record("Exception in callback Other._start_serving()", invalid, 1300)
+    assert limiter.filter(other) and other.exc_info is not None
+    assert limiter.filter(_record(retry, RuntimeError("x"), 1301))
+    assert limiter.suppressed == 300
+
+
 def _lowest_free_descriptor(pid: int) -> int:
     used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
     return next(number for number in range(len(used) + 1) if number not in used)
