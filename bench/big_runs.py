@@ -59,7 +59,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-big-runs-") as temp:
         many = make_workload(Path(temp) / "many", [total // arguments.files] * arguments.files)
         few = reference_workload(Path(temp) / "few")
-        run_folder = many.base / "render" / "output" / many.run_id
+        run_folder = many.run_folder()
         with service(many.config) as svc_many, service(few.config) as svc_few:
             list_url = f"{svc_many.url}/api/air/export/list/{many.run_id}"
             zip_many = f"{svc_many.url}/api/air/export/zip/{many.run_id}"

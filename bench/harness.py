@@ -53,6 +53,10 @@ class Workload:
     files: int
     data_bytes: int
 
+    def run_folder(self, run_id: str | None = None) -> Path:
+        """The render run folder of ``run_id`` (default: this workload's run)."""
+        return self.base / "render" / "output" / (run_id or self.run_id)
+
 
 def make_workload(base: Path, file_sizes: Sequence[int], run_id: str = REFERENCE_RUN) -> Workload:
     """A render run of random files (stems/stem_NNNNN.wav) and its config."""
@@ -108,6 +112,29 @@ def wait_until_ready(
 
 
 @contextmanager
+def python_server(
+    arguments: Sequence[str], port: int, env: dict[str, str], cwd: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``python arguments...`` as a process serving ``/healthz`` on ``port``
+    of 127.0.0.1, once it answers: (the process, its URL). Stopped with
+    SIGTERM, killed if it has not ended 30 s later."""
+    process = subprocess.Popen([sys.executable, *arguments], env=env, cwd=cwd)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(
+            lambda: urllib.request.urlopen(url + "/healthz", timeout=2).close(), process, url
+        )
+        yield process, url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
 def service(
     config: Path, *extra_env: tuple[str, str], baseline: Path | None = None
 ) -> Iterator[Service]:
@@ -117,36 +144,15 @@ def service(
     port = free_port()
     if baseline is not None:
         extra_env = (*extra_env, ("PYTHONPATH", str(baseline)))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "export_service",
-            "serve",
-            "--config",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env={**os.environ, **dict(extra_env)},
+    arguments = ["-m", "export_service", "serve", "--config", str(config)]
+    with python_server(
+        [*arguments, "--host", "127.0.0.1", "--port", str(port)],
+        port,
+        {**os.environ, **dict(extra_env)},
         # Elsewhere than the repository, so that ``-m`` finds the baseline first.
-        cwd=None if baseline is None else baseline,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_ready(
-            lambda: urllib.request.urlopen(url + "/healthz", timeout=2).close(), process, url
-        )
+        cwd=baseline,
+    ) as (process, url):
         yield Service(process, url)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def add_baseline_option(parser: argparse.ArgumentParser) -> None:

@@ -52,7 +52,7 @@ LIMIT_ENV = "EXPORT_SERVICE_LIMITS_MAX_FILES_PER_EXPORT"
 def make_huge_run(workload: Workload, run_id: str, files: int) -> None:
     """``files`` files of 8 bytes, 1,000 per folder (created with bare syscalls:
     a million files take about a minute)."""
-    run = workload.base / "render" / "output" / run_id
+    run = workload.run_folder(run_id)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     for index in range(files):
         if index % PER_FOLDER == 0:
@@ -193,7 +193,7 @@ def main() -> None:
                     port = int(svc.url.rsplit(":", 1)[1])
                     memory = per_file_memory(port, svc.pid, run_id, files)
                     rows.append([f"{files:,}", label, "1 manifest (limit raised)", memory, *"----"])
-            shutil.rmtree(workload.base / "render" / "output" / run_id)
+            shutil.rmtree(workload.run_folder(run_id))
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     headers = ["files", "service", "load", "statuses", "load took", "RSS idle / peak"]

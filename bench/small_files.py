@@ -18,10 +18,9 @@ between its time and the target's.
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 import tempfile
-import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -39,13 +38,14 @@ from bench.harness import (
     make_workload,
     median,
     nginx,
+    python_server,
     reference_workload,
     service,
     table,
     versions_to_measure,
-    wait_until_ready,
 )
 
+REPOSITORY = Path(__file__).resolve().parent.parent
 SMALL_FILE = 21 * 1024
 FLOOR = "floor: no ZIP"
 
@@ -54,19 +54,9 @@ FLOOR = "floor: no ZIP"
 def read_floor(folder: Path) -> Iterator[str]:
     """bench/read_floor.py serving ``folder`` on a free port; its URL."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.read_floor", str(folder), str(port)],
-        cwd=Path(__file__).resolve().parent.parent,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_ready(
-            lambda: urllib.request.urlopen(url + "/healthz", timeout=2).close(), process, url
-        )
+    arguments = ["-m", "bench.read_floor", str(folder), str(port)]
+    with python_server(arguments, port, dict(os.environ), REPOSITORY) as (_, url):
         yield f"{url}/files"
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def measure(
@@ -76,15 +66,11 @@ def measure(
     rounds: int,
     versions: dict[str, Path | None],
     floor: Path | None,
-) -> tuple[int, dict[str, int], dict[str, list[float]], dict[str, list[float]], list[float]]:
-    """(ZIP size; bytes sent, times and first bytes by version, and of the
-    floor when ``floor`` names the folder of files it sends; nginx times)."""
+) -> tuple[dict[str, int], dict[str, list[float]], dict[str, list[float]], list[float]]:
+    """(Bytes sent, times and first bytes by version, and of the floor when
+    ``floor`` names the folder of files it sends; nginx's times of the ZIP)."""
     reference = static / "export.zip"
-    names = [*versions, FLOOR] if floor is not None else list(versions)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    first_bytes: dict[str, list[float]] = {name: [] for name in names}
     theirs: list[float] = []
-    sizes: dict[str, int] = {}
     with ExitStack() as stack:
         urls = {
             name: f"{stack.enter_context(service(workload.config, baseline=baseline)).url}"
@@ -93,9 +79,10 @@ def measure(
         }
         if floor is not None:
             urls[FLOOR] = stack.enter_context(read_floor(floor))
+        times: dict[str, list[float]] = {name: [] for name in urls}
+        first_bytes: dict[str, list[float]] = {name: [] for name in urls}
         curl(urls["service"], str(reference))
-        for name, url in urls.items():
-            sizes[name] = curl(url).size
+        sizes = {name: curl(url).size for name, url in urls.items()}
         with nginx(binary, static) as nginx_url:
             curl(f"{nginx_url}/export.zip")
             for round_number in range(rounds):
@@ -106,7 +93,7 @@ def measure(
                     times[name].append(fetch.seconds)
                     first_bytes[name].append(fetch.first_byte)
                 theirs.append(curl(f"{nginx_url}/export.zip").seconds)
-    return reference.stat().st_size, sizes, times, first_bytes, theirs
+    return sizes, times, first_bytes, theirs
 
 
 def main() -> None:
@@ -136,10 +123,11 @@ def main() -> None:
         for export, (workload, ratio_target, first_byte_target, with_floor) in exports.items():
             static = workload.base / "static"
             static.mkdir()
-            stems = workload.base / "render" / "output" / workload.run_id / "stems"
-            size, sizes, times, first_bytes, theirs = measure(
+            stems = workload.run_folder() / "stems"
+            sizes, times, first_bytes, theirs = measure(
                 workload, static, binary, arguments.rounds, versions, stems if with_floor else None
             )
+            zip_size, nginx_time = sizes["service"], median(theirs)  # nginx sends the ZIP
             for name in times:
                 ours, sent = times[name], sizes[name]
                 targets = (
@@ -153,8 +141,8 @@ def main() -> None:
                         name,
                         f"{sent / MIB:.0f} MiB",
                         f"{median(ours) * 1000:.0f} ms ({sent / median(ours) / MIB:.0f} MiB/s)",
-                        f"{median(theirs) * 1000:.0f} ms ({size / median(theirs) / MIB:.0f} MiB/s)",
-                        f"{median(theirs) / median(ours):.2f} ({targets[0]})",
+                        f"{nginx_time * 1000:.0f} ms ({zip_size / nginx_time / MIB:.0f} MiB/s)",
+                        f"{nginx_time / median(ours):.2f} ({targets[0]})",
                         f"{median(first_bytes[name]) * 1000:.1f} ms ({targets[1]})",
                     ]
                 )
