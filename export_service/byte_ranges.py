@@ -47,13 +47,21 @@ def requested_range(
     etag: str,
     last_modified: datetime | None,
     what: str = "the ZIP",
+    *,
+    strong_date: bool,
 ) -> tuple[int, int] | None:
     """The (first, last) byte to send, inclusive, or None for the whole body.
+
+    ``strong_date``: whether ``last_modified`` is a strong validator, one
+    that no other version of the body can share (RFC 9110 8.8.2.2); only
+    then may an ``If-Range`` date validate the range (13.1.5). A date that a
+    rename or a rewrite within the same second leaves unchanged would splice
+    two versions into one resumed download.
 
     :class:`RangeNotSatisfiable` when the one range asked for lies outside it
     (``what`` names the body in its message).
     """
-    if range_header is None or not _if_range_holds(if_range, etag, last_modified):
+    if range_header is None or not _if_range_holds(if_range, etag, last_modified, strong_date):
         return None
     match = _SINGLE_RANGE.fullmatch(range_header.strip())
     if match is None:
@@ -75,15 +83,27 @@ def requested_range(
     return start, end
 
 
-def _if_range_holds(if_range: str | None, etag: str, last_modified: datetime | None) -> bool:
-    """No If-Range, or one that names the current version (strong ETag or date)."""
+def _if_range_holds(
+    if_range: str | None, etag: str, last_modified: datetime | None, strong_date: bool
+) -> bool:
+    """No If-Range, or one that names the current version (strong ETag, or
+    the date when it is a strong validator)."""
     if if_range is None:
         return True
     value = if_range.strip()
     if value.startswith(('"', "W/")):
         return value == etag  # weak tags never match for ranges
     date = http_date(value)
-    return date is not None and last_modified is not None and date == last_modified
+    return strong_date and date is not None and last_modified is not None and date == last_modified
+
+
+def date_is_strong(mtime_ns: int, now_ns: int) -> bool:
+    """Whether a file's ``Last-Modified`` (its mtime in whole seconds) is a
+    strong validator when sent at ``now_ns``: the mtime lies at least a second
+    before now (RFC 9110 8.8.2.2), so any later write has a later second,
+    and nobody holds that date for other bytes. Within the second, the file
+    can be rewritten under the same date."""
+    return mtime_ns <= now_ns - 1_000_000_000
 
 
 def _unsatisfiable(size: int, what: str) -> RangeNotSatisfiable:

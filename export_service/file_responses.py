@@ -2,9 +2,11 @@
 
 The service's own file response, not aiohttp's ``FileResponse``, so that the
 file URLs follow the same rules as the ZIP: ``If-Range`` with a strong ETag
-or the exact date, one byte range (several, or another unit, give the whole
-file), a 416 with ``Content-Range: bytes */N``, 304 and 412 from the shared
-preconditions, and every error in the service's JSON shape.
+or the exact date when it is a strong validator (the mtime a second or more
+in the past; only then is ``Last-Modified`` sent), one byte range
+(several, or another unit, give the whole file), a 416 with
+``Content-Range: bytes */N``, 304 and 412 from the shared preconditions,
+and every error in the service's JSON shape.
 
 The file is opened and checked in one hop off the event loop (closed there
 if the client is gone by then), then sent from that very descriptor with
@@ -22,12 +24,13 @@ import io
 import logging
 import mimetypes
 import os
+import time
 from datetime import UTC, datetime
 
 from aiohttp import hdrs, web
 
 from .access import note_aborted, note_body_bytes
-from .byte_ranges import requested_range
+from .byte_ranges import date_is_strong, requested_range
 from .conditional import not_modified_response
 from .keys import IO_EXECUTOR, SETTINGS
 from .manifest import Step
@@ -85,8 +88,14 @@ async def _send(request: web.Request, opened: RootFile) -> web.StreamResponse:
     size = opened.info.st_size
     etag = _etag(opened)
     last_modified = datetime.fromtimestamp(opened.info.st_mtime_ns // 1_000_000_000, UTC)
-    cached = not_modified_response(request, etag, last_modified)
+    # Within a second of its mtime a file can be rewritten under the same
+    # date: that date is then neither sent nor trusted (a client holding it
+    # could resume into the new bytes).
+    strong_date = date_is_strong(opened.info.st_mtime_ns, time.time_ns())
+    cached = not_modified_response(request, etag, last_modified, strong_date=strong_date)
     if cached is not None:
+        if not strong_date:
+            del cached.headers[hdrs.LAST_MODIFIED]
         return cached
     byte_range = requested_range(
         request.headers.get(hdrs.RANGE),
@@ -95,6 +104,7 @@ async def _send(request: web.Request, opened: RootFile) -> web.StreamResponse:
         etag,
         last_modified,
         what="the file",
+        strong_date=strong_date,
     )
     first, last = byte_range or (0, size - 1)
     response = web.StreamResponse(
@@ -105,7 +115,8 @@ async def _send(request: web.Request, opened: RootFile) -> web.StreamResponse:
         response.headers[hdrs.CONTENT_RANGE] = f"bytes {first}-{last}/{size}"
     response.content_type = content_type(opened.real_path)
     response.content_length = last - first + 1
-    response.last_modified = last_modified
+    if strong_date:
+        response.last_modified = last_modified
     await response.prepare(request)
     if request.method == hdrs.METH_HEAD or size == 0:
         return response

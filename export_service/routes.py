@@ -63,7 +63,7 @@ async def export_manifest(request: web.Request) -> web.Response:
         param_run_id,
     )
     request.app[METRICS].count_unlisted(unlisted)
-    cached = not_modified_response(request, etag, None)
+    cached = not_modified_response(request, etag, None, strong_date=False)
     if cached is not None:
         return cached
     return web.Response(
@@ -109,7 +109,11 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
             param_run_id,
             request.app[CRC_CACHE],
         )
-        cached = not_modified_response(request, archive.etag, archive.last_modified)
+        # The ZIP's Last-Modified (its newest file's) is never a strong
+        # validator: a rename or a deletion in a run changes the ZIP, not it.
+        cached = not_modified_response(
+            request, archive.etag, archive.last_modified, strong_date=False
+        )
         if cached is not None:
             return cached
         return await ZipResponse(request, archive, render_run_id).send()

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from export_service.byte_ranges import http_date, requested_range
+from export_service.byte_ranges import date_is_strong, http_date, requested_range
 from export_service.errors import RangeNotSatisfiable
 
 SIZE = 10_240
@@ -17,7 +17,7 @@ MODIFIED_TEXT = "Tue, 14 Nov 2023 22:13:20 GMT"
 
 
 def _range(header: str | None, if_range: str | None = None) -> tuple[int, int] | None:
-    return requested_range(header, if_range, SIZE, ETAG, MODIFIED)
+    return requested_range(header, if_range, SIZE, ETAG, MODIFIED, strong_date=True)
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_what_is_no_single_byte_range_asks_for_the_whole_body(header: str | None
 )
 def test_a_range_outside_the_body_is_416_with_its_size(header: str, size: int) -> None:
     with pytest.raises(RangeNotSatisfiable) as error:
-        requested_range(header, None, size, ETAG, MODIFIED, what="the file")
+        requested_range(header, None, size, ETAG, MODIFIED, what="the file", strong_date=True)
     assert error.value.status == 416
     assert error.value.headers == {"Content-Range": f"bytes */{size}"}
     assert error.value.message == f"the file has {size} bytes; the range asked for lies outside it"
@@ -95,7 +95,7 @@ def test_if_range_serves_the_range_only_for_the_current_version(
 
 
 def test_if_range_with_a_date_needs_a_last_modified() -> None:
-    assert requested_range("bytes=0-9", MODIFIED_TEXT, SIZE, ETAG, None) is None
+    assert requested_range("bytes=0-9", MODIFIED_TEXT, SIZE, ETAG, None, strong_date=True) is None
 
 
 def test_if_range_that_fails_ignores_even_an_unsatisfiable_range() -> None:
@@ -135,3 +135,22 @@ def test_http_dates_are_aware(value: str, expected: datetime) -> None:
 )
 def test_what_is_no_http_date_is_none(value: str | None) -> None:
     assert http_date(value) is None
+
+
+def test_a_date_that_is_no_strong_validator_never_validates_a_range() -> None:
+    """RFC 9110 13.1.5: a date in If-Range only for a strong Last-Modified;
+    else the whole body, never a range of what may be other bytes."""
+    for strong, expected in ((True, (0, 9)), (False, None)):
+        got = requested_range("bytes=0-9", MODIFIED_TEXT, SIZE, ETAG, MODIFIED, strong_date=strong)
+        assert got == expected
+    # a strong ETag validates either way
+    assert requested_range("bytes=0-9", ETAG, SIZE, ETAG, MODIFIED, strong_date=False) == (0, 9)
+
+
+def test_a_files_date_is_strong_a_second_after_its_mtime() -> None:
+    second = 1_000_000_000
+    mtime = 1_700_000_000 * second + 300_000_000  # .3 s into its second
+    assert not date_is_strong(mtime, mtime)
+    assert not date_is_strong(mtime, mtime + second - 1)  # rewritable under the same date
+    assert date_is_strong(mtime, mtime + second)
+    assert not date_is_strong(mtime + 5 * second, mtime)  # from the future: never

@@ -22,6 +22,15 @@ BEFORE = "Tue, 14 Nov 2023 22:13:19 GMT"
 
 
 def _check(method: str = "GET", **headers: str) -> bool:
+    return _evaluate(method, headers, strong_date=True)
+
+
+def _check_weak(**headers: str) -> bool:
+    """A date that is no strong validator (the ZIP's, a file's just written)."""
+    return _evaluate("GET", headers, strong_date=False)
+
+
+def _evaluate(method: str, headers: dict[str, str], *, strong_date: bool) -> bool:
     return not_modified(
         method,
         headers.get("if_match"),
@@ -30,6 +39,7 @@ def _check(method: str = "GET", **headers: str) -> bool:
         headers.get("if_unmodified_since"),
         ETAG,
         WHEN,
+        strong_date=strong_date,
     )
 
 
@@ -108,9 +118,28 @@ async def test_304_and_412_on_the_manifest_and_the_zip(
     assert changed.status == 200 and changed.headers["ETag"] != etag
 
 
-async def test_the_zip_answers_if_modified_since(
-    run: AirTree, client: TestClient[Any, Any]
-) -> None:
+def test_a_date_that_is_no_strong_validator_shows_nothing_unchanged() -> None:
+    """Only the ETag can give a 304 then; If-Unmodified-Since cannot hold."""
+    assert _check_weak(if_modified_since=AT) is False
+    assert _check_weak(if_none_match=ETAG, if_modified_since=BEFORE) is True
+    with pytest.raises(PreconditionFailed, match="If-Match"):
+        _check_weak(if_unmodified_since=AT)
+    assert _check_weak(if_match=ETAG, if_unmodified_since=AT) is False
+    # a resource with no date at all (the manifest) ignores both (RFC 9110 13.1.3-4)
+    assert not not_modified("GET", None, None, AT, AT, ETAG, None, strong_date=False)
+
+
+async def test_the_zips_date_validates_nothing(run: AirTree, client: TestClient[Any, Any]) -> None:
+    """A rename or a deletion in a run changes the ZIP but not its newest
+    mtime: a date never gives a 304 for it, and If-Unmodified-Since fails."""
     path = "/api/air/export/zip/r"
-    assert (await client.get(path, headers={"If-Modified-Since": AT})).status == 304
-    assert (await client.get(path, headers={"If-Modified-Since": BEFORE})).status == 200
+    full = await client.get(path)
+    body, last_modified = await full.read(), full.headers["Last-Modified"]
+    assert last_modified == AT
+    (run.render / "r" / "mix.wav").rename(run.render / "r" / "renamed.wav")
+    for headers in ({"If-Modified-Since": AT}, {"If-Modified-Since": last_modified}):
+        answer = await client.get(path, headers=headers)
+        assert answer.status == 200 and await answer.read() != body
+    refused = await client.get(path, headers={"If-Unmodified-Since": AT})
+    assert refused.status == 412
+    assert json.loads(await refused.read())["detail"]["error"] == "precondition_failed"

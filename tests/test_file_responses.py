@@ -11,6 +11,8 @@ import logging
 import os
 import socket
 import struct
+import time
+from email.utils import formatdate
 from typing import Any
 
 import pytest
@@ -167,6 +169,44 @@ async def test_a_resume_after_the_file_was_rewritten_restarts_instead_of_splicin
     status, headers, body = await _get(client, Range="bytes=5000-", **{"If-Range": old_etag})
     assert status == 200 and body == new_content
     assert headers["ETag"] != old_etag
+
+
+async def test_a_rewrite_within_the_second_of_the_date_never_splices(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    """A file whose mtime is not a second before now can be rewritten under
+    the same HTTP date: that date is then neither sent nor trusted, so a
+    resume by date gets the whole new file, never old bytes then new ones.
+    (The mtimes are set a minute ahead with os.utime: "within the second"
+    for as long as the test runs, however slow the machine.)"""
+    second = (time.time_ns() // 1_000_000_000 + 60) * 1_000_000_000
+    path = write(tree.render / "r" / "mix.wav", CONTENT)
+    os.utime(path, ns=(second + 100_000_000, second + 100_000_000))
+    for response in (await client.get(URL), await client.head(URL)):
+        assert response.status == 200 and "Last-Modified" not in response.headers
+    date = formatdate(second // 1_000_000_000, usegmt=True)
+    new_content = os.urandom(len(CONTENT))
+    path.write_bytes(new_content)  # same size, same second
+    os.utime(path, ns=(second + 600_000_000, second + 600_000_000))
+    for headers in (
+        {"Range": "bytes=5000-", "If-Range": date},
+        {"If-Modified-Since": date},
+        {"If-None-Match": '"old"', "If-Modified-Since": date},
+    ):
+        status, got_headers, body = await _get(client, **headers)
+        assert (status, body) == (200, new_content), headers
+        assert "Last-Modified" not in got_headers
+    status, got_headers, _ = await _get(client, **{"If-None-Match": got_headers["ETag"]})
+    assert status == 304 and "Last-Modified" not in got_headers
+    status, _, body = await _get(client, **{"If-Unmodified-Since": date})
+    assert status == 412 and b"If-Match" in body
+    # A second later than its mtime the date is strong: sent, and it validates.
+    os.utime(path, (MTIME, MTIME))
+    status, got_headers, body = await _get(
+        client, Range="bytes=5000-", **{"If-Range": LAST_MODIFIED}
+    )
+    assert (status, body) == (206, new_content[5000:])
+    assert got_headers["Last-Modified"] == LAST_MODIFIED
 
 
 # One form of each answer: which form asks for what is tests/test_byte_ranges.py's.
