@@ -11,6 +11,12 @@ then, with how the request ended.
 the response's writer wrote minus the header block, plus what a handler sent
 around the writer (``sendfile``, see :func:`note_body_bytes`).
 
+A handler that fails after its response's headers went out cannot answer
+500 any more: the connection is aborted (:func:`abort_after_headers`), so
+the client sees a short transfer and never a second response inside the
+body, and the line says ``500`` and ``error`` (the client saw the status line
+of a 200 or 206, then too few bytes).
+
 A request line that aiohttp cannot parse (``GET /a\\x01b HTTP/1.1``) never
 reaches the application: aiohttp answers 400 itself. It gets one plain line
 (``ended`` ``rejected``), is counted, and aiohttp's traceback for it is
@@ -42,6 +48,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # response's headers went out (nginx's "client closed request").
 NOTHING_SENT = 499
 
+# The status logged and counted for a response that failed after its
+# headers went out (the status line the client saw said otherwise).
+FAILED_AFTER_HEADERS = 500
+
 # The message of the error aiohttp's writer raises for a write it refused.
 _REFUSED_WRITE = "Cannot write to closing transport"
 
@@ -57,6 +67,8 @@ class Exchange:
     # The body did not all leave though the writer counted it: the handler
     # aborted a stalled client, or a write found the connection closed.
     cut: bool = False
+    # The handler failed after the headers went out; the connection was aborted.
+    failed: bool = False
 
 
 _exchange: ContextVar[Exchange | None] = ContextVar("exchange", default=None)
@@ -75,6 +87,25 @@ def note_aborted() -> None:
     exchange = _exchange.get()
     if exchange is not None:
         exchange.cut = True
+
+
+def sent_response() -> web.StreamResponse | None:
+    """The current request's response once its headers have gone out."""
+    exchange = _exchange.get()
+    response = exchange.response if exchange is not None else None
+    return response if response is not None and response.prepared else None
+
+
+def abort_after_headers(request: web.BaseRequest) -> None:
+    """The response failed after its status line went out: no other answer
+    can follow. Abort the connection (the client sees fewer bytes than
+    ``Content-Length``, and a request pipelined behind it gets no answer
+    written into this body) and log the request as failed."""
+    exchange = _exchange.get()
+    if exchange is not None:
+        exchange.cut = exchange.failed = True
+    if request.transport is not None:
+        request.transport.abort()
 
 
 def note_connection_error(error: BaseException | None) -> None:
@@ -197,15 +228,16 @@ class AccessLog(AbstractAccessLogger):
         # aiohttp calls this from its ``except ConnectionError`` when the
         # response's last write failed.
         exchange.cut = exchange.cut or _refused_write(sys.exc_info()[1])
+        complete = _complete(request, response, exchange)
         write_line(
             self.logger,
             self.metrics,
             request,
-            response.status,
+            FAILED_AFTER_HEADERS if exchange.failed else response.status,
             route_name(request),
             _body_bytes(request, response, exchange),
             time,
-            "complete" if _complete(request, response, exchange) else "cut_short",
+            "error" if exchange.failed else "complete" if complete else "cut_short",
         )
 
     @property
@@ -232,7 +264,9 @@ def _write_unlogged_line(request: web.Request, exchange: Exchange, ended: str) -
     response = exchange.response
     if response is not None and request.writer.output_size > 0:
         status, sent = response.status, _body_bytes(request, response, exchange)
-        if _complete(request, response, exchange):
+        if exchange.failed:
+            status, ended = FAILED_AFTER_HEADERS, "error"
+        elif _complete(request, response, exchange):
             ended = "complete"
     else:
         status, sent = NOTHING_SENT, exchange.body_bytes_around_writer

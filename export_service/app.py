@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from . import ops
-from .access import remember_response, track_exchange
+from .access import abort_after_headers, remember_response, sent_response, track_exchange
 from .archive import CrcCache
 from .config import Settings
 from .download_slots import DownloadSlots
@@ -80,23 +80,40 @@ async def _echo_request_id(request: web.Request, response: web.StreamResponse) -
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as ``{"detail": {"error": ..., "message": ...}}``."""
+    """Every error leaves as ``{"detail": {"error": ..., "message": ...}}``;
+    one raised after the response's headers went out aborts the connection
+    instead (a second response would land inside the first one's body)."""
     try:
         return await handler(request)
-    except ExportServiceError as error:
+    except ConnectionError:
+        raise  # the client is gone: no one to answer (track_exchange logs it)
+    except Exception as error:
+        sent = sent_response()
+        if sent is None:
+            return _error_answer(request, error)
+        log.error(
+            "%s %s failed after its headers went out: the connection is aborted",
+            request.method,
+            request.path,
+            exc_info=error,
+        )
+        abort_after_headers(request)
+        return sent
+
+
+def _error_answer(request: web.Request, error: Exception) -> web.Response:
+    """The JSON error answering ``error``, raised before any header went out."""
+    if isinstance(error, ExportServiceError):
         return error_response(error.status, error.code, error.message, error.headers)
-    except web.HTTPException as error:
+    if isinstance(error, web.HTTPException):
         if error.status < 400:
-            raise
+            raise error
         code = _HTTP_ERROR_CODES.get(error.status, HTTPStatus(error.status).name.lower())
         message = f"{error.reason}: {request.method} {request.path}"
         headers = {name: error.headers[name] for name in ("Allow",) if name in error.headers}
         return error_response(error.status, code, message, headers)
-    except ConnectionError:
-        raise  # the client is gone: no one to answer (track_exchange logs it)
-    except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "internal error; see the service log")
+    log.error("unexpected error on %s %s", request.method, request.path, exc_info=error)
+    return error_response(500, "internal_error", "internal error; see the service log")
 
 
 def bearer_auth(token: str) -> Middleware:

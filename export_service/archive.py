@@ -49,7 +49,7 @@ from zipstream.ng import ZipStreamInfo
 
 from .errors import SourceChanged
 from .manifest import ListedFile, Step
-from .names import ArcnameAllocator
+from .names import MAX_ARCNAME_BYTES, ArcnameAllocator
 from .safe_files import FolderFiles
 
 log = logging.getLogger(__name__)
@@ -495,7 +495,9 @@ def plan_archive(
 
     The sizes and times are the ones the scan saw (in the same hop); reading
     checks each file against them. A file that cannot be read now is left
-    out and logged; its rel_path is listed in ``skipped``. The offsets of
+    out and logged; its rel_path is listed in ``skipped``, as is a file whose
+    entry name is longer than a ZIP can hold (``MAX_ARCNAME_BYTES``): HEAD and
+    GET plan alike, so the headers never promise what cannot be written. The offsets of
     every entry are laid out here, so a range needs nothing before it.
     """
     allocator = ArcnameAllocator()
@@ -516,6 +518,17 @@ def plan_archive(
                 date_time = date_times[seconds] = _dos_date_time(seconds)
             folder, _, base = f"{step}/{rel_path}".rpartition("/")
             arcname = allocator.allocate_file(folder, base)
+            if _name_length(arcname) > MAX_ARCNAME_BYTES:
+                log.warning(
+                    "leaving %s/%s out of the ZIP: its entry name has %d bytes, more than "
+                    "the %d a ZIP can hold",
+                    step,
+                    rel_path[:200] + "...",
+                    _name_length(arcname),
+                    MAX_ARCNAME_BYTES,
+                )
+                skipped.append(f"{step}/{rel_path}")
+                continue
             data_offset = (
                 offset + _LOCAL_HEADER + _name_length(arcname) + _zip64(size) * _ZIP64_SIZES
             )

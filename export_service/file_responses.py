@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 from aiohttp import hdrs, web
 
-from .access import note_aborted, note_body_bytes
+from .access import abort_after_headers, note_aborted, note_body_bytes
 from .byte_ranges import date_is_strong, requested_range
 from .conditional import not_modified_response
 from .keys import IO_EXECUTOR, SETTINGS
@@ -131,6 +131,14 @@ async def _send(request: web.Request, opened: RootFile) -> web.StreamResponse:
         return response
     except ConnectionError:
         log.info("file %s: the client went away", request.path)
+        return response
+    except Exception as error:  # a read error (EIO): the status line is out, no answer can follow
+        log.error(
+            "file %s cut: it failed after the headers went out (%s); the connection is aborted",
+            request.path,
+            error,
+        )
+        abort_after_headers(request)
         return response
     if sent < last - first + 1:
         log.error("file %s cut short: it shrank while being sent", request.path)

@@ -83,13 +83,14 @@ class Metrics:
         self.zips_cut_short = Counter(
             "export_zip_downloads_cut_short",
             "ZIP downloads that ended before their last byte, by reason "
-            "(source_changed, client_gone, stalled, shutdown)",
+            "(source_changed, client_gone, stalled, shutdown, error)",
             ["reason"],
             registry=self.registry,
         )
         self.files_skipped = Counter(
             "export_zip_files_skipped",
-            "Files left out of a ZIP because they could not be opened when it was planned",
+            "Files left out of a ZIP because they could not be opened when it was planned "
+            "(or their entry name is longer than a ZIP can hold)",
             registry=self.registry,
         )
         self.scan_unlisted = Counter(

@@ -13,7 +13,10 @@ metrics. A download ends in one of these ways:
   incomplete transfer rather than a complete-looking broken ZIP;
 - client gone: the connection broke, or the client hung up and aiohttp
   cancelled the handler (``client_gone``);
-- shutdown: the service cancelled it while stopping (``shutdown``).
+- shutdown: the service cancelled it while stopping (``shutdown``);
+- error: anything else failed after the headers went out (``error``): the
+  connection is aborted, so the client sees a short transfer, never a
+  second response inside the body; the access line says 500, ``error``.
 
 The label in brackets is that of ``export_zip_downloads_cut_short_total``; a
 download whose last byte had already left counts as finished.
@@ -27,7 +30,7 @@ from urllib.parse import quote
 
 from aiohttp import hdrs, web
 
-from .access import body_complete, note_aborted, note_connection_error
+from .access import abort_after_headers, body_complete, note_aborted, note_connection_error
 from .archive import ExportArchive
 from .byte_ranges import requested_range
 from .descriptors import require_descriptors
@@ -137,6 +140,9 @@ class ZipResponse:
         except asyncio.CancelledError:
             self._cancelled()
             raise
+        except Exception as error:  # the status line is out: no other answer can follow
+            self._failed(error)
+            return
         finally:
             chunks.close()
             self._metrics.zips_in_flight.dec()
@@ -170,6 +176,15 @@ class ZipResponse:
         log.error("ZIP of %s cut short: %s", self._render_run_id, error.message)
         self._metrics.zips_cut_short.labels("source_changed").inc()
         self._response.force_close()
+
+    def _failed(self, error: Exception) -> None:
+        log.error(
+            "ZIP of %s failed after its headers went out: the connection is aborted",
+            self._render_run_id,
+            exc_info=error,
+        )
+        self._metrics.zips_cut_short.labels("error").inc()
+        abort_after_headers(self._request)
 
     def _connection_broke(self, error: ConnectionError) -> None:
         note_connection_error(error)

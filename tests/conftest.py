@@ -213,16 +213,17 @@ def open_paths_under(folder: Path) -> list[str]:
 DEEP = "d" * 8  # 1,100 levels of it make a path of 9,900 bytes
 
 
-def make_deep(folder: Path, levels: int) -> Path:
-    """``levels`` nested folders ``DEEP/DEEP/...`` below ``folder``, made through
-    descriptors (their path is far beyond PATH_MAX); a file ``deep.wav`` at
-    the bottom. Returns ``folder``."""
+def make_deep(folder: Path, levels: int, name: str = "") -> Path:
+    """``levels`` nested folders ``DEEP/DEEP/...`` (or ``name/name/...``) below
+    ``folder``, made through descriptors (their path is far beyond PATH_MAX);
+    a file ``deep.wav`` at the bottom. Returns ``folder``."""
+    name = name or DEEP
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for _ in range(levels):
-            os.mkdir(DEEP, dir_fd=fd)
-            child = os.open(DEEP, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
             os.close(fd)
             fd = child
         file_fd = os.open("deep.wav", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
@@ -275,6 +276,95 @@ def temp_folder_left_empty(tmp_path_factory: pytest.TempPathFactory) -> Iterator
         left = sorted(path.name for path in folder.iterdir())
         shutil.rmtree(folder)
     assert left == [], f"the run left these in the temporary folder: {left}"
+
+
+def split_responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """The HTTP/1.1 responses in what one connection received, each (status,
+    headers, body) with its body cut at its Content-Length: a body short of
+    it is the last one. Anything after the last body is one more response."""
+    responses = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.split(": ", 1) for line in lines)
+        length = int(headers.get("Content-Length", len(data)))
+        responses.append((int(status_line.split()[1]), headers, data[:length]))
+        data = data[length:]
+    return responses
+
+
+async def pipelined(client: TestClient[Any, Any], *requests: bytes) -> bytes:
+    """Send ``requests`` at once on one connection; all that comes back until
+    the service closes it (10 s at most: a connection left open fails)."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(b"".join(requests))
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(-1), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@dataclass
+class FailingDisk:
+    """A file system on a loop device whose backing file was cut short:
+    reading ``big`` past ``readable`` bytes fails with EIO, as a dying disk
+    does. ``small`` reads fine."""
+
+    big: Path
+    small: Path
+    readable: int
+
+
+@pytest.fixture
+def failing_disk(tree: AirTree, tmp_path: Path) -> Iterator[FailingDisk]:
+    """An ext4 file system on a loop device mounted as the render run ``r``,
+    holding ``small.wav`` (4 KiB) and ``big.wav`` (8 MiB) of which only the
+    first ``readable`` bytes are still on the (truncated) backing file. Needs
+    root, losetup, mkfs.ext4 and filefrag; skipped, saying why, without."""
+    if os.geteuid() != 0:
+        pytest.skip("a loop device needs root")
+    for tool in ("losetup", "mkfs.ext4", "filefrag", "mount", "umount"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed")
+    backing = tmp_path / "disk.img"
+    with backing.open("wb") as image:
+        image.truncate(64 * 1024 * 1024)
+    made = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"no loop device: {made.stderr.strip()}")
+    device = made.stdout.strip()
+    mount_point = tree.render / "r"
+    mount_point.mkdir()
+    mounted = False
+    try:
+        subprocess.run(["mkfs.ext4", "-q", "-F", device], check=True, capture_output=True)
+        subprocess.run(["mount", device, str(mount_point)], check=True, capture_output=True)
+        mounted = True
+        small = write(mount_point / "small.wav", os.urandom(4096), mtime=1_700_000_000)
+        big = write(mount_point / "big.wav", os.urandom(8 * 1024 * 1024), mtime=1_700_000_000)
+        os.sync()
+        for path in (small, big):  # read from the disk from now on, not the page cache
+            fd = os.open(path, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+        extents = subprocess.run(
+            ["filefrag", "-e", "-b1", str(big)], check=True, capture_output=True, text=True
+        ).stdout.splitlines()
+        first = extents[3].replace(":", " ").replace("..", " ").split()  # ext logical.. physical..
+        physical, length = int(first[3]), int(first[5])
+        readable = min(length, 3 * 1024 * 1024)
+        with backing.open("r+b") as image:
+            image.truncate(physical + readable)
+        subprocess.run(["losetup", "--set-capacity", device], check=True)
+        yield FailingDisk(big, small, readable)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(mount_point)], check=True)
+        subprocess.run(["losetup", "-d", device], check=True)
 
 
 @pytest.fixture

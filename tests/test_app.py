@@ -2,15 +2,27 @@
 token, every error as JSON) and what runs while it serves."""
 
 import gc
+import logging
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from export_service.access import runner_options
 from export_service.app import GC_FULL_COLLECTION_EVERY, create_app
+from export_service.errors import NotFound
 from export_service.keys import METRICS
-from tests.conftest import AirTree, ClientFactory, error_detail, wait_until, write
+from tests.conftest import (
+    AirTree,
+    ClientFactory,
+    error_detail,
+    pipelined,
+    split_responses,
+    wait_until,
+    write,
+)
 
 
 async def test_full_collections_are_rarer_while_the_app_runs(tree: AirTree) -> None:
@@ -95,3 +107,38 @@ async def test_error_body_is_compact_like_the_original(client: TestClient[Any, A
         b'{"detail":{"error":"invalid_run_id",'
         b'"message":"render_run_id must not be empty or blank"}}'
     )
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("a bug"), NotFound("gone meanwhile")])
+async def test_an_error_raised_after_the_headers_aborts_instead_of_a_second_response(
+    tree: AirTree, aiohttp_client: Any, caplog: pytest.LogCaptureFixture, failure: Exception
+) -> None:
+    """Whatever a handler raises once its status line is out (an unexpected
+    error or one of the service's own) cannot become a JSON answer: it would
+    land inside the body, and a pipelined request's answer after it."""
+
+    async def fails_midway(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "100"})
+        await response.prepare(request)
+        await response.write(b"x" * 10)
+        raise failure
+
+    app = create_app(tree.settings())
+    app.router.add_get("/fails", fails_midway)
+    server = TestServer(app)
+    await server.start_server(**runner_options(app))
+    client: TestClient[Any, Any] = await aiohttp_client(server)
+    caplog.set_level(logging.INFO)
+    data = await pipelined(
+        client,
+        b"GET /fails HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    assert split_responses(data) == [(200, ANY, b"x" * 10)]
+    lines = [r.getMessage() for r in caplog.records if r.name == "export_service.access"]
+    assert lines == ["GET /fails 500 10 error"]
+    (record,) = [r for r in caplog.records if r.name == "export_service.app"]
+    assert record.getMessage() == (
+        "GET /fails failed after its headers went out: the connection is aborted"
+    )
+    assert record.exc_info is not None and record.exc_info[1] is failure

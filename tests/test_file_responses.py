@@ -6,6 +6,7 @@ request."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -19,16 +20,19 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from export_service import file_responses
-from export_service.file_responses import content_type
+from export_service.file_responses import SENDFILE_PIECE, content_type
 from tests.conftest import (
     CANARY,
     AirTree,
     ClientFactory,
+    FailingDisk,
     logged,
     open_paths_under,
+    pipelined,
     raw_exchange,
     raw_get,
     read_slowly,
+    split_responses,
     wait_until,
     write,
 )
@@ -463,3 +467,75 @@ def test_content_types() -> None:
     assert content_type("a.mid") == "audio/midi"
     assert content_type("a.json") == "application/json"
     assert content_type("a.unknownext") == "application/octet-stream"
+
+
+def _access_line(caplog: pytest.LogCaptureFixture, path: str) -> str:
+    (line,) = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "export_service.access" and r.getMessage().startswith(f"GET {path} ")
+    ]
+    return line
+
+
+async def test_a_disk_read_error_after_the_headers_aborts_the_connection(
+    failing_disk: FailingDisk,
+    client: TestClient[Any, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """EIO from a real (loop) device in the middle of a file: the client gets
+    the 200's headers, fewer bytes than its Content-Length, and the end of
+    the connection at once; never an in-band second response, and the
+    request pipelined behind it gets no answer written into that body."""
+    caplog.set_level(logging.INFO)
+    path = "/api/audio/r/big.wav"
+    data = await pipelined(
+        client,
+        f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode(),
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    ((status, headers, body),) = split_responses(data)
+    assert status == 200 and int(headers["Content-Length"]) == 8 * 1024 * 1024
+    assert len(body) < failing_disk.readable + SENDFILE_PIECE
+    assert b"HTTP/1.1" not in body
+    assert _access_line(caplog, path) == f"GET {path} 500 {len(body)} error"
+    assert logged(caplog, f"file {path} cut: it failed after the headers went out")
+    # the small file on the same disk is served as before, and nothing stays open
+    assert (await client.get("/api/audio/r/small.wav")).status == 200
+    await wait_until(lambda: not open_paths_under(failing_disk.big.parent))
+
+
+async def test_any_failure_after_the_headers_aborts_the_connection(
+    mix: AirTree,
+    client: TestClient[Any, Any],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CI-safe form of the EIO test: the send fails with EIO after its
+    first piece went out, wherever the disk is."""
+    real_sendfile = file_responses._sendfile
+
+    async def fails_after_one_piece(
+        request: Any, file: Any, offset: int, count: int, send_timeout: float
+    ) -> int:
+        await real_sendfile(request, file, offset, 1000, send_timeout)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(file_responses, "_sendfile", fails_after_one_piece)
+    caplog.set_level(logging.INFO)
+    data = await pipelined(
+        client,
+        f"GET {URL} HTTP/1.1\r\nHost: t\r\n\r\n".encode(),
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    ((status, headers, body),) = split_responses(data)
+    assert (status, int(headers["Content-Length"]), body) == (200, len(CONTENT), CONTENT[:1000])
+    assert _access_line(caplog, URL) == f"GET {URL} 500 1000 error"
+    assert logged(caplog, f"file {URL} cut") == [
+        (
+            "export_service.file_urls",
+            "ERROR",
+            f"file {URL} cut: it failed after the headers went out ([Errno 5] Input/output "
+            "error); the connection is aborted",
+        )
+    ]

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+import export_service.archive as archive_module
 from export_service.errors import SourceChanged
 from export_service.keys import METRICS
 from export_service.zip_response import ZipResponse, content_disposition
@@ -20,12 +21,15 @@ from tests.conftest import (
     DEEP,
     AirTree,
     ClientFactory,
+    FailingDisk,
     link_beyond_path_max,
     logged,
     make_deep,
     open_paths_under,
+    pipelined,
     raw_exchange,
     remove_deep,
+    split_responses,
     wait_until,
     write,
 )
@@ -247,3 +251,98 @@ async def test_a_zip_holds_a_file_1100_folders_deep(
     )
     deep = "render/r/" + "/".join([DEEP] * 1100) + "/deep.wav"
     assert read_zip(body) == {"render/r/top.wav": b"t", deep: b"deep"}
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture, path: str) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "export_service.access" and record.getMessage().startswith(f"GET {path} ")
+    ]
+
+
+ZIP_THEN_HEALTH = (
+    b"GET /api/air/export/zip/r HTTP/1.1\r\nHost: t\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+)
+
+
+async def test_a_failure_after_the_headers_aborts_the_connection(
+    tree: AirTree,
+    make_client: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """zipstream-ng failing on the second entry's header (as it did with
+    struct.error on a name too long for a ZIP): the client has the 200's
+    headers and the first entry, then the connection ends; no in-band 500,
+    and the request pipelined behind it is not answered inside the ZIP."""
+    write(tree.render / "r" / "a.wav", b"a" * 200_000)  # a batch of its own
+    write(tree.render / "r" / "b.wav", b"b" * 1000)
+    client = await make_client(**SMALL_BATCHES)
+    real_header = archive_module._Records.local_header
+
+    def header(self: Any, entry: Any, crc: int) -> bytes:
+        if entry.arcname.endswith("b.wav"):
+            raise struct.error("'H' format requires 0 <= number <= 65535")
+        return real_header(self, entry, crc)
+
+    monkeypatch.setattr(archive_module._Records, "local_header", header)
+    caplog.set_level(logging.INFO)
+    ((status, headers, body),) = split_responses(await pipelined(client, *ZIP_THEN_HEALTH))
+    assert status == 200 and len(body) < int(headers["Content-Length"])
+    assert body.startswith(b"PK\x03\x04") and b"HTTP/1.1" not in body
+    assert _access_lines(caplog, "/api/air/export/zip/r") == [
+        f"GET /api/air/export/zip/r 500 {len(body)} error"
+    ]
+    assert logged(caplog, "ZIP of r") == [
+        (
+            "export_service.routes",
+            "ERROR",
+            "ZIP of r failed after its headers went out: the connection is aborted",
+        )
+    ]
+    assert _cut_short(client, "error") == 1
+
+
+async def test_a_disk_read_error_cuts_the_zip_short(
+    failing_disk: FailingDisk, client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """EIO from a real (loop) device in the middle of a ZIP's file: a short
+    transfer, the connection closed, no second response in the body."""
+    caplog.set_level(logging.INFO)
+    ((status, headers, body),) = split_responses(await pipelined(client, *ZIP_THEN_HEALTH))
+    assert status == 200 and len(body) < int(headers["Content-Length"])
+    assert b"HTTP/1.1" not in body
+    (line,) = _access_lines(caplog, "/api/air/export/zip/r")
+    assert line.endswith(f" {len(body)} cut_short")
+    (message,) = [m for _, _, m in logged(caplog, "ZIP of r")]
+    assert message == "ZIP of r cut short: r/big.wav: read failed (Input/output error)"
+    await wait_until(lambda: not open_paths_under(failing_disk.big.parent))
+
+
+async def test_a_name_longer_than_a_zip_can_hold_is_left_out_when_planned(
+    tree: AirTree, client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """260 folders of 255-byte names: an entry name of 66,560 bytes, which no
+    ZIP header can hold. The file is left out when the download is planned,
+    so HEAD and GET agree, the ZIP is whole, and a request pipelined behind
+    it gets its own answer."""
+    caplog.set_level(logging.WARNING)
+    write(tree.render / "r" / "top.wav", b"top")
+    make_deep(tree.render / "r" / "long", 260, name="n" * 255)
+    try:
+        head = await client.head("/api/air/export/zip/r")
+        (zip_answer, health) = split_responses(await pipelined(client, *ZIP_THEN_HEALTH))
+    finally:
+        remove_deep(tree.render / "r" / "long")
+    status, headers, body = zip_answer
+    assert status == 200 and headers["Content-Length"] == head.headers["Content-Length"]
+    assert headers["X-Export-Skipped-Files"] == head.headers["X-Export-Skipped-Files"] == "1"
+    assert read_zip(body) == {"render/r/top.wav": b"top"}
+    assert health[0] == 200 and health[2].startswith(b'{"status"')
+    messages = [m for _, _, m in logged(caplog, "leaving render/r/long/")]
+    assert len(messages) == 2  # planned for the HEAD, and for the GET
+    assert messages[1].endswith(
+        "out of the ZIP: its entry name has 66582 bytes, more than the 65535 a ZIP can hold"
+    )
