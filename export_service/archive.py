@@ -210,11 +210,35 @@ def _read_whole(entry: PlannedEntry, files: FolderFiles) -> bytes:
         os.close(fd)
 
 
-def _file_crc(entry: PlannedEntry, files: FolderFiles, chunk_bytes: int) -> int:
-    """Read a planned file to learn its CRC-32 (it must still be the planned file)."""
+# A pass that reads a file only to learn its CRC-32 yields this (no bytes)
+# after every PASS_SLICE bytes read: the caller can stop there and let the
+# thread do other work (streaming.py ends a batch at it), and a pass over a
+# file of 32 GiB is many short steps, not one.
+PASS_STEP = b""
+PASS_SLICE = 8 * 1024 * 1024
+
+
+class PassCancelled(Exception):
+    """The download a CRC pass was for has ended (cut, or the service stops)."""
+
+
+def _file_crc(
+    entry: PlannedEntry, files: FolderFiles, chunk_bytes: int, cancelled: threading.Event | None
+) -> Generator[bytes, None, int]:
+    """Read a planned file to learn its CRC-32 (it must still be the planned
+    file); yields :data:`PASS_STEP` every :data:`PASS_SLICE` bytes, returns
+    the CRC. :class:`PassCancelled` (the file closed) as soon as ``cancelled``
+    is set, checked between chunks."""
     crc = 0
+    since_step = 0
     for chunk in _read_planned(entry, files, chunk_bytes):
+        if cancelled is not None and cancelled.is_set():
+            raise PassCancelled(f"{entry.rel_path}: its download ended during its CRC pass")
         crc = crc32(chunk, crc)
+        since_step += len(chunk)
+        if since_step >= PASS_SLICE:
+            since_step = 0
+            yield PASS_STEP
     return crc
 
 
@@ -361,17 +385,26 @@ class ExportArchive:
         )
         return f'"{digest.hexdigest()[:40]}"'
 
-    def _known_crc(self, entry: PlannedEntry, files: FolderFiles) -> int:
-        """An entry's CRC-32 from the cache, else from one pass over the file."""
+    def _known_crc(
+        self, entry: PlannedEntry, files: FolderFiles, cancelled: threading.Event | None
+    ) -> Generator[bytes, None, int]:
+        """An entry's CRC-32 from the cache, else from one pass over the file
+        (yielding :data:`PASS_STEP` as it goes)."""
         crc = self._crcs.get(entry.snapshot) if self._crcs is not None else None
         if crc is None:
-            crc = _file_crc(entry, files, self._chunk_bytes)
+            crc = yield from _file_crc(entry, files, self._chunk_bytes, cancelled)
             if self._crcs is not None:
                 self._crcs.put(entry.snapshot, crc)
         return crc
 
     def _entry(
-        self, entry: PlannedEntry, files: FolderFiles, records: _Records, start: int, end: int
+        self,
+        entry: PlannedEntry,
+        files: FolderFiles,
+        records: _Records,
+        start: int,
+        end: int,
+        cancelled: threading.Event | None,
     ) -> Generator[bytes, None, int | None]:
         """The part of one entry between ``start`` and ``end`` (ZIP offsets,
         inclusive), unless it is a whole small file (:meth:`chunks` does those);
@@ -387,7 +420,7 @@ class ExportArchive:
             if self._crcs is not None:
                 self._crcs.put(entry.snapshot, sent)
             return sent
-        crc = self._known_crc(entry, files)
+        crc = yield from self._known_crc(entry, files, cancelled)
         yield from _cut(iter((records.local_header(entry, crc),)), entry.header_offset, start, end)
         if stop > 0:
             sent = yield from self._data(entry, files, 0, stop)
@@ -420,12 +453,19 @@ class ExportArchive:
                 self._crcs.discard(entry.snapshot)
             raise SourceChanged(f"{entry.rel_path}: was rewritten (its CRC-32 changed)")
 
-    def chunks(self, start: int = 0, end: int | None = None) -> Generator[bytes, None, None]:
+    def chunks(
+        self, start: int = 0, end: int | None = None, cancelled: threading.Event | None = None
+    ) -> Generator[bytes, None, None]:
         """The archive's bytes from ``start`` to ``end`` (inclusive; default:
         all). Blocking. Only the entries the range touches are read, each from
         where the range starts in it; the CRCs of the entries before the range
         (for the central directory) come from the cache or one pass each, once
-        the range reaches the directory. Closing it closes any open file."""
+        the range reaches the directory. Closing it closes any open file.
+
+        A pass that reads a file only for its CRC yields :data:`PASS_STEP`
+        (no bytes) every :data:`PASS_SLICE` bytes, so that whoever drives it
+        can share the thread between downloads; it stops with
+        :class:`PassCancelled` between two chunks once ``cancelled`` is set."""
         end = self.size - 1 if end is None else end
         crcs: list[int | None] = [None] * len(self.entries)
         files = FolderFiles()
@@ -458,13 +498,15 @@ class ExportArchive:
                     )
                     yield data
                     continue
-                crcs[index] = yield from self._entry(entry, files, records, start, end)
+                crcs[index] = yield from self._entry(entry, files, records, start, end, cancelled)
             if end < self._central_offset:
                 return
-            known = [
-                crc if crc is not None else self._known_crc(entry, files)
-                for entry, crc in zip(self.entries, crcs, strict=True)
-            ]
+            known: list[int] = []
+            for index, entry in enumerate(self.entries):  # one pass at a time, in steps
+                learned = crcs[index]
+                if learned is None:
+                    learned = crcs[index] = yield from self._known_crc(entry, files, cancelled)
+                known.append(learned)
             yield from _cut(
                 _footer(self.entries, known, self._central_offset),
                 self._central_offset,

@@ -12,6 +12,11 @@ many small files is bound by the worker, a ZIP of big files by both).
 Closing releases the iterator at once: right away when no batch is in
 flight, else as soon as the running batch returns (a running generator cannot
 be closed from outside).
+
+An empty chunk is a step of work with nothing to send (archive.py's CRC
+pass over a big file yields one every few MiB read): the batch ends there,
+so a long pass is many short hops, queued behind the other downloads'
+batches, and never holds a thread for the whole file.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ def _next_batch(chunks: Generator[bytes, None, None], batch_bytes: int) -> list[
     small: list[bytes] = []
     gathered = 0
     for chunk in chunks:
+        if not chunk:  # a step of work with nothing to send (a CRC pass): give the thread up
+            if not batch and not small:
+                return [chunk]  # not the end: an empty list is
+            break
         if len(chunk) < SMALL_CHUNK:
             small.append(chunk)
         else:

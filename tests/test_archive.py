@@ -4,6 +4,7 @@ import os
 import stat
 import struct
 import subprocess
+import threading
 import time
 import zipfile
 import zlib
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import export_service.archive as archive_module
 from export_service.archive import CrcCache, ExportArchive
 from export_service.errors import SourceChanged
 from export_service.exports import ExportSources, build_export, plan_export_archive
@@ -321,3 +323,39 @@ def test_planned_names_are_the_allocators_for_the_full_sanitized_names(tree: Air
         for item in export.files
     ]
     assert [entry.arcname for entry in archive.entries] == expected
+
+
+def _sparse(path: Path, size: int) -> Path:
+    """A file of ``size`` zero bytes that takes no disk space."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as file:
+        file.truncate(size)
+    return path
+
+
+@pytest.mark.parametrize("start", [0, "central directory"])
+def test_a_crc_pass_goes_in_steps_and_stops_when_its_download_ends(
+    tree: AirTree, start: int | str
+) -> None:
+    """A file bigger than one read, uncached, is read once for its CRC before
+    its header (or, for a range reaching the central directory, once for the
+    directory): that pass yields an empty step every PASS_SLICE bytes rather
+    than holding the thread to the end, and once its download has ended
+    (``cancelled`` set) it stops between two chunks and closes the file."""
+    size = 6 * archive_module.PASS_SLICE
+    big = _sparse(tree.render / "r" / "big.wav", size)
+    archive = _plan(tree)
+    first = archive.size - 10 if start == "central directory" else 0
+    cancelled = threading.Event()
+    chunks = archive.chunks(first, None, cancelled)
+    # two slices into the pass, nothing to send yet
+    assert [next(chunks), next(chunks)] == [archive_module.PASS_STEP] * 2
+    assert str(big.resolve()) in open_paths_under(tree.base)
+    cancelled.set()
+    with pytest.raises(archive_module.PassCancelled):
+        next(chunks)
+    assert open_paths_under(tree.base) == []
+    # Not cancelled, the same pass runs to the end in steps, and the bytes are the ZIP's.
+    pieces = list(_plan(tree).chunks(first))
+    assert pieces.count(archive_module.PASS_STEP) == size // archive_module.PASS_SLICE
+    assert b"".join(pieces) == b"".join(_plan(tree).chunks())[first:]

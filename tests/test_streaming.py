@@ -83,3 +83,23 @@ async def test_nothing_is_read_ahead_after_close() -> None:
     # The batch read ahead was submitted before close() and runs (a running
     # generator cannot be closed from outside); nothing is started after it.
     assert pulled == [0, 1]
+
+
+async def test_an_empty_chunk_ends_the_batch_without_ending_the_stream() -> None:
+    """A CRC pass yields an empty chunk every few MiB it reads: the batch
+    ends there (the thread is free for other downloads' batches), and a
+    batch of only that step is not the end of the stream."""
+
+    def pass_then_data() -> Generator[bytes, None, None]:
+        yield b"a" * 10
+        yield b""
+        yield b""
+        yield b"b" * 10
+
+    with ThreadPoolExecutor(1) as executor:
+        chunks = OffloadedChunks(pass_then_data(), executor, 1 << 20)
+        batches = []
+        while batch := await chunks.next_batch():
+            batches.append(batch)
+        chunks.close()
+    assert batches == [[b"a" * 10], [b""], [b"b" * 10]]

@@ -7,7 +7,9 @@ import io
 import os
 import shutil
 import struct
+import threading
 import zipfile
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +74,13 @@ def test_a_warm_cache_reads_nothing_before_the_offset(
     real_file_crc = archive_module._file_crc
 
     def counting_file_crc(
-        entry: archive_module.PlannedEntry, files: FolderFiles, chunk_bytes: int
-    ) -> int:
+        entry: archive_module.PlannedEntry,
+        files: FolderFiles,
+        chunk_bytes: int,
+        cancelled: threading.Event | None,
+    ) -> Generator[bytes, None, int]:
         learned.append(entry.arcname)
-        return real_file_crc(entry, files, chunk_bytes)
+        return real_file_crc(entry, files, chunk_bytes, cancelled)
 
     body = b"".join(_archive(tree).chunks())
     monkeypatch.setattr(archive_module, "_file_crc", counting_file_crc)

@@ -346,3 +346,46 @@ async def test_a_name_longer_than_a_zip_can_hold_is_left_out_when_planned(
     assert messages[1].endswith(
         "out of the ZIP: its entry name has 66582 bytes, more than the 65535 a ZIP can hold"
     )
+
+
+async def _headers_of(client: TestClient[Any, Any], path: str) -> socket.socket:
+    """A GET of ``path`` whose client reads the head and then nothing."""
+    sock = socket.create_connection((client.server.host, client.server.port))
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sock, f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await asyncio.wait_for(loop.sock_recv(sock, 4096), 10)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
+async def test_crc_passes_share_the_threads_and_stop_when_their_clients_hang_up(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    """Two clients ask for a run holding a 32 GiB sparse file: each download
+    starts with a pass over it for its CRC (~10 s each here). Meanwhile
+    another run's ZIP is served as usual (before: it waited for both passes,
+    which held both ZIP threads, 20-60 s); when the two hang up, both passes
+    stop and the file is closed (before: it stayed open until the passes
+    ended)."""
+    huge = tree.render / "huge" / "huge.wav"
+    huge.parent.mkdir()
+    with huge.open("wb") as file:
+        file.truncate(32 << 30)
+    content = os.urandom(8 * 1024 * 1024)
+    write(tree.render / "r" / "mix.wav", content)
+    hanging = [await _headers_of(client, "/api/air/export/zip/huge") for _ in range(2)]
+    try:
+        await wait_until(lambda: len(open_paths_under(huge)) == 2)  # both passes run
+        response = await asyncio.wait_for(client.get("/api/air/export/zip/r"), 10)
+        assert read_zip(await asyncio.wait_for(response.read(), 10)) == {
+            "render/r/mix.wav": content
+        }
+        assert len(open_paths_under(huge)) == 2  # the passes were still running
+    finally:
+        for sock in hanging:
+            sock.close()
+    await wait_until(lambda: not open_paths_under(huge.parent), seconds=5)
+    await wait_until(lambda: _cut_short(client, "client_gone") == 2, seconds=5)
