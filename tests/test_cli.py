@@ -86,8 +86,98 @@ def test_manifest_and_zip_commands_give_what_the_endpoints_give(
     assert archive.returncode == 0, archive.stderr
     assert output.read_bytes() == endpoint_zip
     bad = _cli("zip", "..", "-o", str(tmp_path / "bad.zip"), "--config", str(config))
-    assert bad.returncode == 1 and "invalid_run_id" in bad.stderr
+    assert (bad.returncode, bad.stderr) == (
+        2,
+        "export-service zip: argument render_run_id: '..': a run id must not be '.' or '..' "
+        "(see export-service zip --help)\n",
+    )
     assert not (tmp_path / "bad.zip").exists()
+
+
+@pytest.mark.parametrize(
+    ("output", "says"),
+    [
+        ("{tmp}", "-o {tmp}: is a folder; name the file to write, such as -o {tmp}/export.zip"),
+        (
+            "{tmp}/no such folder/x.zip",
+            "-o {tmp}/no such folder/x.zip: the folder '{tmp}/no such folder' does not exist; "
+            "create it first",
+        ),
+        # A folder nobody may create a file in, root included.
+        (
+            "/proc/x.zip",
+            "-o /proc/x.zip: cannot be written (No such file or directory); "
+            "choose a file in a folder you can write to",
+        ),
+    ],
+)
+def test_zip_to_an_output_it_cannot_write_is_one_line_before_any_work(
+    tree: AirTree, tmp_path: Path, output: str, says: str
+) -> None:
+    """Checked before the ZIP is planned: the run does not even exist (it was
+    made, then a traceback: IsADirectoryError, FileNotFoundError)."""
+    config = _config(tree, tmp_path / "config.toml")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    result = _cli("zip", "no_such_run", "-o", output.format(tmp=folder), "--config", str(config))
+    assert (result.returncode, result.stderr) == (2, f"export-service: {says.format(tmp=folder)}\n")
+    assert list(folder.iterdir()) == []
+
+
+def test_zip_to_a_named_pipe_writes_through_it(tree: AirTree, tmp_path: Path) -> None:
+    """``-o /dev/null`` or a named pipe is written as it is: the output went
+    to a temporary file renamed over the target, which replaced the pipe (and,
+    run as root, /dev/null itself) with a regular file."""
+    write(tree.render / "r" / "mix.wav", b"RIFF")
+    config = _config(tree, tmp_path / "c.toml")
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # a small ZIP fits in its buffer
+    try:
+        result = _cli("zip", "r", "-o", str(pipe), "--config", str(config))
+        assert result.returncode == 0, result.stderr
+        assert pipe.is_fifo()
+        received = os.read(reader, 1 << 16)
+    finally:
+        os.close(reader)
+    assert "render/r/mix.wav" in read_zip(received)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        (
+            ["serve", "--port", "99999"],
+            "export-service serve: argument --port: '99999' is not a port number (0 to 65535)",
+        ),
+        (
+            ["serve", "--port", "-1"],
+            "export-service serve: argument --port: '-1' is not a port number (0 to 65535)",
+        ),
+        (
+            ["serve", "--host", ""],
+            "export-service serve: argument --host: must not be empty (an address or host name)",
+        ),
+        (
+            ["manifest", "r", "--param-run-id", ""],
+            "export-service manifest: argument --param-run-id: '': a run id must not be empty "
+            "or blank",
+        ),
+        (
+            ["link", "r", "a/b"],
+            "export-service link: argument param_run_id: 'a/b': a run id must not contain '/' "
+            "or '\\'",
+        ),
+        (["zip", "r"], "export-service zip: the following arguments are required: -o/--output"),
+        (["serve", "--prot", "1"], "export-service: unrecognized arguments: --prot 1"),
+    ],
+)
+def test_a_bad_argument_is_one_line_and_exit_2(arguments: list[str], says: str) -> None:
+    """argparse's usage lines, an OverflowError traceback (port 99999), or a
+    port of -1 blamed on the host, before."""
+    result = _cli(*arguments)
+    prog = says.partition(":")[0]
+    assert (result.returncode, result.stderr) == (2, f"{says} (see {prog} --help)\n")
 
 
 @pytest.mark.parametrize("command", [["manifest", "r"], ["zip", "r", "-o", "-"]])
@@ -138,8 +228,8 @@ def test_link_command_writes_the_links_file(tree: AirTree, tmp_path: Path) -> No
     assert json.loads(result.stdout)["param_run_id"] == "p1"
     assert json.loads(tree.links.read_text())["r1"]["param_run_id"] == "p1"
     bad = _cli("link", "r1", "..", "--config", str(config))
-    assert bad.returncode == 1
-    assert "invalid_param_run_id" in bad.stderr
+    assert bad.returncode == 2
+    assert "argument param_run_id: '..': a run id must not be '.' or '..'" in bad.stderr
 
 
 def test_check_config_prints_resolved_settings_with_env_overrides(
