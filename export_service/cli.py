@@ -24,11 +24,11 @@ from .app import create_app
 from .config import (
     CONFIG_ENV_VAR,
     ENV_PREFIX,
-    ServerSettings,
     Settings,
-    env_overrides,
+    environment_server_settings,
     resolve_settings,
     settings_from_mapping,
+    unknown_env_vars,
 )
 from .errors import ConfigError, ExportServiceError
 from .exports import ExportSources, export_manifest_json, plan_export_archive
@@ -160,8 +160,13 @@ def _required_settings(config_path: Path | None) -> Settings:
     settings = resolve_settings(config_path, os.environ)
     if settings is None:
         raise ConfigError(
-            f"this command needs --config, ${CONFIG_ENV_VAR}, or the roots or links file "
-            f"in the environment ({ENV_PREFIX}ROOTS_*, {ENV_PREFIX}LINKS_FILE)"
+            "; ".join(
+                [
+                    *unknown_env_vars(os.environ),
+                    f"this command needs --config, ${CONFIG_ENV_VAR}, or the roots or links file "
+                    f"in the environment ({ENV_PREFIX}ROOTS_*, {ENV_PREFIX}LINKS_FILE)",
+                ]
+            )
         )
     return settings
 
@@ -323,11 +328,7 @@ def _run_offline(arguments: argparse.Namespace) -> int:
 def _run_healthcheck(arguments: argparse.Namespace) -> int:
     settings = resolve_settings(arguments.config, os.environ)
     # Without a config, serve runs the sample tree with the environment's server keys.
-    server = (
-        settings.server
-        if settings
-        else ServerSettings.model_validate(env_overrides(os.environ).get("server", {}))
-    )
+    server = settings.server if settings else environment_server_settings(os.environ)
     host, port = server.host, server.port
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
