@@ -196,6 +196,10 @@ def _listen(host: str, port: int) -> socket.socket:
         ) from None
 
 
+def _shown(host: str, port: int) -> tuple[str, int]:
+    return (f"[{host}]" if ":" in host else host, port)
+
+
 def _serve(settings: Settings, host: str | None, port: int | None) -> None:
     server = settings.server
     sock = _listen(host or server.host, port if port is not None else server.port)
@@ -205,8 +209,7 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
     def started(_: str) -> None:
         log.info(
             "listening on http://%s:%s; roots: %s; links: %s",
-            f"[{bound_host}]" if ":" in bound_host else bound_host,
-            bound_port,
+            *_shown(bound_host, bound_port),
             roots,
             settings.links.file,
         )
@@ -225,6 +228,9 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         handler_cancellation=True,
         **runner_options(app),
     )
+    # Also after an idle service stops, which logged nothing: a stop that was
+    # asked for is told apart from a crash.
+    log.info("stopped listening on http://%s:%s", *_shown(bound_host, bound_port))
 
 
 def _run_serve(arguments: argparse.Namespace) -> int:

@@ -157,7 +157,9 @@ def _lower(value: object) -> object:
 class LoggingSettings(_Section):
     # In any case: debug, Info...
     level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = "INFO"
-    format: Annotated[Literal["json", "text"], BeforeValidator(_lower)] = "json"
+    # "auto": text when stderr is a terminal (make run), JSON otherwise (a
+    # container, a pipe, a file).
+    format: Annotated[Literal["json", "text", "auto"], BeforeValidator(_lower)] = "auto"
     # An out-of-resources error (no descriptor left...) is logged at most once
     # this often per message, with how many repeats were suppressed.
     repeated_error_seconds: float = Field(default=10.0, gt=0, le=3600)

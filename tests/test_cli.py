@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -372,11 +374,58 @@ def test_serve_logs_one_line_with_its_address_and_roots(tree: AirTree, tmp_path:
     with live_service(["--config", str(config)]) as service:
         code, output = service.stop()
     assert code == 0, output
-    (line,) = [json.loads(line) for line in output.splitlines() if "listening on" in line]
-    assert line["message"] == (
+    lines = [json.loads(line) for line in output.splitlines()]
+    (started,) = [line for line in lines if line["message"].startswith("listening on")]
+    stopped = lines[-1]
+    assert started["message"] == (
         f"listening on {service.base_url}; roots: render={tree.render}, "
         f"midi_generation={tree.midi}, param_generation={tree.param}; links: {tree.links}"
     )
+    # An idle service that was stopped logged nothing: a stop looked like a crash.
+    assert stopped["message"] == f"stopped listening on {service.base_url}"
+
+
+def test_serve_in_a_terminal_logs_text_with_the_json_fields(tmp_path: Path) -> None:
+    """``make run`` in a terminal: text lines, with what JSON lines hold (the
+    request id, duration, client address, the time in UTC with its zone); in
+    a pipe (a container's log), JSON."""
+    port = free_port()
+    env = {
+        **{key: value for key, value in os.environ.items() if not key.startswith("EXPORT_")},
+        "EXPORT_SERVICE_SERVER_HOST": "127.0.0.1",
+        "EXPORT_SERVICE_SERVER_PORT": str(port),
+    }
+    controller, terminal = os.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "export_service", "serve"], stderr=terminal, env=env
+    ) as process:
+        os.close(terminal)
+        url = f"http://127.0.0.1:{port}/api/air/export/list/{SAMPLE_RENDER_RUN_ID}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                request = urllib.request.Request(url, headers={"X-Request-ID": "find-me.1"})
+                urllib.request.urlopen(request, timeout=5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.1)
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+    output = b""
+    with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
+        while chunk := os.read(controller, 65536):
+            output += chunk
+    os.close(controller)
+    lines = output.decode().splitlines()
+    (access,) = [line for line in lines if "export_service.access" in line]
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 INFO export_service\.access "
+        rf"GET /api/air/export/list/{SAMPLE_RENDER_RUN_ID} 200 \d+ complete "
+        r"request_id=find-me\.1 duration_ms=[\d.]+ remote=127\.0\.0\.1",
+        access,
+    ), access
+    assert lines[-1].endswith(f" INFO export_service stopped listening on http://127.0.0.1:{port}")
 
 
 def test_a_port_in_use_is_one_line_and_exit_2(tree: AirTree, tmp_path: Path) -> None:
