@@ -47,7 +47,8 @@ fmt: $(DEV_STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## bench: every benchmark under bench/, each printing a Markdown table (a few minutes;
-## the throughput benchmark installs Debian's nginx-light when it is missing and it can)
+## bench: every benchmark under bench/, each printing a Markdown table (about 13
+## minutes: 750 s measured on 2 cores; the throughput benchmark installs Debian's
+## nginx-light when it is missing and it can)
 bench: $(DEV_STAMP)
 	@for name in $(BENCHMARKS); do $(BIN)/python bench/$$name.py || exit 1; done
