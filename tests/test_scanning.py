@@ -168,7 +168,7 @@ def test_the_index_does_not_list_a_settled_root_again(
     listings: list[str] = []
     real_listing = scanning.run_folder_names
 
-    def counting_listing(root: str) -> list[str]:
+    def counting_listing(root: str) -> list[str] | None:
         listings.append(root)
         return real_listing(root)
 
