@@ -27,6 +27,26 @@ MIB = 1024 * 1024
 REFERENCE_RUN = "bench_run"
 
 
+def _require_the_services_dependencies() -> None:
+    """One line and exit 2 when this Python cannot run the service: a bare
+    ``python bench/huge_runs.py`` made its million files for a minute, then
+    each service it started died on ``No module named 'aiohttp'`` and the
+    bench failed with "did not come up"."""
+    try:
+        import export_service.cli  # noqa: F401  (imports every dependency of serve)
+    except ModuleNotFoundError as error:
+        print(
+            f"bench: {sys.executable} cannot import {error.name!r}, which the service needs: "
+            "run the benchmarks with .venv/bin/python (make .venv/.installed makes it) "
+            "or make bench",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+_require_the_services_dependencies()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

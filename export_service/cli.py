@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 from aiohttp import web
 
@@ -24,16 +24,16 @@ from .app import create_app
 from .config import (
     CONFIG_ENV_VAR,
     ENV_PREFIX,
-    ServerSettings,
     Settings,
-    env_overrides,
+    environment_server_settings,
     resolve_settings,
     settings_from_mapping,
+    unknown_env_vars,
 )
 from .errors import ConfigError, ExportServiceError
 from .exports import ExportSources, export_manifest_json, plan_export_archive
 from .logs import setup_logging
-from .run_ids import check_param_run_id, check_render_run_id
+from .run_ids import run_id_problem
 from .sample import SAMPLE_RENDER_RUN_ID, create_sample_tree
 from .shutdown import CANCEL_WAIT_SECONDS
 
@@ -45,11 +45,43 @@ HEALTHCHECK_TIMEOUT_SECONDS = 2.0
 
 
 class StartupError(Exception):
-    """The service cannot start (its port is taken): one line, exit 2."""
+    """The service cannot start (its port is taken), or a command's input
+    cannot be used (its output is a folder): one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with each error on one line (argparse prints the usage
+    first): what is wrong, and where the help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (0 to 65535)")
+    return port
+
+
+def _host(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty (an address or host name)")
+    return value
+
+
+def _run_id(value: str) -> str:
+    problem = run_id_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{value!r}: a run id {problem}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="export-service",
         description="An AIR project's artifacts as a JSON manifest or one streamed ZIP.",
         epilog=f"The config file comes from --config or ${CONFIG_ENV_VAR}; any key can be "
@@ -70,24 +102,28 @@ def _parser() -> argparse.ArgumentParser:
         "Start the HTTP service. Without a config file (and without "
         f"{ENV_PREFIX}* settings) it serves a built-in sample tree on 127.0.0.1:8080.",
     )
-    serve.add_argument("--host", help="override server.host")
-    serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument("--host", type=_host, help="override server.host")
+    serve.add_argument("--port", type=_port, help="override server.port (0 to 65535)")
 
     manifest = command(
         "manifest",
         "print a project's manifest JSON",
         "Print the manifest of RENDER_RUN_ID, the same JSON the list endpoint returns.",
     )
-    manifest.add_argument("render_run_id")
-    manifest.add_argument("--param-run-id", help="param run to include (default: the link)")
+    manifest.add_argument("render_run_id", type=_run_id)
+    manifest.add_argument(
+        "--param-run-id", type=_run_id, help="param run to include (default: the link)"
+    )
 
     archive = command(
         "zip",
         "write a project's ZIP",
         "Write the ZIP of RENDER_RUN_ID, the same bytes the zip endpoint streams.",
     )
-    archive.add_argument("render_run_id")
-    archive.add_argument("--param-run-id", help="param run to include (default: the link)")
+    archive.add_argument("render_run_id", type=_run_id)
+    archive.add_argument(
+        "--param-run-id", type=_run_id, help="param run to include (default: the link)"
+    )
     archive.add_argument(
         "-o", "--output", type=Path, required=True, help="file to write ('-' for standard output)"
     )
@@ -98,8 +134,8 @@ def _parser() -> argparse.ArgumentParser:
         "Set RENDER_RUN_ID -> PARAM_RUN_ID in the configured step_links.json, "
         "with the same locking as the service (safe while it runs).",
     )
-    link.add_argument("render_run_id")
-    link.add_argument("param_run_id")
+    link.add_argument("render_run_id", type=_run_id)
+    link.add_argument("param_run_id", type=_run_id)
 
     health = command(
         "healthcheck",
@@ -124,8 +160,13 @@ def _required_settings(config_path: Path | None) -> Settings:
     settings = resolve_settings(config_path, os.environ)
     if settings is None:
         raise ConfigError(
-            f"this command needs --config, ${CONFIG_ENV_VAR}, or the roots or links file "
-            f"in the environment ({ENV_PREFIX}ROOTS_*, {ENV_PREFIX}LINKS_FILE)"
+            "; ".join(
+                [
+                    *unknown_env_vars(os.environ),
+                    f"this command needs --config, ${CONFIG_ENV_VAR}, or the roots or links file "
+                    f"in the environment ({ENV_PREFIX}ROOTS_*, {ENV_PREFIX}LINKS_FILE)",
+                ]
+            )
         )
     return settings
 
@@ -155,6 +196,10 @@ def _listen(host: str, port: int) -> socket.socket:
         ) from None
 
 
+def _shown(host: str, port: int) -> tuple[str, int]:
+    return (f"[{host}]" if ":" in host else host, port)
+
+
 def _serve(settings: Settings, host: str | None, port: int | None) -> None:
     server = settings.server
     sock = _listen(host or server.host, port if port is not None else server.port)
@@ -164,8 +209,7 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
     def started(_: str) -> None:
         log.info(
             "listening on http://%s:%s; roots: %s; links: %s",
-            f"[{bound_host}]" if ":" in bound_host else bound_host,
-            bound_port,
+            *_shown(bound_host, bound_port),
             roots,
             settings.links.file,
         )
@@ -184,6 +228,9 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         handler_cancellation=True,
         **runner_options(app),
     )
+    # Also after an idle service stops, which logged nothing: a stop that was
+    # asked for is told apart from a crash.
+    log.info("stopped listening on http://%s:%s", *_shown(bound_host, bound_port))
 
 
 def _run_serve(arguments: argparse.Namespace) -> int:
@@ -219,37 +266,64 @@ def _run_serve(arguments: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _output(path: Path) -> Iterator[BinaryIO]:
-    """A binary file to write, or stdout for '-'; a failed file is removed."""
+    """A binary file to write, or stdout for '-'; a failed file is removed.
+    Opened at once, so a path that cannot be written is one line (exit 2)
+    before any work is done, not a traceback once the ZIP is made."""
     if str(path) == "-":
         yield sys.stdout.buffer
         return
+    if path.is_dir():
+        raise StartupError(
+            f"-o {path}: is a folder; name the file to write, such as -o {path / 'export.zip'}"
+        )
+    if path.exists() and not path.is_file():
+        # /dev/null, a named pipe: written as it is (a temporary file
+        # renamed over it would replace the device or pipe).
+        with _opened(path, path) as handle:
+            yield handle
+        return
+    if not path.parent.is_dir():
+        raise StartupError(
+            f"-o {path}: the folder {str(path.parent)!r} does not exist; create it first"
+        )
     temp = path.with_name(f".{path.name}.part")
     try:
-        with temp.open("wb") as handle:
+        with _opened(temp, path) as handle:
             yield handle
         temp.replace(path)
     finally:
         temp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _opened(path: Path, named: Path) -> Iterator[BinaryIO]:
+    try:
+        handle = path.open("wb")
+    except OSError as error:
+        raise StartupError(
+            f"-o {named}: cannot be written ({os.strerror(error.errno or 0)}); "
+            "choose a file in a folder you can write to"
+        ) from None
+    with handle:
+        yield handle
+
+
 def _run_offline(arguments: argparse.Namespace) -> int:
     settings = _required_settings(arguments.config)
     setup_logging("WARNING", settings.logging.format)
     sources = ExportSources.from_settings(settings)
-    render_run_id = check_render_run_id(arguments.render_run_id)
+    render_run_id = arguments.render_run_id
     if arguments.command == "link":
-        link = sources.links.link(render_run_id, check_param_run_id(arguments.param_run_id))
+        link = sources.links.link(render_run_id, arguments.param_run_id)
         record = {"render_run_id": render_run_id, **link._asdict()}
         print(json.dumps(record, ensure_ascii=False))
         return 0
-    param_run_id = arguments.param_run_id or None
-    if param_run_id is not None:
-        check_param_run_id(param_run_id)
+    param_run_id = arguments.param_run_id
     if arguments.command == "manifest":
         print(export_manifest_json(sources, render_run_id, param_run_id).json.decode())
         return 0
-    archive = plan_export_archive(sources, render_run_id, param_run_id)
     with _output(arguments.output) as handle:
+        archive = plan_export_archive(sources, render_run_id, param_run_id)
         for chunk in archive.chunks():
             handle.write(chunk)
     for skipped in archive.skipped:
@@ -260,11 +334,7 @@ def _run_offline(arguments: argparse.Namespace) -> int:
 def _run_healthcheck(arguments: argparse.Namespace) -> int:
     settings = resolve_settings(arguments.config, os.environ)
     # Without a config, serve runs the sample tree with the environment's server keys.
-    server = (
-        settings.server
-        if settings
-        else ServerSettings.model_validate(env_overrides(os.environ).get("server", {}))
-    )
+    server = settings.server if settings else environment_server_settings(os.environ)
     host, port = server.host, server.port
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"

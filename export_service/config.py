@@ -8,25 +8,33 @@ wins over the file.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
-    model_validator,
+    ValidationInfo,
+    field_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .cpus import usable_cpus
 from .errors import ConfigError
 
 ENV_PREFIX = "EXPORT_SERVICE_"
 CONFIG_ENV_VAR = ENV_PREFIX + "CONFIG"
+# Variables of the prefix that are no config key: the file's path, and the
+# AIR backend's address of this service (fastapi_proxy; a shell or a
+# compose file may hand both programs one environment).
+OTHER_ENV_VARS = frozenset({CONFIG_ENV_VAR, ENV_PREFIX + "URL"})
 MIB = 1024 * 1024
 
 
@@ -138,9 +146,20 @@ class AuthSettings(_Section):
     token: str = Field(default="", repr=False)
 
 
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
 class LoggingSettings(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    format: Literal["json", "text"] = "json"
+    # In any case: debug, Info...
+    level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = "INFO"
+    # "auto": text when stderr is a terminal (make run), JSON otherwise (a
+    # container, a pipe, a file).
+    format: Annotated[Literal["json", "text", "auto"], BeforeValidator(_lower)] = "auto"
     # An out-of-resources error (no descriptor left...) is logged at most once
     # this often per message, with how many repeats were suppressed.
     repeated_error_seconds: float = Field(default=10.0, gt=0, le=3600)
@@ -155,16 +174,35 @@ class Settings(_Section):
     auth: AuthSettings = AuthSettings()
     logging: LoggingSettings = LoggingSettings()
 
-    @model_validator(mode="after")
-    def _roots_exist_when_required(self) -> Self:
-        if self.server.require_roots:
-            for key, path in self.roots:
-                if not path.is_dir():
-                    raise ValueError(
-                        f"roots.{key}: {str(path)!r} does not exist "
-                        "(set server.require_roots = false to start without it)"
+    @field_validator("roots")
+    @classmethod
+    def _roots_exist_when_required(
+        cls, roots: RootsSettings, info: ValidationInfo
+    ) -> RootsSettings:
+        """Every root that does not exist, each under its own key (not the
+        first alone); not checked when ``server`` itself is invalid."""
+        server = info.data.get("server")
+        if server is None or not server.require_roots:
+            return roots
+        missing = [(key, path) for key, path in roots if not path.is_dir()]
+        if missing:
+            hint = " (set server.require_roots = false to start without it)"
+            raise ValidationError.from_exception_data(
+                "roots",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "root_missing",
+                            "{path} does not exist" + (hint if index == len(missing) - 1 else ""),
+                            {"path": repr(str(path))},
+                        ),
+                        loc=(key,),
+                        input=str(path),
                     )
-        return self
+                    for index, (key, path) in enumerate(missing)
+                ],
+            )
+        return roots
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -185,16 +223,63 @@ def env_var(section: str, key: str) -> str:
     return f"{ENV_PREFIX}{section}_{key}".upper()
 
 
-def _describe(error: ValidationError, from_env: set[tuple[str, str]], source: str) -> str:
-    """One line per problem, naming where the bad value came from: the
-    variable for an environment override, else the key (after ``source``)."""
+def _config_env_vars() -> dict[str, tuple[str, str]]:
+    """Every config key's variable -> (section, key)."""
+    found = {}
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        for key in model.model_fields:
+            found[env_var(section, key)] = (section, key)
+    return found
+
+
+def unknown_env_vars(environ: Mapping[str, str]) -> list[str]:
+    """A problem for each ``EXPORT_SERVICE_*`` variable that is no config key
+    (nor another variable of the service), naming the nearest known one: a
+    typo (``EXPORT_SERVICE_SERVER_PROT``) would otherwise change nothing,
+    silently."""
+    known = sorted({*_config_env_vars(), *OTHER_ENV_VARS})
+    problems = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"did you mean {nearest[0]}?" if nearest else f"the keys are {ENV_PREFIX}..."
+            problems.append(f"{name}: unknown variable ({hint})")
+    return problems
+
+
+def _section_keys(section: str) -> list[str]:
+    model = Settings.model_fields[section].annotation
+    assert isinstance(model, type) and issubclass(model, BaseModel)
+    return [key for key, field in model.model_fields.items() if field.is_required()]
+
+
+def _describe(error: ValidationError, from_env: set[tuple[str, str]], source: str) -> list[str]:
+    """One problem per line, naming where the bad value came from: the
+    variable for an environment override, else the key (after ``source``);
+    a missing key is named as the variable when the environment is the
+    whole config (no ``source``), else as the key and its variable."""
     lines = []
     for item in error.errors():
         location = tuple(str(part) for part in item["loc"])
+        if item["type"] == "missing":
+            keys = (
+                [location[:2]]
+                if len(location) > 1
+                else [(location[0], key) for key in _section_keys(location[0])]
+            )
+            for key in keys:
+                if source:
+                    lines.append(
+                        f"{source}: {'.'.join(key)}: is required but missing "
+                        f"(or set {env_var(*key)})"
+                    )
+                else:
+                    lines.append(f"{env_var(*key)}: is required but missing")
+            continue
         if item["type"] == "extra_forbidden":
             message = "unknown key"
-        elif item["type"] == "missing":
-            message = "is required but missing"
         else:
             message = str(item["msg"]).removeprefix("Value error, ")
         if location[:2] in from_env:
@@ -202,7 +287,7 @@ def _describe(error: ValidationError, from_env: set[tuple[str, str]], source: st
             continue
         line = f"{'.'.join(location)}: {message}" if location else message
         lines.append(f"{source}: {line}" if source else line)
-    return "; ".join(lines)
+    return lines
 
 
 def settings_from_mapping(
@@ -218,10 +303,15 @@ def settings_from_mapping(
             raise ConfigError(f"{source + ': ' if source else ''}{section}: must be a table")
         merged.setdefault(section, {}).update(values)
     from_env = {(section, key) for section, values in overrides.items() for key in values}
+    # Every problem at once: a typo in a variable's name and each bad value.
+    problems = unknown_env_vars(environ or {})
     try:
-        return Settings.model_validate(merged)
+        settings = Settings.model_validate(merged)
     except ValidationError as error:
-        raise ConfigError(_describe(error, from_env, source)) from None
+        problems += _describe(error, from_env, source)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return settings
 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
@@ -237,6 +327,24 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
     return settings_from_mapping(data, environ, source=f"config file {str(path)!r}")
+
+
+def environment_server_settings(environ: Mapping[str, str]) -> ServerSettings:
+    """The server keys the environment alone sets (with no config file,
+    ``serve`` runs the sample tree with them)."""
+    problems = unknown_env_vars(environ)
+    overrides = env_overrides(environ).get("server", {})
+    try:
+        server = _ServerOnly.model_validate({"server": overrides}).server
+    except ValidationError as error:
+        problems += _describe(error, {("server", key) for key in overrides}, "")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return server
+
+
+class _ServerOnly(_Section):
+    server: ServerSettings
 
 
 def resolve_settings(config_path: Path | None, environ: Mapping[str, str]) -> Settings | None:

@@ -7,8 +7,10 @@ Blocking functions, each run off the event loop in one hop by its caller
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, get_args
 
 from .archive import CrcCache, ExportArchive, plan_archive
@@ -17,7 +19,45 @@ from .errors import ExportTooLarge
 from .links import LinkStore
 from .manifest import Export, Step, StepFiles
 from .safe_files import resolved
-from .scanning import FolderScan, RunFolderIndex, exact_run_folder, scan_run_folder
+from .scanning import (
+    UNLISTED_REASONS,
+    FolderScan,
+    RunFolderIndex,
+    exact_run_folder,
+    root_problem,
+    scan_run_folder,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RootStates:
+    """Whether each root could be read at the last export that looked, so
+    that the log says it once per change: when a root becomes unreadable
+    (each request that misses it counts it in X-Export-Unlisted-Paths), and
+    when it can be read again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._problems: dict[Step, str | None] = {}
+
+    def note(self, step: Step, root: str, error: OSError | None) -> None:
+        problem = error.strerror if error is not None else None
+        with self._lock:
+            if self._problems.get(step) == problem:
+                return
+            was = self._problems.get(step, None)
+            self._problems[step] = problem
+        if problem is not None:
+            log.warning(
+                "roots.%s %r cannot be read (%s): its files are left out of every export "
+                "until it can",
+                step,
+                root,
+                problem,
+            )
+        elif was is not None:
+            log.info("roots.%s %r can be read again", step, root)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +69,7 @@ class ExportSources:
     links: LinkStore
     midi_folders: RunFolderIndex
     param_folders: RunFolderIndex
+    root_states: RootStates = field(default_factory=RootStates)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ExportSources:
@@ -71,6 +112,12 @@ def build_export(sources: ExportSources, render_run_id: str, param_run_id: str |
     steps: list[StepFiles] = []
     for step, root, prefix, folder in lookups:
         scan = FolderScan()
+        # A root the service cannot read is no run without files: it counts
+        # as a path that could not be listed (the header, the metric).
+        problem = None if folder else root_problem(root)
+        sources.root_states.note(step, root, problem)
+        if problem is not None:
+            scan.unlisted[UNLISTED_REASONS.get(problem.errno or 0, "error")] += 1
         if folder:
             try:
                 scan = scan_run_folder(

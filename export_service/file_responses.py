@@ -37,6 +37,7 @@ from .manifest import Step
 from .offload import open_off_loop
 from .safe_files import RootFile, open_root_file
 from .send_progress import SendProgress
+from .urls import content_disposition, url_path_segments
 
 # The logger these lines always had (log queries may select on it).
 log = logging.getLogger("export_service.file_urls")
@@ -77,14 +78,14 @@ def file_route(step: Step, prefix: str) -> web.RouteDef:
         root = str(getattr(request.app[SETTINGS].roots, step))
         opened = await open_off_loop(request.app[IO_EXECUTOR], open_root_file, root, raw_tail)
         try:
-            return await _send(request, opened)
+            return await _send(request, opened, url_path_segments(raw_tail)[-1])
         finally:
             opened.close()
 
     return web.get(prefix + r"/{tail:[\s\S]+}", serve_file, name=f"file_{step}")
 
 
-async def _send(request: web.Request, opened: RootFile) -> web.StreamResponse:
+async def _send(request: web.Request, opened: RootFile, name: str) -> web.StreamResponse:
     size = opened.info.st_size
     etag = _etag(opened)
     last_modified = datetime.fromtimestamp(opened.info.st_mtime_ns // 1_000_000_000, UTC)
@@ -109,7 +110,13 @@ async def _send(request: web.Request, opened: RootFile) -> web.StreamResponse:
     first, last = byte_range or (0, size - 1)
     response = web.StreamResponse(
         status=206 if byte_range else 200,
-        headers={hdrs.ETAG: etag, hdrs.ACCEPT_RANGES: "bytes"},
+        headers={
+            hdrs.ETAG: etag,
+            hdrs.ACCEPT_RANGES: "bytes",
+            # The name the URL asked for (not a link's target), so that
+            # curl -OJ and "save as" keep it; inline: shown or played in place.
+            hdrs.CONTENT_DISPOSITION: content_disposition("inline", name, ascii_only=False),
+        },
     )
     if byte_range:
         response.headers[hdrs.CONTENT_RANGE] = f"bytes {first}-{last}/{size}"

@@ -55,7 +55,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": _utc_time(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -85,23 +85,46 @@ def escape_controls(text: str) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``time level logger message``, one line per record; a traceback
-    follows on lines indented by two spaces (no line of it starts like a
-    record)."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        return escape_controls(super().formatMessage(record))
+    """``time level logger message key=value...``, one line per record, with
+    what a JSON line holds: the time in UTC with its zone (as JSON's), the
+    request id and the record's ``fields`` (those the message does not
+    already show as a word: an access line's method, path, status...). A
+    traceback follows on lines indented by two spaces (no line of it starts
+    like a record)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        record = copy.copy(record)  # other handlers see the record unchanged
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = _indent(record.exc_text)
-        return super().format(record)
+        message = record.getMessage()
+        words = set(message.split(" "))
+        extra: dict[str, object] = {}
+        if current_request_id := getattr(record, "request_id", None):
+            extra["request_id"] = current_request_id
+        extra.update(getattr(record, "fields", {}))
+        pairs = " ".join(
+            f"{key}={_text_value(value)}"
+            for key, value in extra.items()
+            if value is not None and str(value) not in words
+        )
+        line = escape_controls(
+            f"{_utc_time(record)} {record.levelname} {record.name} {message}"
+            + (f" {pairs}" if pairs else "")
+        )
+        exc_text = record.exc_text
+        if record.exc_info and not exc_text:
+            exc_text = self.formatException(record.exc_info)
+        return f"{line}\n{_indent(exc_text)}" if exc_text else line
+
+
+def _utc_time(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
+def _text_value(value: object) -> str:
+    """A field's value as one word: quoted (JSON) when it holds a space or
+    a quote, or is empty."""
+    text = str(value)
+    return (
+        json.dumps(text, ensure_ascii=False) if not text or any(c in text for c in ' "=') else text
+    )
 
 
 def _indent(text: str) -> str:
@@ -198,7 +221,9 @@ def setup_logging(
     level: str, format: str, queue_size: int = 10_000, repeat_seconds: float = 10.0
 ) -> None:
     """Root logging to stderr, written by a background thread; out-of-resources
-    errors at most once per ``repeat_seconds`` per message."""
+    errors at most once per ``repeat_seconds`` per message. ``format`` is
+    "json", "text", or "auto": text when stderr is a terminal (a person
+    reading), JSON otherwise (a container's log, a pipe, a file)."""
     global _listener, _repeat_limiter
     stop_logging()
     if _repeat_limiter is not None:
@@ -206,7 +231,8 @@ def setup_logging(
     _repeat_limiter = RepeatLimiter(repeat_seconds)
     _ASYNCIO.addFilter(_repeat_limiter)
     writer = logging.StreamHandler(sys.stderr)
-    writer.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
+    text = format == "text" or (format == "auto" and sys.stderr.isatty())
+    writer.setFormatter(TextFormatter() if text else JsonFormatter())
     records: queue.Queue[logging.LogRecord] = queue.Queue(queue_size)
     handler = _DroppingQueueHandler(records)
     handler.addFilter(RequestIdFilter())  # runs in the caller, where the request's context is

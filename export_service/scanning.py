@@ -61,15 +61,29 @@ def _folder_inside(root_real: str, path: str) -> str | None:
         return None
 
 
-def run_folder_names(root: str) -> list[str]:
-    """Names directly inside ``root``; empty when it cannot be listed."""
+def run_folder_names(root: str) -> list[str] | None:
+    """Names directly inside ``root``; None when it cannot be listed (the
+    export that misses the root says why: exports.root_problem)."""
     try:
         with os.scandir(root) as entries:
             return [entry.name for entry in entries]
     except OSError as error:
         raise_if_out_of_descriptors(error)
-        log.warning("cannot list root %s: %s", root, error.strerror)
-        return []
+        return None
+
+
+def root_problem(root: str) -> OSError | None:
+    """Why ``root`` cannot be searched for run folders (it cannot be listed,
+    or paths inside it cannot be reached: a folder of mode 0700 that another
+    user owns), or None. Two system calls."""
+    try:
+        os.close(os.open(root, os.O_RDONLY | os.O_DIRECTORY))
+        os.stat(os.path.join(root, "."))  # needs search (x) permission
+    except OSError as error:
+        raise_if_out_of_descriptors(error)
+        # Absent (server.require_roots = false; /readyz says so): no run yet.
+        return None if error.errno in _GONE else error
+    return None
 
 
 class RunFolderIndex:
@@ -101,11 +115,16 @@ class RunFolderIndex:
         with self._lock:
             if self._trusted and mtime_ns == self._mtime_ns:
                 return
-            names = run_folder_names(self.root) if mtime_ns is not None else []
+            listed = run_folder_names(self.root) if mtime_ns is not None else None
+            names = listed or []
             self._names = frozenset(names)
             self._reversed = sorted(name[::-1] for name in names)
             self._mtime_ns = mtime_ns
-            self._trusted = mtime_ns is not None and time.time_ns() - mtime_ns > self._SETTLE_NS
+            # A listing that failed is not kept: a chmod that makes the root
+            # readable again leaves its mtime as it was.
+            self._trusted = (
+                listed is not None and time.time_ns() - (mtime_ns or 0) > self._SETTLE_NS
+            )
 
     def candidates(self, run_id: str) -> list[str]:
         """Names that are ``run_id`` or end with ``_<run_id>``, newest first."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from urllib.parse import quote
 
 from aiohttp import hdrs, web
 
@@ -41,6 +40,7 @@ from .offload import run_blocking
 from .safe_files import DESCRIPTORS_PER_DOWNLOAD
 from .send_progress import SendProgress
 from .streaming import OffloadedChunks
+from .urls import content_disposition as named
 
 # The logger these lines always had (log queries may select on it).
 log = logging.getLogger("export_service.routes")
@@ -53,14 +53,7 @@ UNLISTED_HEADER = "X-Export-Unlisted-Paths"
 def content_disposition(render_run_id: str) -> str:
     """``attachment`` with an ASCII ``filename`` and, where that had to change
     the name, the exact one as RFC 6266 ``filename*``."""
-    filename = f"export_{render_run_id}.zip"
-    fallback = "".join(
-        char if " " <= char <= "~" and char not in '"\\' else "_" for char in filename
-    )
-    value = f'attachment; filename="{fallback}"'
-    if fallback != filename:
-        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
-    return value
+    return named("attachment", f"export_{render_run_id}.zip")
 
 
 class ZipResponse:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -86,8 +88,98 @@ def test_manifest_and_zip_commands_give_what_the_endpoints_give(
     assert archive.returncode == 0, archive.stderr
     assert output.read_bytes() == endpoint_zip
     bad = _cli("zip", "..", "-o", str(tmp_path / "bad.zip"), "--config", str(config))
-    assert bad.returncode == 1 and "invalid_run_id" in bad.stderr
+    assert (bad.returncode, bad.stderr) == (
+        2,
+        "export-service zip: argument render_run_id: '..': a run id must not be '.' or '..' "
+        "(see export-service zip --help)\n",
+    )
     assert not (tmp_path / "bad.zip").exists()
+
+
+@pytest.mark.parametrize(
+    ("output", "says"),
+    [
+        ("{tmp}", "-o {tmp}: is a folder; name the file to write, such as -o {tmp}/export.zip"),
+        (
+            "{tmp}/no such folder/x.zip",
+            "-o {tmp}/no such folder/x.zip: the folder '{tmp}/no such folder' does not exist; "
+            "create it first",
+        ),
+        # A folder nobody may create a file in, root included.
+        (
+            "/proc/x.zip",
+            "-o /proc/x.zip: cannot be written (No such file or directory); "
+            "choose a file in a folder you can write to",
+        ),
+    ],
+)
+def test_zip_to_an_output_it_cannot_write_is_one_line_before_any_work(
+    tree: AirTree, tmp_path: Path, output: str, says: str
+) -> None:
+    """Checked before the ZIP is planned: the run does not even exist (it was
+    made, then a traceback: IsADirectoryError, FileNotFoundError)."""
+    config = _config(tree, tmp_path / "config.toml")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    result = _cli("zip", "no_such_run", "-o", output.format(tmp=folder), "--config", str(config))
+    assert (result.returncode, result.stderr) == (2, f"export-service: {says.format(tmp=folder)}\n")
+    assert list(folder.iterdir()) == []
+
+
+def test_zip_to_a_named_pipe_writes_through_it(tree: AirTree, tmp_path: Path) -> None:
+    """``-o /dev/null`` or a named pipe is written as it is: the output went
+    to a temporary file renamed over the target, which replaced the pipe (and,
+    run as root, /dev/null itself) with a regular file."""
+    write(tree.render / "r" / "mix.wav", b"RIFF")
+    config = _config(tree, tmp_path / "c.toml")
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # a small ZIP fits in its buffer
+    try:
+        result = _cli("zip", "r", "-o", str(pipe), "--config", str(config))
+        assert result.returncode == 0, result.stderr
+        assert pipe.is_fifo()
+        received = os.read(reader, 1 << 16)
+    finally:
+        os.close(reader)
+    assert "render/r/mix.wav" in read_zip(received)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        (
+            ["serve", "--port", "99999"],
+            "export-service serve: argument --port: '99999' is not a port number (0 to 65535)",
+        ),
+        (
+            ["serve", "--port", "-1"],
+            "export-service serve: argument --port: '-1' is not a port number (0 to 65535)",
+        ),
+        (
+            ["serve", "--host", ""],
+            "export-service serve: argument --host: must not be empty (an address or host name)",
+        ),
+        (
+            ["manifest", "r", "--param-run-id", ""],
+            "export-service manifest: argument --param-run-id: '': a run id must not be empty "
+            "or blank",
+        ),
+        (
+            ["link", "r", "a/b"],
+            "export-service link: argument param_run_id: 'a/b': a run id must not contain '/' "
+            "or '\\'",
+        ),
+        (["zip", "r"], "export-service zip: the following arguments are required: -o/--output"),
+        (["serve", "--prot", "1"], "export-service: unrecognized arguments: --prot 1"),
+    ],
+)
+def test_a_bad_argument_is_one_line_and_exit_2(arguments: list[str], says: str) -> None:
+    """argparse's usage lines, an OverflowError traceback (port 99999), or a
+    port of -1 blamed on the host, before."""
+    result = _cli(*arguments)
+    prog = says.partition(":")[0]
+    assert (result.returncode, result.stderr) == (2, f"{says} (see {prog} --help)\n")
 
 
 @pytest.mark.parametrize("command", [["manifest", "r"], ["zip", "r", "-o", "-"]])
@@ -138,8 +230,8 @@ def test_link_command_writes_the_links_file(tree: AirTree, tmp_path: Path) -> No
     assert json.loads(result.stdout)["param_run_id"] == "p1"
     assert json.loads(tree.links.read_text())["r1"]["param_run_id"] == "p1"
     bad = _cli("link", "r1", "..", "--config", str(config))
-    assert bad.returncode == 1
-    assert "invalid_param_run_id" in bad.stderr
+    assert bad.returncode == 2
+    assert "argument param_run_id: '..': a run id must not be '.' or '..'" in bad.stderr
 
 
 def test_check_config_prints_resolved_settings_with_env_overrides(
@@ -282,11 +374,58 @@ def test_serve_logs_one_line_with_its_address_and_roots(tree: AirTree, tmp_path:
     with live_service(["--config", str(config)]) as service:
         code, output = service.stop()
     assert code == 0, output
-    (line,) = [json.loads(line) for line in output.splitlines() if "listening on" in line]
-    assert line["message"] == (
+    lines = [json.loads(line) for line in output.splitlines()]
+    (started,) = [line for line in lines if line["message"].startswith("listening on")]
+    stopped = lines[-1]
+    assert started["message"] == (
         f"listening on {service.base_url}; roots: render={tree.render}, "
         f"midi_generation={tree.midi}, param_generation={tree.param}; links: {tree.links}"
     )
+    # An idle service that was stopped logged nothing: a stop looked like a crash.
+    assert stopped["message"] == f"stopped listening on {service.base_url}"
+
+
+def test_serve_in_a_terminal_logs_text_with_the_json_fields(tmp_path: Path) -> None:
+    """``make run`` in a terminal: text lines, with what JSON lines hold (the
+    request id, duration, client address, the time in UTC with its zone); in
+    a pipe (a container's log), JSON."""
+    port = free_port()
+    env = {
+        **{key: value for key, value in os.environ.items() if not key.startswith("EXPORT_")},
+        "EXPORT_SERVICE_SERVER_HOST": "127.0.0.1",
+        "EXPORT_SERVICE_SERVER_PORT": str(port),
+    }
+    controller, terminal = os.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "export_service", "serve"], stderr=terminal, env=env
+    ) as process:
+        os.close(terminal)
+        url = f"http://127.0.0.1:{port}/api/air/export/list/{SAMPLE_RENDER_RUN_ID}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                request = urllib.request.Request(url, headers={"X-Request-ID": "find-me.1"})
+                urllib.request.urlopen(request, timeout=5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.1)
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+    output = b""
+    with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
+        while chunk := os.read(controller, 65536):
+            output += chunk
+    os.close(controller)
+    lines = output.decode().splitlines()
+    (access,) = [line for line in lines if "export_service.access" in line]
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 INFO export_service\.access "
+        rf"GET /api/air/export/list/{SAMPLE_RENDER_RUN_ID} 200 \d+ complete "
+        r"request_id=find-me\.1 duration_ms=[\d.]+ remote=127\.0\.0\.1",
+        access,
+    ), access
+    assert lines[-1].endswith(f" INFO export_service stopped listening on http://127.0.0.1:{port}")
 
 
 def test_a_port_in_use_is_one_line_and_exit_2(tree: AirTree, tmp_path: Path) -> None:

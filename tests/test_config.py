@@ -3,7 +3,12 @@ from pathlib import Path
 
 import pytest
 
-from export_service.config import load_settings
+from export_service.config import (
+    environment_server_settings,
+    load_settings,
+    resolve_settings,
+    settings_from_mapping,
+)
 from export_service.errors import ConfigError
 from tests.conftest import AirTree
 
@@ -81,8 +86,17 @@ def test_invalid_values_name_their_key(
 def test_missing_section_and_bad_toml(tree: AirTree, tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text("[server]\nport = 1\n")
-    with pytest.raises(ConfigError, match="roots: is required but missing"):
+    with pytest.raises(ConfigError) as missing:
         load_settings(path)
+    assert str(missing.value) == "; ".join(
+        f"config file {str(path)!r}: {key}: is required but missing (or set {variable})"
+        for key, variable in [
+            ("roots.render", "EXPORT_SERVICE_ROOTS_RENDER"),
+            ("roots.midi_generation", "EXPORT_SERVICE_ROOTS_MIDI_GENERATION"),
+            ("roots.param_generation", "EXPORT_SERVICE_ROOTS_PARAM_GENERATION"),
+            ("links.file", "EXPORT_SERVICE_LINKS_FILE"),
+        ]
+    )
     path.write_text("[server\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(path)
@@ -116,3 +130,80 @@ def test_the_example_documents_every_key() -> None:
 def test_zip_threads_default_to_the_cpus_the_process_may_use(tree: AirTree) -> None:
     assert tree.settings().limits.zip_thread_count == len(os.sched_getaffinity(0))
     assert tree.settings(limits={"zip_threads": 3}).limits.zip_thread_count == 3
+
+
+def _env(tree: AirTree, **extra: str) -> dict[str, str]:
+    return {
+        "EXPORT_SERVICE_ROOTS_RENDER": str(tree.render),
+        "EXPORT_SERVICE_ROOTS_MIDI_GENERATION": str(tree.midi),
+        "EXPORT_SERVICE_ROOTS_PARAM_GENERATION": str(tree.param),
+        "EXPORT_SERVICE_LINKS_FILE": str(tree.links),
+        **extra,
+    }
+
+
+def test_a_typo_in_a_variable_is_named_with_the_nearest_key(tree: AirTree, tmp_path: Path) -> None:
+    """It passed silently: the port stayed 8080."""
+    environ = _env(tree, EXPORT_SERVICE_SERVER_PROT="9000")
+    message = (
+        "EXPORT_SERVICE_SERVER_PROT: unknown variable (did you mean EXPORT_SERVICE_SERVER_PORT?)"
+    )
+    with pytest.raises(ConfigError) as env_only:
+        resolve_settings(None, environ)
+    assert str(env_only.value) == message
+    path = tmp_path / "config.toml"
+    path.write_text(_toml(tree))
+    with pytest.raises(ConfigError) as with_file:
+        load_settings(path, environ)
+    assert str(with_file.value) == message
+    with pytest.raises(ConfigError) as server_only:  # healthcheck, serve with no config
+        environment_server_settings({"EXPORT_SERVICE_SERVER_PROT": "9000"})
+    assert str(server_only.value) == message
+
+
+def test_the_services_other_variables_are_no_typo(tree: AirTree) -> None:
+    """The config file's path, and the backend's address of the service
+    (fastapi_proxy), which one shell may hand both programs."""
+    environ = _env(tree, EXPORT_SERVICE_CONFIG="", EXPORT_SERVICE_URL="http://127.0.0.1:8080")
+    settings = resolve_settings(None, environ)
+    assert settings is not None and settings.roots.render == tree.render
+
+
+def test_an_env_only_config_names_the_variables_it_lacks(tree: AirTree) -> None:
+    environ = _env(tree)
+    del environ["EXPORT_SERVICE_LINKS_FILE"], environ["EXPORT_SERVICE_ROOTS_MIDI_GENERATION"]
+    with pytest.raises(ConfigError) as error:
+        resolve_settings(None, environ)
+    assert str(error.value) == (
+        "EXPORT_SERVICE_ROOTS_MIDI_GENERATION: is required but missing; "
+        "EXPORT_SERVICE_LINKS_FILE: is required but missing"
+    )
+
+
+def test_every_problem_is_in_one_message(tree: AirTree) -> None:
+    """All missing roots at once (only the first was named), with the other
+    bad values and the typos."""
+    environ = {
+        "EXPORT_SERVICE_ROOTS_RENDER": "/nonexistent/render",
+        "EXPORT_SERVICE_ROOTS_MIDI_GENERATION": "/nonexistent/midi",
+        "EXPORT_SERVICE_ROOTS_PARAM_GENERATION": str(tree.param),
+        "EXPORT_SERVICE_LINKS_FILE": str(tree.links),
+        "EXPORT_SERVICE_LIMITS_IO_THREADS": "0",
+        "EXPORT_SERVICE_LOGING_LEVEL": "INFO",
+    }
+    with pytest.raises(ConfigError) as error:
+        resolve_settings(None, environ)
+    assert str(error.value).split("; ") == [
+        "EXPORT_SERVICE_LOGING_LEVEL: unknown variable "
+        "(did you mean EXPORT_SERVICE_LOGGING_LEVEL?)",
+        "EXPORT_SERVICE_ROOTS_RENDER: '/nonexistent/render' does not exist",
+        "EXPORT_SERVICE_ROOTS_MIDI_GENERATION: '/nonexistent/midi' does not exist "
+        "(set server.require_roots = false to start without it)",
+        "EXPORT_SERVICE_LIMITS_IO_THREADS: Input should be greater than or equal to 1",
+    ]
+
+
+@pytest.mark.parametrize("level", ["debug", "Warning", "ERROR"])
+def test_level_names_in_any_case(tree: AirTree, level: str) -> None:
+    settings = settings_from_mapping({}, _env(tree, EXPORT_SERVICE_LOGGING_LEVEL=level))
+    assert settings.logging.level == level.upper()

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from export_service.exports import ExportSources, export_manifest_json, plan_export_archive
 from tests.conftest import DEEP, AirTree, every_case, make_deep, remove_deep, write
@@ -143,3 +149,78 @@ def test_a_file_1100_folders_deep_is_listed(tree: AirTree) -> None:
         {"step": "render", "rel_path": f"r/{path}", "url": f"/api/audio/r/{path}", "bytes": 4}
     ]
     assert body.unlisted.total() == 0
+
+
+# The exports of one ExportSources, three times, as ``nobody``: the root's checkout
+# and the roots below a 0o755 folder are readable by nobody; the param root,
+# 0o700, is root's alone.
+_THRICE_AS_NOBODY = """
+import json, logging, os, pwd, sys
+from pathlib import Path
+from export_service.config import load_settings
+from export_service.exports import ExportSources, export_manifest_json, plan_export_archive
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+sources = ExportSources.from_settings(load_settings(Path(sys.argv[1])))
+nobody = pwd.getpwnam("nobody")
+os.setgroups([])
+os.setgid(nobody.pw_gid)
+os.setuid(nobody.pw_uid)
+for _ in range(3):  # the third after the parent made the root readable
+    sys.stdin.readline()
+    body = export_manifest_json(sources, "r", "p")
+    archive = plan_export_archive(sources, "r", "p")
+    print(json.dumps([json.loads(body.json)["missing"], body.unlisted, archive.unlisted]))
+    sys.stdout.flush()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to run the exports as nobody")
+def test_a_root_the_service_cannot_read_is_reported_not_taken_for_no_files() -> None:
+    """The param root at 0o700, the service another user: the manifest said
+    "missing": ["param_generation"] with X-Export-Unlisted-Paths 0, as for a
+    run that has no files. It is counted now (the header, the metric), the
+    log says it once, not once per request, and once when it is fixed."""
+    with tempfile.TemporaryDirectory() as temp:
+        base = Path(temp)
+        base.chmod(0o755)
+        for root in ("render", "midi", "param"):
+            (base / root).mkdir()
+        write(base / "render" / "r" / "mix.wav", b"mix")
+        write(base / "param" / "20261101_p" / "params.json", b"{}")
+        (base / "param").chmod(0o700)
+        config = base / "config.toml"
+        config.write_text(
+            f'[roots]\nrender = "{base / "render"}"\nmidi_generation = "{base / "midi"}"\n'
+            f'param_generation = "{base / "param"}"\n[links]\nfile = "{base / "links.json"}"\n'
+        )
+        with subprocess.Popen(
+            [sys.executable, "-c", _THRICE_AS_NOBODY, str(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as child:
+            assert child.stdin is not None and child.stdout is not None
+            lines = []
+            for attempt in range(3):
+                if attempt == 2:
+                    # Made readable: a chmod leaves the root's mtime as it was,
+                    # and the failed listing was kept until that changed.
+                    (base / "param").chmod(0o755)
+                child.stdin.write("go\n")
+                child.stdin.flush()
+                lines.append(json.loads(child.stdout.readline()))
+            child.stdin.close()
+            stderr = child.stderr.read() if child.stderr else ""
+            assert child.wait(timeout=60) == 0, stderr
+    for missing, manifest_unlisted, zip_unlisted in lines[:2]:
+        # The MIDI root is readable: its run is missing, not counted.
+        assert missing == ["midi_generation", "param_generation"]
+        assert manifest_unlisted == zip_unlisted == {"permission": 1}
+    assert lines[2] == [["midi_generation"], {}, {}]
+    param = str(base / "param")
+    assert stderr.splitlines() == [
+        f"WARNING export_service.exports roots.param_generation {param!r} cannot be read "
+        "(Permission denied): its files are left out of every export until it can",
+        f"INFO export_service.exports roots.param_generation {param!r} can be read again",
+    ]

@@ -10,10 +10,12 @@ import errno
 import json
 import logging
 import os
+import shutil
 import socket
 import struct
 import time
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,6 +84,32 @@ async def test_every_manifest_url_serves_its_file(
         else:
             assert body == (roots[item["step"]] / item["rel_path"]).read_bytes(), item
         assert len(body) == item["bytes"]
+
+
+async def test_curl_saves_a_file_url_under_the_files_name(
+    tree: AirTree, client: TestClient[Any, Any], tmp_path: Path
+) -> None:
+    """``curl -OJ`` on the manifest's URL saved ``caf%C3%A9%20%E2%80%93%20lead.wav``
+    (no Content-Disposition, so the URL's last segment). ``inline``: an
+    ``<audio>`` element still plays it in place."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl not installed")
+    name = "caf\u00e9 \u2013 lead.wav"
+    write(tree.render / "r" / name, CONTENT)
+    manifest = await (await client.get("/api/air/export/list/r")).json()
+    (url,) = [item["url"] for item in manifest["files"]]
+    response = await client.head(url)
+    assert response.headers["Content-Disposition"] == (
+        f"inline; filename=\"{name}\"; filename*=UTF-8''caf%C3%A9%20%E2%80%93%20lead.wav"
+    )
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    curl = await asyncio.create_subprocess_exec(
+        "curl", "-fsS", "-OJ", str(client.make_url(url)), cwd=downloads
+    )
+    assert await curl.wait() == 0
+    assert [path.name for path in downloads.iterdir()] == [name]
+    assert (downloads / name).read_bytes() == CONTENT
 
 
 @pytest.mark.parametrize(

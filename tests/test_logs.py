@@ -208,3 +208,28 @@ def test_text_tracebacks_are_indented_and_escaped() -> None:
     assert lines[0].endswith("ERROR t a\\\\b \\x00")
     assert all(line.startswith("  ") for line in lines[1:])
     assert "  2026-11-24 00:00:00,000 INFO forged" in lines
+
+
+def test_text_lines_carry_the_json_fields_readably() -> None:
+    """Request id, duration, client address and the time in UTC with its
+    zone, as in JSON (a text line had none of them); the fields the message
+    shows already are not repeated; a value with a space is quoted."""
+    record = logging.LogRecord(
+        "export_service.access", logging.INFO, __file__, 1, "GET /a 200", (), None
+    )
+    record.created = 1796632200.025  # 2026-12-07 08:30:00.025 UTC
+    record.request_id = "r-1"
+    record.fields = {
+        "method": "GET",
+        "status": 200,
+        "duration_ms": 1.5,
+        "remote": "::1",
+        "error": "Bad status line",
+        "empty": "",
+    }
+    assert TextFormatter().format(record) == (
+        "2026-12-07T08:30:00.025+00:00 INFO export_service.access GET /a 200 request_id=r-1 "
+        'duration_ms=1.5 remote=::1 error="Bad status line" empty=""'
+    )
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["time"] == "2026-12-07T08:30:00.025+00:00"
