@@ -99,18 +99,19 @@ class Paths:
 
 
 @pytest.fixture
-def paths(tree: AirTree, tmp_path: Path) -> Iterator[Paths]:
+def paths(tree: AirTree) -> Iterator[Paths]:
     binary = _nginx()
     write(tree.render / "r" / "mix.wav", os.urandom(2 * 1024 * 1024 + 5))
     write(tree.render / "r" / "stems" / "a b.wav", os.urandom(40_000))
-    config = tmp_path / "c.toml"
-    config.write_text(
-        f'[roots]\nrender = "{tree.render}"\nmidi_generation = "{tree.midi}"\n'
-        f'param_generation = "{tree.param}"\n[links]\nfile = "{tree.links}"\n'
-        f'[auth]\ntoken = "{TOKEN}"\n'
-    )
+    env = {  # the config as an ops person sets it in a container: the environment
+        "EXPORT_SERVICE_ROOTS_RENDER": str(tree.render),
+        "EXPORT_SERVICE_ROOTS_MIDI_GENERATION": str(tree.midi),
+        "EXPORT_SERVICE_ROOTS_PARAM_GENERATION": str(tree.param),
+        "EXPORT_SERVICE_LINKS_FILE": str(tree.links),
+        "EXPORT_SERVICE_AUTH_TOKEN": TOKEN,
+    }
     with (
-        live_service(["--config", str(config)]) as service,
+        live_service(env=env) as service,
         uvicorn_app(accel_backend()) as backend,
         nginx_server(binary, recipe("export-service.conf", service.base_url)) as plain,
         nginx_server(binary, recipe("x-accel.conf", service.base_url, backend)) as accel,
