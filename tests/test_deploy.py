@@ -374,6 +374,7 @@ def test_the_sidecar_readiness_probe_passes_with_a_corrupt_links_file_not_withou
         assert run(live).returncode == 0
         result = run(probe)
         assert result.returncode == 0, result.stdout + result.stderr
+        assert '"degraded"' in result.stdout and "links.file" in result.stdout  # Docker logs it
         with urllib.request.urlopen(service.base_url + "/readyz") as answer:
             body = json.load(answer)
         assert body["status"] == "degraded"
