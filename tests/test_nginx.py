@@ -63,6 +63,7 @@ def accel_backend() -> FastAPI:
     app.add_middleware(
         CORSMiddleware,
         allow_origins=[ALLOWED],
+        allow_credentials=True,  # the page sends the backend's session cookie
         allow_methods=["GET", "HEAD"],
         allow_headers=["Range", "If-Range", "If-None-Match"],
     )
@@ -143,6 +144,8 @@ def test_an_allowed_origin_gets_the_zip_with_cors_headers(paths: Paths, path: st
     assert "Origin" in answer.headers.get_all("Vary", [])
     assert answer.headers["Content-Disposition"] == direct.headers["Content-Disposition"]
     assert answer.headers.get_all("Access-Control-Allow-Origin") == [ALLOWED]  # one, not two
+    if path == "accel":  # the backend's answer, copied through the redirect
+        assert answer.headers["Access-Control-Allow-Credentials"] == "true"
 
     ranged = request(base, "GET", ZIP, {"Origin": ALLOWED, "Range": "bytes=1000-1999"})
     assert (ranged.status, ranged.body) == (206, direct.body[1000:2000])
