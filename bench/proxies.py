@@ -2,13 +2,14 @@
 README's nginx block, through the FastAPI proxy router, and through the
 X-Accel-Redirect pattern (backend authorises, nginx streams).
 
-The nginx blocks are read from README.md, so the README and what is measured
-cannot drift apart. Rounds alternate between the paths; the medians' ratios to
-the direct download are the result (target for the README block: >= 0.5). A
-Range request through each path must give the same 206 and bytes as direct,
-a HEAD the same status and Content-Length, and an id of ``%2e%2e`` the
-service's JSON 422. The service requires a token, which the blocks' and the
-router's ``Authorization`` must supply (the browser sends none).
+The nginx blocks are the recipe files the README points at (deploy/nginx/),
+so what users copy and what is measured cannot drift apart. Rounds alternate
+between the paths; the medians' ratios to the direct download are the result
+(target for the README block: >= 0.5). A Range request through each path
+must give the same 206 and bytes as direct, a HEAD the same status and
+Content-Length, and an id of ``%2e%2e`` the service's JSON 422. The service
+requires a token, which the blocks' and the router's ``Authorization`` must
+supply (the browser sends none).
 
     python bench/proxies.py [--rounds 5]
 """
@@ -51,12 +52,11 @@ TOKEN = "bench-token"
 
 
 def readme_nginx_blocks() -> tuple[str, str]:
-    """The README's two nginx blocks: the plain proxy, and X-Accel-Redirect."""
-    blocks = re.findall(r"```nginx\n(.*?)```", (REPO / "README.md").read_text(), re.S)
-    plain = [block for block in blocks if "location /api/air/export/" in block]
-    accel = [block for block in blocks if "internal;" in block]
-    assert len(plain) == 1 and len(accel) == 1, "README: expected one block of each kind"
-    return plain[0], accel[0]
+    """The nginx recipes the README points at, as they are: the plain proxy
+    (deploy/nginx/export-service.conf) and X-Accel-Redirect
+    (deploy/nginx/x-accel.conf)."""
+    recipes = REPO / "deploy" / "nginx"
+    return (recipes / "export-service.conf").read_text(), (recipes / "x-accel.conf").read_text()
 
 
 def without_buffer_sizes(block: str) -> str:

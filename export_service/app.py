@@ -196,11 +196,11 @@ def create_app(settings: Settings) -> web.Application:
         zip_executor = app[ZIP_EXECUTOR] = ThreadPoolExecutor(
             max_workers=settings.limits.zip_thread_count, thread_name_prefix="export-zip"
         )
-        problems = await asyncio.get_running_loop().run_in_executor(
-            executor, ops.readiness_problems, settings, app[SOURCES].links
+        # Logs what readiness finds at start (not ready, or degraded), once:
+        # /readyz and /metrics log again only when it changes.
+        await asyncio.get_running_loop().run_in_executor(
+            executor, ops.checked_readiness, settings, app[SOURCES].links, app[METRICS]
         )
-        for problem in problems:
-            log.warning("not ready yet: %s", problem)
         yield
         zip_executor.shutdown(wait=True, cancel_futures=True)
         executor.shutdown(wait=True, cancel_futures=True)

@@ -296,6 +296,11 @@ class LinkStore:
         """Why the links file cannot be used (for readiness), or None."""
         return self._current().problem
 
+    def all_stored(self) -> Links:
+        """Every record as stored (a copy), whatever its param run id; empty
+        when the file is missing or unusable (see :meth:`problem`)."""
+        return dict(self._current().links)
+
     def stored(self, render_run_id: str) -> StoredLink | None:
         """The record of ``render_run_id`` as stored, whatever its param run
         id; None when there is none (or the file is unusable)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 
 from prometheus_client import (
@@ -107,6 +108,16 @@ class Metrics:
             buckets=_LAG_BUCKETS,
             registry=self.registry,
         )
+        self.readiness_problems = Gauge(
+            "export_readiness_problem",
+            "1 while a readiness condition has a problem, else 0, by condition: roots (not "
+            "ready: /readyz answers 503), links_file and descriptors (degraded: /readyz "
+            "answers 200 with the problems, exports go on); updated by /readyz and /metrics",
+            ["condition"],
+            registry=self.registry,
+        )
+        self._readiness: dict[str, tuple[str, ...]] | None = None
+        self._readiness_lock = threading.Lock()  # /readyz and /metrics run in threads
         self.zips_refused = Counter(
             "export_zip_downloads_refused",
             "ZIP downloads refused because max_concurrent_zips were streaming",
@@ -117,6 +128,17 @@ class Metrics:
         """Count one scan's unlisted paths (a manifest's, a ZIP's), by reason."""
         for reason, count in unlisted.items():
             self.scan_unlisted.labels(reason).inc(count)
+
+    def record_readiness(self, problems: Mapping[str, tuple[str, ...]]) -> bool:
+        """Set the readiness gauge of each condition (``problems`` names every
+        condition, with no text where it is fine); True when anything changed
+        since the last call, so the caller logs once per change."""
+        with self._readiness_lock:
+            for condition, texts in problems.items():
+                self.readiness_problems.labels(condition).set(1 if texts else 0)
+            changed = self._readiness != dict(problems)
+            self._readiness = dict(problems)
+            return changed
 
     def exposition(self) -> bytes:
         """Every metric in Prometheus' text format. Blocking: the process's

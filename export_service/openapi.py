@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
@@ -32,6 +32,14 @@ class Status(BaseModel):
     status: str
 
 
+class Readiness(BaseModel):
+    """/readyz's 200: ``ready``, or ``degraded`` with what the service works
+    around (an unusable or unwritable links file, few free descriptors)."""
+
+    status: Literal["ready", "degraded"]
+    problems: list[str] = []
+
+
 def _ref(model: type) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
@@ -51,7 +59,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         "limits.max_files_per_export)",
         503: (
             "links file unusable or unwritable, too many downloads, out of file descriptors, "
-            "or not ready"
+            "or not ready (a root missing or unreadable)"
         ),
     }
     return {str(status): _json(ErrorBody, texts[status]) for status in statuses}
@@ -89,6 +97,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         ("Link", Link),
         ("ErrorBody", ErrorBody),
         ("Status", Status),
+        ("Readiness", Readiness),
     ]
     _, definitions = TypeAdapter.json_schemas(
         [(name, "serialization", TypeAdapter(kind)) for name, kind in serialized]
@@ -194,9 +203,10 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         },
         "/readyz": {
             "get": {
-                "summary": "Readiness: roots readable, links file absent or parsing, and writable",
+                "summary": "Readiness: 503 when a root is missing or unreadable; 200 ready, or "
+                "degraded with the problems (links file unusable or unwritable, few descriptors)",
                 "security": [],
-                "responses": {"200": _json(Status, "ready"), **_errors(503)},
+                "responses": {"200": _json(Readiness, "ready or degraded"), **_errors(503)},
             }
         },
         "/metrics": {

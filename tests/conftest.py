@@ -102,6 +102,14 @@ async def error_detail(client: TestClient[Any, Any], method: str, path: str, sta
     return body["detail"]
 
 
+def degraded(body: Any) -> str:
+    """The problems of a degraded /readyz body (a 200: the service goes on
+    without what they name), joined; fails on any other body."""
+    assert body["status"] == "degraded", body
+    problems: list[str] = body["problems"]
+    return "; ".join(problems)
+
+
 def content_length(head: bytes) -> int:
     """The Content-Length of a raw response head."""
     return next(

@@ -49,15 +49,14 @@ class LiveService:
 
 @contextmanager
 def live_service(
-    arguments: Sequence[str] = (), env: dict[str, str] | None = None
+    arguments: Sequence[str] = (), env: dict[str, str] | None = None, port: int | None = None
 ) -> Iterator[LiveService]:
     """The service on a free port until the block ends, then stopped as an
     orchestrator stops it: SIGTERM, so that it removes its sample tree
     (SIGKILL only if it has not exited 10 s later, which leaves the tree for
     conftest's temp_folder_left_empty to report)."""
-    port = free_port()
     with tempfile.TemporaryFile("w+") as log:
-        yield from _run(arguments, env, port, log)
+        yield from _run(arguments, env, port or free_port(), log)
 
 
 def _run(

@@ -63,3 +63,22 @@ def test_what_the_log_left_out_is_read_at_each_scrape(monkeypatch: pytest.Monkey
         text = metrics.exposition().decode()
         assert f"export_log_repeats_suppressed_total {repeats}.0" in text
         assert f"export_log_lines_dropped_total {lines}.0" in text
+
+
+def test_readiness_gauges_and_whether_anything_changed() -> None:
+    """One gauge per condition; True on the first call and on each change
+    only, so that readiness logs once per change, not per probe."""
+    metrics = Metrics()
+    fine = {"roots": (), "links_file": (), "descriptors": ()}
+    corrupt = {**fine, "links_file": ("links.file: not valid JSON",)}
+    assert [metrics.record_readiness(p) for p in (fine, fine, corrupt, corrupt, fine)] == [
+        True,
+        False,
+        True,
+        False,
+        True,
+    ]
+    metrics.record_readiness(corrupt)
+    sample = metrics.registry.get_sample_value
+    assert sample("export_readiness_problem", {"condition": "links_file"}) == 1
+    assert sample("export_readiness_problem", {"condition": "roots"}) == 0

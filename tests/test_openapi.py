@@ -15,7 +15,7 @@ from pydantic import TypeAdapter
 
 from export_service import __version__
 from export_service.manifest import ExportManifest
-from export_service.openapi import OPENAPI_PATH, ErrorBody, Status, openapi_document
+from export_service.openapi import OPENAPI_PATH, ErrorBody, Readiness, Status, openapi_document
 from export_service.schemas import Link, LinkUpdate
 from tests.conftest import AirTree, ClientFactory, write
 
@@ -105,6 +105,7 @@ def test_every_path_parameter_is_declared_and_no_other(tree: AirTree) -> None:
         ("LinkUpdate", LinkUpdate, "validation"),
         ("ErrorBody", ErrorBody, "serialization"),
         ("Status", Status, "serialization"),
+        ("Readiness", Readiness, "serialization"),
     ],
 )
 def test_schemas_are_the_pydantic_models_own(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -53,13 +54,65 @@ async def test_starts_without_a_root_and_becomes_ready_when_it_appears(
     assert (await client.get("/readyz")).status == 200
 
 
-async def test_readyz_reports_a_corrupt_links_file(
+async def test_a_corrupt_links_file_degrades_readiness_but_keeps_it_200(
+    tree: AirTree, client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Manifests and ZIPs go on without links, so a backend pod whose sidecar
+    has a corrupt links file must stay in rotation: /readyz stays 200 and
+    lists the problem, a gauge says which condition, the log says it once."""
+    caplog.set_level(logging.INFO, "export_service.ops")
+    write(tree.render / "r" / "mix.wav", b"x" * 100)
+    write(tree.links, b"[1]")
+    for _ in range(3):
+        response = await client.get("/readyz")
+        assert response.status == 200
+        assert await response.json() == {
+            "status": "degraded",
+            "problems": ["links.file: top level is a JSON list, not an object"],
+        }
+    assert (await client.get("/api/air/export/zip/r")).status == 200
+    text = await (await client.get("/metrics")).text()
+    assert _metric(text, "export_readiness_problem", condition="links_file") == 1
+    assert _metric(text, "export_readiness_problem", condition="roots") == 0
+    changes = [r.getMessage() for r in caplog.records if r.name == "export_service.ops"]
+    problem = "links.file: top level is a JSON list, not an object"
+    assert changes == [f"degraded (still ready, exports go on): {problem}"]
+    tree.links.unlink()
+    assert await (await client.get("/readyz")).json() == {"status": "ready"}
+    text = await (await client.get("/metrics")).text()
+    assert _metric(text, "export_readiness_problem", condition="links_file") == 0
+    changes = [r.getMessage() for r in caplog.records if r.name == "export_service.ops"]
+    assert changes[1:] == ["ready, no problems"]
+
+
+async def test_a_root_that_is_gone_is_not_ready_and_lists_the_degraded_problems_too(
     tree: AirTree, client: TestClient[Any, Any]
 ) -> None:
-    write(tree.links, b"[not an object]")
+    """The service cannot serve a project without its render root: 503."""
+    write(tree.links, b"{")
+    tree.render.rmdir()
     response = await client.get("/readyz")
     assert response.status == 503
-    assert "links.file: " in (await response.json())["detail"]["message"]
+    detail = (await response.json())["detail"]
+    assert detail["error"] == "not_ready"
+    assert detail["message"].startswith(f"roots.render: '{tree.render}' does not exist")
+    assert "; links.file: not valid JSON" in detail["message"]
+    text = await (await client.get("/metrics")).text()
+    assert _metric(text, "export_readiness_problem", condition="roots") == 1
+
+
+async def test_a_short_descriptor_reserve_degrades_readiness(
+    monkeypatch: pytest.MonkeyPatch, client: TestClient[Any, Any]
+) -> None:
+    monkeypatch.setattr(ops, "descriptor_headroom", lambda: (3, 64))
+    response = await client.get("/readyz")
+    assert (response.status, await response.json()) == (
+        200,
+        {
+            "status": "degraded",
+            "problems": ["descriptors: 3 free of 64, fewer than limits.descriptor_reserve (32)"],
+        },
+    )
 
 
 async def test_metrics_count_requests_bytes_and_skips(

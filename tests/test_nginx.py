@@ -1,0 +1,220 @@
+"""The nginx recipes (deploy/nginx/*.conf), run as they are by a real nginx in
+front of a real export-service process and, for X-Accel-Redirect, a real
+FastAPI backend under uvicorn: the ZIP comes through, and CORS survives each
+path (the browser's Origin is answered with Access-Control-Allow-Origin for
+an allowed origin only, the headers a download page reads are exposed, the
+preflight is answered)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the 'fastapi' extra is not installed")
+pytest.importorskip("uvicorn", reason="uvicorn (dev extra) is not installed")
+
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from bench.harness import nginx_server
+from export_service.errors import ExportServiceError
+from export_service.run_ids import check_render_run_id
+from tests.conftest import AirTree, write
+from tests.live import LiveService, live_service
+from tests.test_fastapi_proxy import Answer, request, uvicorn_app
+
+RECIPES = Path(__file__).resolve().parent.parent / "deploy" / "nginx"
+TOKEN = "nginx-test-token"
+ALLOWED = "https://air.example.com"  # in the recipes' pattern and the backend's allow_origins
+OTHER = "https://evil.example.net"
+EXPOSED = {"content-disposition", "content-length", "etag", "accept-ranges", "content-range"}
+CORS_HEADERS = ("Access-Control-Allow-Origin", "Access-Control-Expose-Headers")
+
+
+def _nginx() -> str:
+    found = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx")
+    if not found:
+        pytest.skip("nginx is not installed (Debian: apt-get install nginx-light)")
+    return str(found)
+
+
+def recipe(name: str, service: str, backend: str = "127.0.0.1:8000") -> str:
+    """deploy/nginx/<name> as the README tells to use it: the token put in,
+    the addresses those of this test's processes."""
+    text = (RECIPES / name).read_text()
+    return (
+        text.replace("<token>", TOKEN)
+        .replace("127.0.0.1:8080", service.removeprefix("http://"))
+        .replace("127.0.0.1:8000", backend.removeprefix("http://"))
+    )
+
+
+def accel_backend() -> FastAPI:
+    """A scratch AIR backend: its CORSMiddleware allows its front end's
+    origin, and its ZIP route is the README's X-Accel-Redirect route."""
+    app = FastAPI()
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=[ALLOWED],
+        allow_credentials=True,  # the page sends the backend's session cookie
+        allow_methods=["GET", "HEAD"],
+        allow_headers=["Range", "If-Range", "If-None-Match"],
+    )
+
+    @app.api_route("/api/air/export/zip/{render_run_id:path}", methods=["GET", "HEAD"])
+    def export_zip(render_run_id: str, request: Request) -> Response:
+        try:
+            check_render_run_id(render_run_id)
+        except ExportServiceError as error:
+            body = {"detail": {"error": error.code, "message": error.message}}
+            return JSONResponse(body, status_code=error.status)
+        if request.headers.get("x-export-accel") != "nginx":
+            body = {
+                "detail": {
+                    "error": "export_accel_unavailable",
+                    "message": "This download is served through the site's nginx only.",
+                }
+            }
+            return JSONResponse(body, status_code=503)
+        target = "/_export_service/api/air/export/zip/" + quote(render_run_id, safe="")
+        if request.url.query:
+            target += "?" + request.url.query
+        return Response(headers={"X-Accel-Redirect": target})
+
+    return app
+
+
+@dataclass
+class Paths:
+    service: LiveService
+    plain: str  # nginx with export-service.conf
+    accel: str  # nginx with x-accel.conf
+    backend: str  # the backend itself, as a front end in development calls it
+
+
+@pytest.fixture
+def paths(tree: AirTree) -> Iterator[Paths]:
+    binary = _nginx()
+    write(tree.render / "r" / "mix.wav", os.urandom(2 * 1024 * 1024 + 5))
+    write(tree.render / "r" / "stems" / "a b.wav", os.urandom(40_000))
+    env = {  # the config as an ops person sets it in a container: the environment
+        "EXPORT_SERVICE_ROOTS_RENDER": str(tree.render),
+        "EXPORT_SERVICE_ROOTS_MIDI_GENERATION": str(tree.midi),
+        "EXPORT_SERVICE_ROOTS_PARAM_GENERATION": str(tree.param),
+        "EXPORT_SERVICE_LINKS_FILE": str(tree.links),
+        "EXPORT_SERVICE_AUTH_TOKEN": TOKEN,
+    }
+    with (
+        live_service(env=env) as service,
+        uvicorn_app(accel_backend()) as backend,
+        nginx_server(binary, recipe("export-service.conf", service.base_url)) as plain,
+        nginx_server(binary, recipe("x-accel.conf", service.base_url, backend)) as accel,
+    ):
+        yield Paths(service, plain, accel, backend)
+
+
+ZIP = "/api/air/export/zip/r"
+
+
+def _exposed(answer: Answer) -> set[str]:
+    value = answer.headers.get("Access-Control-Expose-Headers", "")
+    return {name.strip().lower() for name in value.split(",") if name.strip()}
+
+
+def _direct(paths: Paths, headers: dict[str, str] | None = None) -> Answer:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    return request(paths.service.base_url, "GET", ZIP, {**auth, **(headers or {})})
+
+
+@pytest.mark.parametrize("path", ["plain", "accel"])
+def test_an_allowed_origin_gets_the_zip_with_cors_headers(paths: Paths, path: str) -> None:
+    base = getattr(paths, path)
+    direct = _direct(paths)
+    answer = request(base, "GET", ZIP, {"Origin": ALLOWED})
+    assert (answer.status, answer.body) == (200, direct.body)
+    assert answer.headers["Access-Control-Allow-Origin"] == ALLOWED
+    assert _exposed(answer) >= EXPOSED
+    assert "Origin" in answer.headers.get_all("Vary", [])
+    assert answer.headers["Content-Disposition"] == direct.headers["Content-Disposition"]
+    assert answer.headers.get_all("Access-Control-Allow-Origin") == [ALLOWED]  # one, not two
+    if path == "accel":  # the backend's answer, copied through the redirect
+        assert answer.headers["Access-Control-Allow-Credentials"] == "true"
+
+    ranged = request(base, "GET", ZIP, {"Origin": ALLOWED, "Range": "bytes=1000-1999"})
+    assert (ranged.status, ranged.body) == (206, direct.body[1000:2000])
+    assert ranged.headers["Access-Control-Allow-Origin"] == ALLOWED
+    assert ranged.headers["Content-Range"] == f"bytes 1000-1999/{len(direct.body)}"
+
+    head = request(base, "HEAD", ZIP, {"Origin": ALLOWED})
+    assert head.status == 200 and head.headers["Access-Control-Allow-Origin"] == ALLOWED
+    assert head.headers["Content-Length"] == str(len(direct.body))
+
+
+@pytest.mark.parametrize("path", ["plain", "accel"])
+def test_another_origin_gets_no_cors_header(paths: Paths, path: str) -> None:
+    """The browser then refuses the answer to that page; curl (no Origin)
+    gets the ZIP as before."""
+    base = getattr(paths, path)
+    answer = request(base, "GET", ZIP, {"Origin": OTHER})
+    assert answer.status == 200
+    assert "Access-Control-Allow-Origin" not in answer.headers
+    without = request(base, "GET", ZIP)
+    assert without.status == 200 and "Access-Control-Allow-Origin" not in without.headers
+
+
+@pytest.mark.parametrize("path", ["plain", "accel"])
+def test_the_preflight_is_answered(paths: Paths, path: str) -> None:
+    """A page that resumes sends Range, which makes the browser ask first."""
+    base = getattr(paths, path)
+    preflight = {
+        "Origin": ALLOWED,
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "range, if-range",
+    }
+    answer = request(base, "OPTIONS", ZIP, preflight)
+    assert answer.status in (200, 204), answer.body
+    assert answer.headers["Access-Control-Allow-Origin"] == ALLOWED
+    assert "GET" in answer.headers["Access-Control-Allow-Methods"]
+    allowed_headers = answer.headers["Access-Control-Allow-Headers"].lower()
+    assert "range" in allowed_headers and "if-range" in allowed_headers
+
+    refused = request(base, "OPTIONS", ZIP, {**preflight, "Origin": OTHER})
+    assert "Access-Control-Allow-Origin" not in refused.headers
+
+
+@pytest.mark.parametrize("path", ["plain", "accel"])
+@pytest.mark.parametrize(
+    ("target", "code"),
+    [
+        ("/api/air/export/zip/%2e%2e", "invalid_run_id"),  # refused by the backend on accel
+        (ZIP + "?param_run_id=a%2Fb", "invalid_param_run_id"),  # by the service on both
+    ],
+)
+def test_an_error_carries_the_cors_header_so_the_page_can_read_it(
+    paths: Paths, path: str, target: str, code: str
+) -> None:
+    answer = request(getattr(paths, path), "GET", target, {"Origin": ALLOWED})
+    assert answer.status == 422
+    body = answer.json()
+    assert isinstance(body, dict) and body["detail"]["error"] == code
+    assert answer.headers["Access-Control-Allow-Origin"] == ALLOWED
+
+
+def test_the_accel_route_without_nginx_never_answers_an_empty_200(paths: Paths) -> None:
+    """The front end calling the backend directly (development): the route
+    must not hand out an X-Accel-Redirect nobody follows."""
+    answer = request(paths.backend, "GET", ZIP, {"Origin": ALLOWED})
+    body = answer.json()
+    assert answer.status == 503
+    assert isinstance(body, dict) and body["detail"]["error"] == "export_accel_unavailable"
+    assert "X-Accel-Redirect" not in answer.headers
+    # A client cannot forge the header through nginx: the recipe sets it.
+    forged = request(paths.accel, "GET", ZIP, {"X-Export-Accel": "something"})
+    assert forged.status == 200 and forged.body == _direct(paths).body
