@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ pytest.importorskip("uvicorn", reason="uvicorn (dev extra) is not installed")
 import uvicorn
 from fastapi import FastAPI
 
-from export_service.fastapi_proxy import _raw_id, export_proxy_router
+from export_service.fastapi_proxy import TIMED_OUT, UNAVAILABLE, _raw_id, export_proxy_router
 from tests.conftest import AirTree, write
 from tests.live import LiveService, free_port, live_service
 
@@ -74,12 +75,17 @@ def uvicorn_app(app: FastAPI) -> Iterator[str]:
         thread.join(10)
 
 
-def backend(service_url: str, token: str | None = TOKEN, timeout: float = 60.0) -> FastAPI:
+def backend(service_url: str, token: str | None = TOKEN, **options: Any) -> FastAPI:
     """A scratch stand-in for the AIR backend, mounting the router as it
-    mounted its own export router."""
+    mounted its own export router, with a route of its own."""
     app = FastAPI()
-    router = export_proxy_router(service_url, token=token, timeout=timeout)
+    router = export_proxy_router(service_url, token=token, **options)
     app.include_router(router, prefix="/api")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
     return app
 
 
@@ -103,7 +109,7 @@ def setup(tree: AirTree, tmp_path: Path) -> Iterator[Setup]:
     )
     with (
         live_service(["--config", str(config)]) as service,
-        uvicorn_app(backend(service.base_url)) as proxy,
+        uvicorn_app(backend(service.base_url, links=True)) as proxy,
     ):
         yield Setup(service, proxy, tree)
 
@@ -232,25 +238,33 @@ def test_a_browser_that_goes_away_closes_the_upstream_download(
         assert "export_zip_streams_in_flight 0.0" in metrics
 
 
-def test_a_service_that_is_down_gives_a_json_503(tree: AirTree) -> None:
+def test_a_service_that_is_down_gives_a_json_503_for_a_person(tree: AirTree) -> None:
     with uvicorn_app(backend(f"http://127.0.0.1:{free_port()}")) as proxy:
+        started = time.monotonic()
         answer = request(proxy, "GET", "/api/air/export/zip/r")
+        assert time.monotonic() - started < 2
     assert answer.status == 503
-    assert answer.json()["detail"]["error"] == "export_service_unavailable"  # type: ignore[index]
+    detail = answer.json()["detail"]  # type: ignore[index]
+    assert detail["error"] == "export_service_unavailable"
+    assert detail["message"] == UNAVAILABLE[2]  # a sentence, no exception repr
     assert int(answer.headers["Content-Length"]) == len(answer.body)
 
 
-def test_a_service_that_does_not_answer_gives_a_json_502() -> None:
+def test_a_service_that_does_not_answer_gives_a_json_504_after_the_first_byte_timeout() -> None:
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        with uvicorn_app(backend(url, timeout=0.5)) as proxy:
+        with uvicorn_app(backend(url, first_byte_timeout=0.5, idle_timeout=30)) as proxy:
             started = time.monotonic()
             answer = request(proxy, "GET", "/api/air/export/list/r")
-            assert time.monotonic() - started < 5
-    assert answer.status == 502
-    assert answer.json()["detail"]["error"] == "export_service_timeout"  # type: ignore[index]
+            took = time.monotonic() - started
+            health = request(proxy, "GET", "/health")
+    assert 0.5 <= took < 2, took  # the first-byte limit alone, not two in a row
+    assert answer.status == 504
+    detail = answer.json()["detail"]  # type: ignore[index]
+    assert detail == {"error": "export_service_timeout", "message": TIMED_OUT[2]}
+    assert health.status == 200
 
 
 @pytest.mark.parametrize(
