@@ -95,9 +95,8 @@ def _allowed(table: dict[str, str], name: str) -> set[str] | None:
         return {_module(other) for other, kind in table.items() if kind == "domain"}
     if cell == "nothing of the service":
         return set()
-    names = re.fullmatch(r"`(\w+)`(?:, `(\w+)`)*", cell)
-    assert names, f"{name}: unknown 'may import' cell {cell!r}"
-    return {_module(other) for other in names.groups() if other}
+    assert re.fullmatch(r"`\w+`(?:, `\w+`)*", cell), f"{name}: unknown 'may import' cell {cell!r}"
+    return {_module(other) for other in re.findall(r"`(\w+)`", cell)}
 
 
 @cache
