@@ -283,15 +283,13 @@ class _Relayed(Response):
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length = self.upstream.content_length
+        if scope["method"] == "HEAD" or (length is not None and length <= CHUNK_BYTES):
+            await self._send_whole(scope, receive, send)
+            return
         complete = False
         try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": self.status_code,
-                    "headers": self.raw_headers,
-                }
-            )
+            await send(self._start())
             async with anyio.create_task_group() as group:
 
                 async def watch_disconnect() -> None:
@@ -308,6 +306,30 @@ class _Relayed(Response):
                 self.upstream.release()  # the connection goes back to the pool
             else:
                 self.upstream.close()  # the service sees its client go away
+
+    def _start(self) -> Message:
+        return {
+            "type": "http.response.start",
+            "status": self.status_code,
+            "headers": self.raw_headers,
+        }
+
+    async def _send_whole(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A small answer (a manifest, an error, a HEAD): read whole, sent in
+        one piece, without the watch for the browser leaving that a long
+        download needs."""
+        try:
+            body = await self.upstream.read()
+        except (aiohttp.ClientError, TimeoutError) as error:
+            # Nothing is out yet: the browser gets an error, not a short body.
+            self.upstream.close()
+            log.warning("export-service answer cut short: %r", error)
+            failure = TIMED_OUT if isinstance(error, TimeoutError) else BAD_ANSWER
+            await error_response(*failure)(scope, receive, send)
+            return
+        self.upstream.release()
+        await send(self._start())
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _relay(self, send: Send) -> bool:
         content = self.upstream.content
