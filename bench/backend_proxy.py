@@ -75,7 +75,7 @@ def backend(service_url: str, module: Path | None) -> Iterator[tuple[str, int]]:
             "--log-level",
             "warning",
             "--no-access-log",
-        ],  # fmt: skip
+        ],
         cwd=REPO,
         env=env,
     )
