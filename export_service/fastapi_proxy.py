@@ -212,7 +212,9 @@ class _Upstream:
             if name.lower() == b"x-forwarded-for"
         ]
         client = scope.get("client")
-        if client:
+        # uvicorn (--proxy-headers, on for 127.0.0.1 by default) may already
+        # have taken the client from that header's last entry: not twice.
+        if client and (not forwarded or forwarded[-1].rpartition(",")[2].strip() != client[0]):
             forwarded.append(str(client[0]))
         if forwarded:
             headers.append(("X-Forwarded-For", ", ".join(item for item in forwarded if item)))

@@ -23,7 +23,7 @@ pytest.importorskip("fastapi", reason="the 'fastapi' extra is not installed")
 pytest.importorskip("uvicorn", reason="uvicorn (dev extra) is not installed")
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Header, HTTPException
 
 from export_service.fastapi_proxy import TIMED_OUT, UNAVAILABLE, _raw_id, export_proxy_router
 from tests.conftest import AirTree, write
@@ -58,10 +58,12 @@ def request(
 
 
 @contextmanager
-def uvicorn_app(app: FastAPI) -> Iterator[str]:
+def uvicorn_app(app: FastAPI, **config: Any) -> Iterator[str]:
     """``app`` served by uvicorn on a free port, in a thread."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -304,3 +306,181 @@ def test_the_raw_id_is_the_end_of_the_raw_path_that_decodes_to_the_id(
     if raw_path is not None:
         scope["raw_path"] = raw_path
     assert _raw_id(scope) == sent
+
+
+class ScriptedService:
+    """A stand-in service on a socket: records each request head and which
+    connection it came on, and answers ``answer`` (or nothing, to hang)."""
+
+    def __init__(self, answer: bytes | None) -> None:
+        self.answer = answer
+        self.heads: list[tuple[int, bytes]] = []
+        self.closed: list[int] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        number = 0
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            number += 1
+            threading.Thread(target=self._serve, args=(connection, number), daemon=True).start()
+
+    def _serve(self, connection: socket.socket, number: int) -> None:
+        buffer = b""
+        with connection:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = connection.recv(65536)
+                    if not data:
+                        self.closed.append(number)
+                        return
+                    buffer += data
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                self.heads.append((number, head))
+                if self.answer is None:
+                    continue
+                connection.sendall(self.answer)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+MANIFEST_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+)
+
+
+def test_one_pooled_connection_is_kept_alive_and_closed_with_the_app() -> None:
+    upstream = ScriptedService(MANIFEST_ANSWER)
+    try:
+        with uvicorn_app(backend(upstream.url)) as proxy:
+            for _ in range(5):
+                assert request(proxy, "GET", "/api/air/export/list/r").body == b"{}"
+            assert {number for number, _ in upstream.heads} == {1}
+            assert upstream.closed == []
+        # The router's lifespan, merged into the app's by include_router, closed it.
+        deadline = time.monotonic() + 5
+        while upstream.closed != [1]:
+            assert time.monotonic() < deadline, upstream.closed
+            time.sleep(0.02)
+    finally:
+        upstream.close()
+
+
+def test_the_browsers_address_is_appended_to_x_forwarded_for() -> None:
+    upstream = ScriptedService(MANIFEST_ANSWER)
+    try:
+        through_nginx = {"X-Forwarded-For": "203.0.113.7"}
+        with uvicorn_app(backend(upstream.url), proxy_headers=False) as proxy:
+            request(proxy, "GET", "/api/air/export/list/r?param_run_id=%20p")
+            request(proxy, "GET", "/api/air/export/list/r", through_nginx)
+        # uvicorn's default: the client is taken from a local proxy's header.
+        with uvicorn_app(backend(upstream.url)) as proxy:
+            request(proxy, "GET", "/api/air/export/list/r", through_nginx)
+    finally:
+        upstream.close()
+    (_, first), (_, second), (_, third) = upstream.heads
+    assert first.startswith(b"GET /api/air/export/list/r?param_run_id=%20p HTTP/1.1\r\n")
+    assert b"\r\nX-Forwarded-For: 127.0.0.1\r\n" in first
+    assert b"\r\nX-Forwarded-For: 203.0.113.7, 127.0.0.1\r\n" in second
+    assert f"\r\nAuthorization: Bearer {TOKEN}\r\n".encode() in second
+    assert b"\r\nX-Forwarded-For: 203.0.113.7\r\n" in third
+
+
+def test_a_download_that_stalls_is_cut_after_the_idle_timeout() -> None:
+    """Headers and part of the body, then nothing: the browser sees a short
+    transfer (never a complete-looking one) once idle_timeout has passed."""
+    stalled = b"HTTP/1.1 200 OK\r\nContent-Length: 5000000\r\n\r\n" + b"x" * 2_000_000
+    upstream = ScriptedService(stalled)
+    try:
+        with uvicorn_app(backend(upstream.url, idle_timeout=0.5)) as proxy:
+            started = time.monotonic()
+            with pytest.raises(http.client.IncompleteRead):
+                request(proxy, "GET", "/api/air/export/zip/r")
+            assert time.monotonic() - started < 5
+    finally:
+        upstream.close()
+
+
+def test_the_links_routes_are_off_unless_asked_for_and_guarded_as_asked(
+    setup: Setup,
+) -> None:
+    with uvicorn_app(backend(setup.service.base_url)) as plain:
+        assert request(plain, "GET", "/api/air/export/links/r").status == 404
+        put = request(plain, "PUT", "/api/air/export/links/r", {}, b'{"param_run_id": "p"}')
+        assert put.status in (404, 405)
+        paths = request(plain, "GET", "/openapi.json").json()["paths"]  # type: ignore[index]
+        assert sorted(paths) == [
+            "/api/air/export/list/{render_run_id}",
+            "/api/air/export/zip/{render_run_id}",
+            "/health",
+        ]
+    assert not setup.tree.links.exists()
+
+    def admin_only(x_admin: str = Header("")) -> None:
+        if x_admin != "yes":
+            raise HTTPException(403, "admins only")
+
+    guarded = backend(setup.service.base_url, links=True, links_dependencies=[Depends(admin_only)])
+    with uvicorn_app(guarded) as proxy:
+        body = b'{"param_run_id": "p"}'
+        refused = request(proxy, "PUT", "/api/air/export/links/r", {}, body)
+        assert refused.status == 403
+        assert not setup.tree.links.exists()
+        allowed = request(proxy, "PUT", "/api/air/export/links/r", {"X-Admin": "yes"}, body)
+        assert allowed.status == 200
+        assert request(proxy, "GET", "/api/air/export/zip/r").status == 200  # unguarded
+
+
+def test_the_routes_are_in_the_backends_openapi_with_the_services_schemas(setup: Setup) -> None:
+    document = request(setup.proxy, "GET", "/openapi.json").json()
+    paths = document["paths"]  # type: ignore[index]
+    assert set(paths["/api/air/export/list/{render_run_id}"]) == {"get", "head"}
+    assert set(paths["/api/air/export/zip/{render_run_id}"]) == {"get", "head"}
+    assert set(paths["/api/air/export/links/{render_run_id}"]) == {"get", "put"}
+    schemas = document["components"]["schemas"]  # type: ignore[index]
+    assert {"ExportManifest", "ExportFile", "ErrorBody", "Link"} <= set(schemas)
+    manifest = paths["/api/air/export/list/{render_run_id}"]["get"]["responses"]["200"]
+    assert manifest["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ExportManifest"
+    }
+    assert request(setup.proxy, "GET", "/docs").status == 200
+
+
+def test_whitespace_around_the_ids_means_what_it_meant_to_the_original(setup: Setup) -> None:
+    plain = request(setup.proxy, "GET", "/api/air/export/list/r?param_run_id=p")
+    padded = request(setup.proxy, "GET", "/api/air/export/list/%20r%20?param_run_id=%20p")
+    assert padded.status == 200 and padded.body == plain.body
+    blank = request(setup.proxy, "GET", "/api/air/export/list/r?param_run_id=%20")
+    assert blank.status == 200
+    assert blank.json()["param_run_id"] is None  # type: ignore[index]
+
+
+def test_x_accel_redirect_only_for_requests_that_came_through_the_recipes_nginx(
+    setup: Setup,
+) -> None:
+    app = backend(setup.service.base_url, accel_redirect_prefix="/_export_service")
+    nginx = {"X-Export-Accel": "nginx"}
+    with uvicorn_app(app) as proxy:
+        handed = request(proxy, "GET", "/api/air/export/zip/%20a%20b?param_run_id=p", nginx)
+        assert handed.status == 200 and handed.body == b""
+        assert handed.headers["X-Accel-Redirect"] == (
+            "/_export_service/api/air/export/zip/a%20b?param_run_id=p"
+        )
+        for bad in ("%2e%2e", "..", "a%2Fb", "%20"):
+            refused = request(proxy, "GET", f"/api/air/export/zip/{bad}", nginx)
+            assert refused.status == 422, bad
+            assert "X-Accel-Redirect" not in refused.headers
+            assert refused.json()["detail"]["error"] == "invalid_run_id"  # type: ignore[index]
+        # Reached directly (development, no nginx): the ZIP itself, never an empty 200.
+        direct = request(setup.service.base_url, "GET", "/api/air/export/zip/r", AUTH)
+        for headers in ({}, {"X-Export-Accel": "other"}):
+            streamed = request(proxy, "GET", "/api/air/export/zip/r", headers)
+            assert "X-Accel-Redirect" not in streamed.headers
+            _same_answer(direct, streamed)
+            assert len(streamed.body) > 3_000_000
