@@ -8,6 +8,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +32,7 @@ from tests.conftest import AirTree, write
 from tests.live import LiveService, free_port, live_service
 
 TOKEN = "s3cret-token"
+REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -484,3 +487,100 @@ def test_x_accel_redirect_only_for_requests_that_came_through_the_recipes_nginx(
             assert "X-Accel-Redirect" not in streamed.headers
             _same_answer(direct, streamed)
             assert len(streamed.body) > 3_000_000
+
+
+# Run inside the light install's venv: the router (driven as an ASGI app, so
+# no server is needed there) and the links helpers, against a real service.
+LIGHT_SCRIPT = """
+import asyncio, importlib.util, json, os, sys
+
+for server_only in ("zipstream", "isal", "prometheus_client"):
+    assert importlib.util.find_spec(server_only) is None, server_only + " is installed"
+
+from fastapi import FastAPI
+from export_service.fastapi_proxy import export_proxy_router
+from export_service.links import get_param_for_render, link_param_to_render
+
+link_param_to_render("r", "p")
+assert get_param_for_render(" r ") == "p"
+
+app = FastAPI()
+app.include_router(export_proxy_router(sys.argv[1], token=sys.argv[2]), prefix="/api")
+
+async def call(scope, messages):
+    sent = []
+    async def receive():
+        return messages.pop(0) if messages else await asyncio.Event().wait()
+    async def send(message):
+        sent.append(message)
+    task = asyncio.ensure_future(app(scope, receive, send))
+    while not task.done() and not any(
+        m["type"] in ("lifespan.startup.complete", "lifespan.shutdown.complete")
+        or (m["type"] == "http.response.body" and not m.get("more_body"))
+        for m in sent
+    ):
+        await asyncio.sleep(0.01)
+    task.cancel()
+    return sent
+
+async def main():
+    lifespan = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+    await call(dict(lifespan), [{"type": "lifespan.startup"}])
+    answers = {}
+    for kind in ("list", "zip"):
+        path = f"/api/air/export/{kind}/r"
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+            "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+            "query_string": b"", "headers": [(b"host", b"backend")],
+            "client": ("192.0.2.1", 1), "server": ("backend", 80), "state": {},
+        }
+        sent = await call(scope, [{"type": "http.request", "body": b"", "more_body": False}])
+        status = sent[0]["status"]
+        body = b"".join(m.get("body", b"") for m in sent[1:])
+        answers[kind] = [status, len(body), json.loads(body) if kind == "list" else None]
+    await call(dict(lifespan), [{"type": "lifespan.shutdown"}])
+    print(json.dumps(answers))
+
+asyncio.run(main())
+"""
+
+
+def test_the_light_install_runs_the_router_and_the_helpers_without_the_server(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """``pip install ./clients/backend`` in a clean venv: what it brings is
+    enough for the router and the links helpers, and none of the server's
+    own dependencies come with it."""
+    venv = tmp_path / "light"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    installed = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", str(REPO / "clients" / "backend")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if installed.returncode != 0:
+        pytest.skip(f"pip could not install the light install here: {installed.stderr[-400:]}")
+    frozen = subprocess.run(
+        [str(venv / "bin" / "pip"), "freeze"], capture_output=True, text=True, check=True
+    ).stdout.lower()
+    for server_only in ("zipstream-ng", "isal", "prometheus-client", "uvicorn"):
+        assert server_only not in frozen
+    env = {**os.environ, "EXPORT_SERVICE_LINKS_FILE": str(setup.tree.links)}
+    env.pop("PYTHONPATH", None)
+    ran = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", LIGHT_SCRIPT, setup.service.base_url, TOKEN],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,  # not the checkout: only what the venv holds is importable
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    answers = json.loads(ran.stdout)
+    direct = request(setup.service.base_url, "GET", "/api/air/export/zip/r", AUTH)
+    assert answers["zip"][:2] == [200, len(direct.body)]
+    status, _, manifest = answers["list"]
+    assert status == 200
+    assert manifest["param_run_id"] == "p"  # the link the helper wrote, read by the service
