@@ -2,7 +2,7 @@
 direct requests to the service, in one run: a real FastAPI app
 (bench/backend_app.py) under uvicorn, one worker, in front of the service.
 
-- manifests: 200 requests, 10 at a time, direct and through each router
+- manifests: 500 requests, 10 at a time, direct and through each router
   (req/s; target >= 0.8 of direct), while the backend's own ``/health`` route
   is asked every 20 ms (its slowest answer; target <= 50 ms);
 - the reference ZIP (210 MiB) with curl, direct and through each router
@@ -13,7 +13,7 @@ direct requests to the service, in one run: a real FastAPI app
 previous version: ``git show main:export_service/fastapi_proxy.py > /tmp/old.py``),
 measured in the same alternating rounds.
 
-    python bench/backend_proxy.py [--rounds 3] [--before /tmp/old.py]
+    python bench/backend_proxy.py [--rounds 5] [--before /tmp/old.py]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from bench.harness import (
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
-MANIFESTS = 200
+MANIFESTS = 500
 AT_ONCE = 10
 HEALTH_EVERY = 0.02
 
@@ -168,7 +168,7 @@ async def _zip(path: Path_, run_id: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--before", type=Path, help="another fastapi_proxy.py to measure")
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-backend-proxy-") as temp, ExitStack() as stack:
