@@ -56,8 +56,9 @@ HEALTH_EVERY = 0.02
 
 
 @contextmanager
-def backend(service_url: str, module: Path | None) -> Iterator[tuple[str, int]]:
-    """bench/backend_app.py under uvicorn (one worker): its URL and pid."""
+def backend(service_url: str, module: Path | None, python: str) -> Iterator[tuple[str, int]]:
+    """bench/backend_app.py under uvicorn (one worker), run by ``python``:
+    its URL and pid."""
     port = free_port()
     env = {**os.environ, "EXPORT_SERVICE_URL": service_url, "EXPORT_SERVICE_AUTH_TOKEN": TOKEN}
     if module is not None:
@@ -170,6 +171,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--before", type=Path, help="another fastapi_proxy.py to measure")
+    parser.add_argument(
+        "--backend-python",
+        default=sys.executable,
+        help="the Python that runs the backend (e.g. a venv with uvicorn[standard], whose "
+        "httptools and uvloop uvicorn then uses; this checkout's modules are imported)",
+    )
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-backend-proxy-") as temp, ExitStack() as stack:
         workload = reference_workload(Path(temp) / "air")
@@ -179,7 +186,7 @@ def main() -> None:
         if arguments.before is not None:
             routers["router (--before)"] = arguments.before.resolve()
         for name, module in routers.items():
-            url, pid = stack.enter_context(backend(svc.url, module))
+            url, pid = stack.enter_context(backend(svc.url, module, arguments.backend_python))
             paths.append(Path_(name, url, {}, url + "/health", pid))
         for path in paths:  # warm up: connections, imports, the CRC cache
             asyncio.run(_manifests(path, workload.run_id))

@@ -235,25 +235,19 @@ class _Upstream:
         # encoded: the target goes out as the browser sent it (no ".." removed).
         url = URL(self.base_url + target, encoded=True)
         headers = self.headers(scope)
-        for attempt in (1, 2):
-            try:
-                async with asyncio.timeout(self.timeouts.first_byte):
-                    return await self.session().request(
-                        method, url, headers=headers, data=body, allow_redirects=False
-                    )
-            except aiohttp.ServerDisconnectedError as error:
-                # A kept-alive connection the service closed (a restart): once
-                # more on a new one, for the methods that may be repeated.
-                if attempt == 1 and method in ("GET", "HEAD"):
-                    continue
-                return self._failed(BAD_ANSWER, method, target, error)
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
-                return self._failed(UNAVAILABLE, method, target, error)
-            except TimeoutError as error:
-                return self._failed(TIMED_OUT, method, target, error)
-            except aiohttp.ClientError as error:
-                return self._failed(BAD_ANSWER, method, target, error)
-        raise AssertionError("unreachable")  # pragma: no cover
+        # A kept-alive connection the service closed meanwhile (a restart) is
+        # retried once on a new one by aiohttp itself, for idempotent methods.
+        try:
+            async with asyncio.timeout(self.timeouts.first_byte):
+                return await self.session().request(
+                    method, url, headers=headers, data=body, allow_redirects=False
+                )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
+            return self._failed(UNAVAILABLE, method, target, error)
+        except TimeoutError as error:
+            return self._failed(TIMED_OUT, method, target, error)
+        except aiohttp.ClientError as error:
+            return self._failed(BAD_ANSWER, method, target, error)
 
     def _failed(
         self, what: tuple[int, str, str], method: str, target: str, error: BaseException

@@ -317,6 +317,7 @@ class ScriptedService:
 
     def __init__(self, answer: bytes | None) -> None:
         self.answer = answer
+        self.drop_requests_on: set[int] = set()
         self.heads: list[tuple[int, bytes]] = []
         self.closed: list[int] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -345,6 +346,9 @@ class ScriptedService:
                     buffer += data
                 head, _, buffer = buffer.partition(b"\r\n\r\n")
                 self.heads.append((number, head))
+                if number in self.drop_requests_on:  # a kept-alive connection the
+                    self.closed.append(number)  # service closes on the next request
+                    return
                 if self.answer is None:
                     continue
                 connection.sendall(self.answer)
@@ -373,6 +377,25 @@ def test_one_pooled_connection_is_kept_alive_and_closed_with_the_app() -> None:
             time.sleep(0.02)
     finally:
         upstream.close()
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+def test_a_kept_alive_connection_the_service_dropped_is_retried_on_a_new_one(
+    method: str,
+) -> None:
+    """A pooled connection the service closed as the request went out (a
+    restart) costs the browser nothing: the request goes again on a new one."""
+    upstream = ScriptedService(MANIFEST_ANSWER)
+    try:
+        with uvicorn_app(backend(upstream.url, links=True)) as proxy:
+            path = "/api/air/export/links/r" if method == "PUT" else "/api/air/export/list/r"
+            assert request(proxy, method, path, {}, b"{}").status == 200
+            upstream.drop_requests_on.add(1)
+            answer = request(proxy, method, path, {}, b"{}")
+    finally:
+        upstream.close()
+    assert answer.status == 200 and answer.body == b"{}"
+    assert [number for number, _ in upstream.heads] == [1, 1, 2]
 
 
 def test_the_browsers_address_is_appended_to_x_forwarded_for() -> None:
