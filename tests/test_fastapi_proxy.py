@@ -3,6 +3,7 @@ real export-service process."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -322,7 +323,9 @@ class ScriptedService:
         self.closed: list[int] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.connections: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
 
     def _accept(self) -> None:
         number = 0
@@ -332,14 +335,20 @@ class ScriptedService:
             except OSError:
                 return
             number += 1
-            threading.Thread(target=self._serve, args=(connection, number), daemon=True).start()
+            self.connections.append(connection)
+            thread = threading.Thread(target=self._serve, args=(connection, number), daemon=True)
+            self.threads.append(thread)
+            thread.start()
 
     def _serve(self, connection: socket.socket, number: int) -> None:
         buffer = b""
         with connection:
             while True:
                 while b"\r\n\r\n" not in buffer:
-                    data = connection.recv(65536)
+                    try:
+                        data = connection.recv(65536)
+                    except OSError:
+                        data = b""
                     if not data:
                         self.closed.append(number)
                         return
@@ -354,6 +363,13 @@ class ScriptedService:
                 connection.sendall(self.answer)
 
     def close(self) -> None:
+        """Wake every thread (a shutdown ends a blocked accept or recv; a close
+        alone would not) and wait for them, so no descriptor outlives the test."""
+        for sock in (self.listener, *self.connections):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self.threads:
+            thread.join(5)
         self.listener.close()
 
 
