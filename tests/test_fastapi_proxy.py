@@ -13,8 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -378,10 +378,22 @@ MANIFEST_ANSWER = (
 )
 
 
-def test_one_pooled_connection_is_kept_alive_and_closed_with_the_app() -> None:
+@asynccontextmanager
+async def backend_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """A backend with a lifespan of its own, as recent FastAPI apps have."""
+    app.state.ready = True
+    yield
+
+
+@pytest.mark.parametrize("own_lifespan", [False, True])
+def test_one_pooled_connection_is_kept_alive_and_closed_with_the_app(own_lifespan: bool) -> None:
     upstream = ScriptedService(MANIFEST_ANSWER)
+    app = backend(upstream.url)
+    if own_lifespan:  # include_router merges the router's lifespan into the app's own
+        app = FastAPI(lifespan=backend_lifespan)
+        app.include_router(export_proxy_router(upstream.url), prefix="/api")
     try:
-        with uvicorn_app(backend(upstream.url)) as proxy:
+        with uvicorn_app(app) as proxy:
             for _ in range(5):
                 assert request(proxy, "GET", "/api/air/export/list/r").body == b"{}"
             assert {number for number, _ in upstream.heads} == {1}
