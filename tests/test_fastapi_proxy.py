@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -603,10 +604,14 @@ def test_the_light_install_runs_the_router_and_the_helpers_without_the_server(
     """``pip install ./clients/backend`` in a clean venv: what it brings is
     enough for the router and the links helpers, and none of the server's
     own dependencies come with it."""
+    # Built from a copy, so that the build's egg-info stays out of the checkout.
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "export_service", source / "export_service")
+    shutil.copytree(REPO / "clients" / "backend", source / "clients" / "backend")
     venv = tmp_path / "light"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     installed = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", str(REPO / "clients" / "backend")],
+        [str(venv / "bin" / "pip"), "install", "-q", str(source / "clients" / "backend")],
         capture_output=True,
         text=True,
         timeout=600,
