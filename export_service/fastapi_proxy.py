@@ -4,37 +4,72 @@ The backend replaces its own export module with::
 
     app.include_router(export_proxy_router("http://127.0.0.1:8080"), prefix="/api")
 
-and its front end keeps calling ``/api/air/export/...``. Needs the optional
-extra: ``pip install 'export-service[fastapi]'`` (FastAPI and httpx).
+and its front end keeps calling ``/api/air/export/...``. It needs FastAPI and
+aiohttp's client, nothing of the server: ``pip install ./clients/backend``
+(the light install) or ``pip install '.[fastapi]'`` (the whole service).
 
-The routes are plain ASGI endpoints rather than FastAPI path operations, on
-purpose: a path parameter is decoded and normalised by the framework, while the
-service must see an id exactly as the browser sent it (``..`` or ``%2e%2e``
-reaches the service as such and is refused there with 422). The id is taken
-from the raw request target in the ASGI scope; the route before it is the one
-the framework matched (on the decoded path), so ``/air/%65xport/zip/x`` goes to
-the service's ZIP route like ``/air/export/zip/x``. The answer is streamed chunk by
-chunk with the service's status and headers, so memory stays flat whatever the
-ZIP's size, and the upstream request is closed as soon as the browser goes away.
+What it costs the backend: one pooled aiohttp client per router and process,
+made on the first request inside the backend's event loop and closed with the
+app (the router's lifespan, which ``include_router`` merges into the app's);
+keep-alive connections to the service; nothing per request that blocks the
+loop; the answer relayed in pieces of up to 1 MiB with the service's status
+and headers, so memory stays flat whatever the ZIP's size, and the upstream
+request closed as soon as the browser goes away.
+
+The id is sent exactly as the browser sent it: a FastAPI path parameter is
+decoded and normalised, while the service must see ``..`` or ``%2e%2e`` as
+such to refuse it with 422. It is taken from the raw request target in the
+ASGI scope; the route before it is the one FastAPI matched (on the decoded
+path), so ``/air/%65xport/zip/x`` goes to the service's ZIP route like
+``/air/export/zip/x``. The routes are still FastAPI path operations, so they
+are listed in the backend's OpenAPI document with the service's schemas.
+
+Timeouts, each on its own, never one after another: ``connect_timeout`` to
+open a connection, ``first_byte_timeout`` from sending the request to the
+answer's headers (connecting included), ``idle_timeout`` between two pieces
+of the body. Before the headers, a failure is answered in the service's
+error shape: 503 ``export_service_unavailable`` (nothing listens, or no
+connection within ``connect_timeout``), 504 ``export_service_timeout`` (no
+answer in time), 502 ``export_service_bad_answer``. After them, a failure
+cuts the connection, so the browser sees a short transfer, never a complete
+looking one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, unquote
 
+import aiohttp
 import anyio
-import httpx
-from fastapi import APIRouter
-from starlette.routing import Route
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.params import Depends
+from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
+from yarl import URL
+
+from .errors import ExportServiceError
+from .manifest import ExportManifest
+from .run_ids import render_run_id_as_sent
+from .schemas import ErrorBody, Link, LinkUpdate
 
 log = logging.getLogger(__name__)
 
-EXPORT_PATH = b"/air/export/"
-SERVICE_PREFIX = b"/api"
+EXPORT_PATH = "/air/export/"
+SERVICE_PREFIX = "/api"
+# One read from the service, and the most the client buffers per download
+# before it stops reading from the socket (so memory stays flat).
+CHUNK_BYTES = 1024 * 1024
+# The header the nginx recipes (deploy/nginx/) set on the backend's location:
+# only a request carrying it is answered with X-Accel-Redirect.
+ACCEL_HEADER = b"x-export-accel"
+ACCEL_VALUE = b"nginx"
 
 # Request headers the service understands; everything else stays with the backend
 # (its cookies and its own Authorization are not the service's business).
@@ -48,7 +83,6 @@ FORWARDED_REQUEST_HEADERS = frozenset(
         b"if-unmodified-since",
         b"x-request-id",
         b"content-type",
-        b"content-length",
         b"accept",
     }
 )
@@ -66,13 +100,30 @@ DROPPED_RESPONSE_HEADERS = frozenset(
         b"server",
     }
 )
+RETRY_AFTER_SECONDS = 5
+
+UNAVAILABLE = (
+    503,
+    "export_service_unavailable",
+    "The export service cannot be reached right now. Please try again in a minute.",
+)
+TIMED_OUT = (
+    504,
+    "export_service_timeout",
+    "The export service did not answer in time. Please try again in a minute.",
+)
+BAD_ANSWER = (
+    502,
+    "export_service_bad_answer",
+    "The export service sent an answer that could not be read. Please try again.",
+)
 
 
-def _error(status: int, code: str, message: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def error_response(status: int, code: str, message: str) -> Response:
     """The service's own error shape, so the front end handles both alike."""
     body = json.dumps({"detail": {"error": code, "message": message}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    return status, headers, body
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status in (503, 504) else None
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def _raw_id(scope: Scope) -> str:
@@ -103,137 +154,376 @@ def _raw_id(scope: Scope) -> str:
     return quote(run_id, safe="")
 
 
-class _Forward:
-    """One ASGI endpoint forwarding one kind of route (``list``, ``zip``,
-    ``links``) to ``base_url``: the raw id, the raw query and the body."""
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float
+    first_byte: float
+    idle: float
 
-    def __init__(self, base_url: str, token: str | None, timeout: httpx.Timeout, kind: str) -> None:
+
+class _Upstream:
+    """The service behind the router: its address, token, timeouts and the one
+    pooled client session (per process: made lazily in the running loop, so
+    each uvicorn worker has its own)."""
+
+    def __init__(self, base_url: str, token: str | None, timeouts: Timeouts) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
-        self.timeout = timeout
-        self.prefix = SERVICE_PREFIX + EXPORT_PATH + kind.encode() + b"/"
+        self.timeouts = timeouts
+        self.client_timeout = aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=timeouts.connect, sock_read=timeouts.idle
+        )
+        self._session: aiohttp.ClientSession | None = None
 
-    def _target(self, scope: Scope) -> bytes:
-        """The service's request target: its route for this kind, then the id
-        and the query byte for byte as the browser sent them (httpx would remove
-        ``..`` segments from a URL; a raw target is sent as it is)."""
-        target = self.prefix + _raw_id(scope).encode("latin-1")
-        query: bytes = scope.get("query_string", b"")
-        return target + b"?" + query if query else target
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                timeout=self.client_timeout,
+                auto_decompress=False,
+                read_bufsize=CHUNK_BYTES,
+                skip_auto_headers=("Accept-Encoding",),
+            )
+        return self._session
 
-    def _headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.aclose()
+
+    def headers(self, scope: Scope) -> list[tuple[str, str]]:
         headers = [
-            (name, value)
+            (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in scope["headers"]
             if name.lower() in FORWARDED_REQUEST_HEADERS
         ]
+        # The browser's address, after any proxies' before the backend: the
+        # service gives each client its own share of downloads by it.
+        forwarded = [
+            value.decode("latin-1").strip()
+            for name, value in scope["headers"]
+            if name.lower() == b"x-forwarded-for"
+        ]
+        client = scope.get("client")
+        # uvicorn (--proxy-headers, on for 127.0.0.1 by default) may already
+        # have taken the client from that header's last entry: not twice.
+        if client and (not forwarded or forwarded[-1].rpartition(",")[2].strip() != client[0]):
+            forwarded.append(str(client[0]))
+        if forwarded:
+            headers.append(("X-Forwarded-For", ", ".join(item for item in forwarded if item)))
         if self.token:
-            headers.append((b"authorization", b"Bearer " + self.token.encode()))
+            headers.append(("Authorization", "Bearer " + self.token))
         return headers
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def body() -> AsyncIterator[bytes]:
-            more = True
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                more = message.get("more_body", False)
-                yield message.get("body", b"")
-
+    async def request(
+        self, kind: str, scope: Scope, body: bytes | None
+    ) -> aiohttp.ClientResponse | Response:
+        """The service's answer up to its headers, or the error response to
+        send instead."""
         method: str = scope["method"]
-        target = self._target(scope)
-        url = self.base_url + target.decode("latin-1")
-        async with httpx.AsyncClient(timeout=self.timeout) as client:
-            request = client.build_request(
-                method,
-                self.base_url,
-                headers=self._headers(scope),
-                content=body() if method in ("PUT", "POST") else None,
-                extensions={"target": target},
-            )
-            try:
-                upstream = await client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-                log.warning("export-service unreachable on %s %s: %r", method, url, error)
-                message = f"export-service cannot be reached: {error!r}"
-                await self._answer(send, *_error(503, "export_service_unavailable", message))
-                return
-            except httpx.TimeoutException as error:
-                log.warning("export-service timed out on %s %s: %r", method, url, error)
-                message = f"export-service did not answer in time: {error!r}"
-                await self._answer(send, *_error(502, "export_service_timeout", message))
-                return
-            except httpx.HTTPError as error:
-                log.warning("export-service failed on %s %s: %r", method, url, error)
-                message = f"export-service gave no valid answer: {error!r}"
-                await self._answer(send, *_error(502, "bad_gateway", message))
-                return
-            try:
-                await self._stream(upstream, receive, send)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await upstream.aclose()
+        target = f"{SERVICE_PREFIX}{EXPORT_PATH}{kind}/{_raw_id(scope)}"
+        query = scope.get("query_string", b"").decode("latin-1")
+        if query:
+            target += "?" + query
+        # encoded: the target goes out as the browser sent it (no ".." removed).
+        url = URL(self.base_url + target, encoded=True)
+        headers = self.headers(scope)
+        # A kept-alive connection the service closed meanwhile (a restart) is
+        # retried once on a new one by aiohttp itself, for idempotent methods.
+        try:
+            async with asyncio.timeout(self.timeouts.first_byte):
+                return await self.session().request(
+                    method, url, headers=headers, data=body, allow_redirects=False
+                )
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
+            return self._failed(UNAVAILABLE, method, target, error)
+        except TimeoutError as error:
+            return self._failed(TIMED_OUT, method, target, error)
+        except aiohttp.ClientError as error:
+            return self._failed(BAD_ANSWER, method, target, error)
 
-    async def _stream(self, upstream: httpx.Response, receive: Receive, send: Send) -> None:
-        """The service's answer, chunk by chunk, until it ends or the browser leaves."""
-        headers = [
+    def _failed(
+        self, what: tuple[int, str, str], method: str, target: str, error: BaseException
+    ) -> Response:
+        log.warning(
+            "export-service %s on %s %s%s after %s: %r",
+            what[1],
+            method,
+            self.base_url,
+            target,
+            self.timeouts,
+            error,
+        )
+        return error_response(*what)
+
+
+class _Relayed(Response):
+    """The service's answer, relayed as it comes: status and headers, then the
+    body piece by piece until it ends, fails or the browser leaves."""
+
+    def __init__(self, upstream: aiohttp.ClientResponse) -> None:
+        self.upstream = upstream
+        self.status_code = upstream.status
+        self.background = None
+        self.raw_headers = [
             (name, value)
-            for name, value in upstream.headers.raw
+            for name, value in upstream.raw_headers
             if name.lower() not in DROPPED_RESPONSE_HEADERS
         ]
-        await send(
-            {"type": "http.response.start", "status": upstream.status_code, "headers": headers}
-        )
-        async with anyio.create_task_group() as group:
 
-            async def watch_disconnect() -> None:
-                message: Message = {"type": ""}
-                while message["type"] != "http.disconnect":
-                    message = await receive()
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length = self.upstream.content_length
+        if scope["method"] == "HEAD" or (length is not None and length <= CHUNK_BYTES):
+            await self._send_whole(scope, receive, send)
+            return
+        complete = False
+        try:
+            await send(self._start())
+            async with anyio.create_task_group() as group:
+
+                async def watch_disconnect() -> None:
+                    message: Message = {"type": ""}
+                    while message["type"] != "http.disconnect":
+                        message = await receive()
+                    group.cancel_scope.cancel()
+
+                group.start_soon(watch_disconnect)
+                complete = await self._relay(send)
                 group.cancel_scope.cancel()
-
-            group.start_soon(watch_disconnect)
-            try:
-                async for chunk in upstream.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except httpx.HTTPError as error:
-                # Headers are out: all that can be said is that the body is cut short.
-                log.warning("export-service answer cut short: %r", error)
+        finally:
+            if complete:
+                self.upstream.release()  # the connection goes back to the pool
             else:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            group.cancel_scope.cancel()
+                self.upstream.close()  # the service sees its client go away
 
-    @staticmethod
-    async def _answer(
-        send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+    def _start(self) -> Message:
+        return {
+            "type": "http.response.start",
+            "status": self.status_code,
+            "headers": self.raw_headers,
+        }
+
+    async def _send_whole(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A small answer (a manifest, an error, a HEAD): read whole, sent in
+        one piece, without the watch for the browser leaving that a long
+        download needs."""
+        try:
+            body = await self.upstream.read()
+        except (aiohttp.ClientError, TimeoutError) as error:
+            # Nothing is out yet: the browser gets an error, not a short body.
+            self.upstream.close()
+            log.warning("export-service answer cut short: %r", error)
+            failure = TIMED_OUT if isinstance(error, TimeoutError) else BAD_ANSWER
+            await error_response(*failure)(scope, receive, send)
+            return
+        self.upstream.release()
+        await send(self._start())
         await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _relay(self, send: Send) -> bool:
+        content = self.upstream.content
+        try:
+            while chunk := await content.read(CHUNK_BYTES):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (aiohttp.ClientError, TimeoutError) as error:
+            # Headers are out: all that can be said is that the body is cut
+            # short. Returning without the body's end makes the ASGI server
+            # close the connection.
+            log.warning("export-service answer cut short: %r", error)
+            return False
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return True
+
+
+async def _forward(upstream: _Upstream, kind: str, request: Request) -> Response:
+    body = await request.body() if request.method == "PUT" else None
+    answer = await upstream.request(kind, request.scope, body)
+    if isinstance(answer, Response):
+        return answer
+    return _Relayed(answer)
+
+
+def _accel_response(prefix: str, request: Request, render_run_id: str) -> Response:
+    """Hand the ZIP to the nginx in front (X-Accel-Redirect), after the
+    service's id check: nginx unescapes the target and resolves ``..``."""
+    try:
+        checked = render_run_id_as_sent(render_run_id)
+    except ExportServiceError as error:
+        return error_response(error.status, error.code, error.message)
+    target = prefix.rstrip("/") + SERVICE_PREFIX + EXPORT_PATH + "zip/" + quote(checked, safe="")
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    if query:
+        target += "?" + query
+    return Response(headers={"X-Accel-Redirect": target})
+
+
+# The routes' parameters, documented only: the endpoints take the id from the
+# raw request target and forward the query as sent, so FastAPI need not parse
+# or validate them (a fifth of the router's own time per manifest).
+RUN_ID: dict[str, Any] = {
+    "name": "render_run_id",
+    "in": "path",
+    "required": True,
+    "description": "The project's render run id (surrounding whitespace is stripped).",
+    "schema": {"type": "string"},
+}
+PARAM_RUN_ID: dict[str, Any] = {
+    "name": "param_run_id",
+    "in": "query",
+    "required": False,
+    "description": "The param run to include; empty, blank or absent: the one linked "
+    "to the render run.",
+    "schema": {"type": "string"},
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    texts = {
+        404: "no link for this render run",
+        412: "If-Match or If-Unmodified-Since failed",
+        416: "range not satisfiable",
+        422: "invalid run id, param run id or body; or more files than the service allows",
+        502: "export_service_bad_answer: the service's answer could not be read",
+        503: "export_service_unavailable (the service cannot be reached), or the service "
+        "is busy (too_many_downloads) or its links file is unusable",
+        504: "export_service_timeout: no answer within the first-byte timeout",
+    }
+    return {status: {"model": ErrorBody, "description": texts[status]} for status in statuses}
 
 
 def export_proxy_router(
-    base_url: str, token: str | None = None, timeout: float = 60.0
+    base_url: str,
+    token: str | None = None,
+    *,
+    connect_timeout: float = 3.0,
+    first_byte_timeout: float = 20.0,
+    idle_timeout: float = 60.0,
+    dependencies: Sequence[Depends] = (),
+    links: bool = False,
+    links_dependencies: Sequence[Depends] = (),
+    accel_redirect_prefix: str | None = None,
 ) -> APIRouter:
-    """The backend's export routes (manifest, ZIP, links), forwarded to export-service.
+    """The backend's export routes, forwarded to export-service.
 
     ``base_url``: where the service listens (``http://127.0.0.1:8080``);
-    ``token``: its ``auth.token``, sent as a bearer token; ``timeout``: seconds
-    to wait to connect and between two reads of the answer. Mount it where the
-    backend mounted its export router: ``app.include_router(router, prefix="/api")``.
+    ``token``: its ``auth.token``, sent as a bearer token.
+
+    ``connect_timeout`` (s): to open a connection to the service (503 after);
+    ``first_byte_timeout`` (s): from the request to the answer's headers,
+    connecting included (504 after); ``idle_timeout`` (s): the longest pause
+    between two pieces of a body (the download is cut after).
+
+    ``dependencies``: the backend's own FastAPI dependencies (its login
+    check...) for every route. ``links=True`` adds ``GET`` and ``PUT
+    /air/export/links/{id}``: an unauthenticated write to the links file
+    unless ``links_dependencies`` (e.g. ``[Depends(require_admin)]``) guard
+    it; the original backend had no such route, so it is off by default.
+
+    ``accel_redirect_prefix`` (e.g. ``"/_export_service"``): when set, a ZIP
+    request carrying ``X-Export-Accel: nginx`` (set by the nginx recipe on
+    the backend's location) is answered with only ``X-Accel-Redirect:
+    <prefix>/api/air/export/zip/<id>?<query>`` and nginx streams the ZIP from
+    the service; any other request (the backend reached directly) is streamed
+    through the router as usual.
+
+    Mount it where the backend mounted its export router:
+    ``app.include_router(router, prefix="/api")``.
     """
-    limits = httpx.Timeout(timeout, connect=min(timeout, 5.0))
-    router = APIRouter()
-    router.routes.extend(
-        Route(
-            f"/air/export/{kind}/{{render_run_id:path}}",
-            _Forward(base_url, token, limits, kind),
-            methods=methods,
-        )
-        for kind, methods in (
-            ("list", ["GET", "HEAD"]),
-            ("zip", ["GET", "HEAD"]),
-            ("links", ["GET", "PUT"]),
-        )
+    if links_dependencies and not links:
+        raise ValueError("links_dependencies guard the links routes: pass links=True too")
+    upstream = _Upstream(
+        base_url, token, Timeouts(connect_timeout, first_byte_timeout, idle_timeout)
     )
+    router = APIRouter(
+        lifespan=upstream.lifespan, dependencies=list(dependencies), tags=["air:export"]
+    )
+
+    async def export_list(request: Request) -> Response:
+        """The project's manifest: every file of its render, MIDI and param runs
+        with a URL to fetch it (forwarded to export-service)."""
+        return await _forward(upstream, "list", request)
+
+    async def export_zip(request: Request) -> Response:
+        """All of the project's files as one streamed ZIP, resumable with
+        ``Range`` (forwarded to export-service)."""
+        if (
+            accel_redirect_prefix is not None
+            and (ACCEL_HEADER, ACCEL_VALUE) in request.scope["headers"]
+        ):
+            run_id: str = request.scope["path_params"]["render_run_id"]
+            return _accel_response(accel_redirect_prefix, request, run_id)
+        return await _forward(upstream, "zip", request)
+
+    manifest_200 = {"model": ExportManifest, "description": "the manifest"}
+    zip_200 = {
+        "description": "the ZIP (206 for a Range, 304 for If-None-Match)",
+        "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+    }
+    for method in ("GET", "HEAD"):
+        suffix = "" if method == "GET" else "_head"
+        router.add_api_route(
+            EXPORT_PATH + "list/{render_run_id:path}",
+            export_list,
+            methods=[method],
+            operation_id="air_export_list" + suffix,
+            response_class=JSONResponse,
+            responses={200: manifest_200, **_errors(412, 422, 502, 503, 504)},
+            openapi_extra={"parameters": [RUN_ID, PARAM_RUN_ID]},
+        )
+        router.add_api_route(
+            EXPORT_PATH + "zip/{render_run_id:path}",
+            export_zip,
+            methods=[method],
+            operation_id="air_export_zip" + suffix,
+            response_class=Response,
+            responses={200: zip_200, **_errors(412, 416, 422, 502, 503, 504)},
+            openapi_extra={"parameters": [RUN_ID, PARAM_RUN_ID]},
+        )
+    if links:
+        _add_links_routes(router, upstream, list(links_dependencies))
     return router
+
+
+def _add_links_routes(router: APIRouter, upstream: _Upstream, guards: list[Depends]) -> None:
+    async def get_link(request: Request) -> Response:
+        """The param run linked to a render run (forwarded to export-service)."""
+        return await _forward(upstream, "links", request)
+
+    async def put_link(request: Request) -> Response:
+        """Link a render run to a param run (forwarded to export-service)."""
+        return await _forward(upstream, "links", request)
+
+    link_200 = {"model": Link, "description": "the link"}
+    router.add_api_route(
+        EXPORT_PATH + "links/{render_run_id:path}",
+        get_link,
+        methods=["GET"],
+        operation_id="air_export_get_link",
+        dependencies=guards,
+        response_class=JSONResponse,
+        responses={200: link_200, **_errors(404, 422, 502, 503, 504)},
+        openapi_extra={"parameters": [RUN_ID]},
+    )
+    router.add_api_route(
+        EXPORT_PATH + "links/{render_run_id:path}",
+        put_link,
+        methods=["PUT"],
+        operation_id="air_export_put_link",
+        dependencies=guards,
+        response_class=JSONResponse,
+        responses={200: link_200, **_errors(422, 502, 503, 504)},
+        openapi_extra={
+            "parameters": [RUN_ID],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": LinkUpdate.model_json_schema()}},
+            },
+        },
+    )

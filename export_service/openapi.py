@@ -12,20 +12,9 @@ from . import __version__
 from .config import Settings
 from .manifest import ExportManifest
 from .run_ids import RUN_ID_JSON_SCHEMA
-from .schemas import EXPORT_PREFIX, Link, LinkUpdate
+from .schemas import EXPORT_PREFIX, ErrorBody, Link, LinkUpdate
 
 OPENAPI_PATH = EXPORT_PREFIX + "/openapi.json"
-
-
-class ErrorDetail(BaseModel):
-    error: str
-    message: str
-
-
-class ErrorBody(BaseModel):
-    """Every error response: the AIR export module's shape."""
-
-    detail: ErrorDetail
 
 
 class Status(BaseModel):

@@ -14,7 +14,7 @@ from .exports import ExportSources, export_manifest_json, plan_export_archive
 from .keys import CRC_CACHE, IO_EXECUTOR, METRICS, SOURCES, ZIP_SLOTS
 from .links import StoredLink
 from .offload import run_blocking
-from .run_ids import check_param_run_id, check_render_run_id
+from .run_ids import check_param_run_id, param_run_id_as_sent, render_run_id_as_sent
 from .schemas import EXPORT_PREFIX, Link, LinkUpdate
 from .zip_response import UNLISTED_HEADER, ZipResponse
 
@@ -29,13 +29,11 @@ RUN_ID_SEGMENT = r"{render_run_id:[\s\S]*}"
 def _run_ids(request: web.Request) -> tuple[str, str | None]:
     """The validated render run id and the optional ``param_run_id`` query.
 
-    An empty ``param_run_id=`` counts as absent, as in the original module.
+    Both are stripped of surrounding whitespace and an empty or blank
+    ``param_run_id`` counts as absent, as in the original module.
     """
-    render_run_id = check_render_run_id(request.match_info["render_run_id"])
-    param_run_id = request.query.get("param_run_id") or None
-    if param_run_id is not None:
-        check_param_run_id(param_run_id)
-    return render_run_id, param_run_id
+    render_run_id = render_run_id_as_sent(request.match_info["render_run_id"])
+    return render_run_id, param_run_id_as_sent(request.query.get("param_run_id"))
 
 
 def _manifest_and_etag(
@@ -135,7 +133,7 @@ async def get_link(request: web.Request) -> web.Response:
     """The param run linked to a render run: 200 with the link, 404
     ``link_not_found`` when there is none (or its param run id is not a valid
     run id), 422 for a bad run id."""
-    render_run_id = check_render_run_id(request.match_info["render_run_id"])
+    render_run_id = render_run_id_as_sent(request.match_info["render_run_id"])
     links = request.app[SOURCES].links
     stored = await run_blocking(request.app[IO_EXECUTOR], links.link_for, render_run_id)
     if stored is None:
@@ -148,7 +146,7 @@ async def put_link(request: web.Request) -> web.Response:
     """Link a render run to a param run: 200 with the link as stored. 422
     ``invalid_body`` unless the body is ``{"param_run_id": "<id>"}``, 422 for a
     bad id, 503 when the links file is unusable or cannot be written."""
-    render_run_id = check_render_run_id(request.match_info["render_run_id"])
+    render_run_id = render_run_id_as_sent(request.match_info["render_run_id"])
     try:
         update = LinkUpdate.model_validate_json(await request.read())
     except ValidationError as error:

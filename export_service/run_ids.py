@@ -63,3 +63,16 @@ def check_render_run_id(value: str) -> str:
 
 def check_param_run_id(value: str) -> str:
     return _checked(value, "param_run_id", InvalidParamRunId)
+
+
+def render_run_id_as_sent(value: str) -> str:
+    """A render run id from a URL, taken as the original backend took it:
+    surrounding whitespace stripped (``/list/%20abc`` is ``abc``), then checked."""
+    return check_render_run_id(value.strip())
+
+
+def param_run_id_as_sent(value: str | None) -> str | None:
+    """An optional ``param_run_id`` from a query, as the original took it:
+    stripped, and absent when empty or blank (the link is used then)."""
+    stripped = (value or "").strip()
+    return check_param_run_id(stripped) if stripped else None

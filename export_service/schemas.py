@@ -1,5 +1,6 @@
-"""The API's shape shared by its handlers and its OpenAPI document: the path
-prefix of the export routes and the bodies of the links routes."""
+"""The API's shape shared by its handlers, its OpenAPI document and the
+backend's proxy router: the path prefix of the export routes, the bodies of
+the links routes and the error body."""
 
 from __future__ import annotations
 
@@ -25,3 +26,14 @@ class Link(BaseModel):
     render_run_id: str
     param_run_id: str
     updated_at: float | None
+
+
+class ErrorDetail(BaseModel):
+    error: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response: the AIR export module's shape."""
+
+    detail: ErrorDetail

@@ -12,20 +12,17 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
 pytest.importorskip("fastapi", reason="the 'fastapi' extra is not installed")
 pytest.importorskip("uvicorn", reason="uvicorn (dev extra) is not installed")
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 
 from bench.harness import nginx_server
-from export_service.errors import ExportServiceError
-from export_service.run_ids import check_render_run_id
+from export_service.fastapi_proxy import export_proxy_router
 from tests.conftest import AirTree, write
 from tests.live import LiveService, live_service
 from tests.test_fastapi_proxy import Answer, request, uvicorn_app
@@ -56,9 +53,10 @@ def recipe(name: str, service: str, backend: str = "127.0.0.1:8000") -> str:
     )
 
 
-def accel_backend() -> FastAPI:
+def accel_backend(service: str) -> FastAPI:
     """A scratch AIR backend: its CORSMiddleware allows its front end's
-    origin, and its ZIP route is the README's X-Accel-Redirect route."""
+    origin, and it mounts the proxy router as the README says, with
+    ``accel_redirect_prefix`` for deploy/nginx/x-accel.conf."""
     app = FastAPI()
     app.add_middleware(
         CORSMiddleware,
@@ -67,27 +65,8 @@ def accel_backend() -> FastAPI:
         allow_methods=["GET", "HEAD"],
         allow_headers=["Range", "If-Range", "If-None-Match"],
     )
-
-    @app.api_route("/api/air/export/zip/{render_run_id:path}", methods=["GET", "HEAD"])
-    def export_zip(render_run_id: str, request: Request) -> Response:
-        try:
-            check_render_run_id(render_run_id)
-        except ExportServiceError as error:
-            body = {"detail": {"error": error.code, "message": error.message}}
-            return JSONResponse(body, status_code=error.status)
-        if request.headers.get("x-export-accel") != "nginx":
-            body = {
-                "detail": {
-                    "error": "export_accel_unavailable",
-                    "message": "This download is served through the site's nginx only.",
-                }
-            }
-            return JSONResponse(body, status_code=503)
-        target = "/_export_service/api/air/export/zip/" + quote(render_run_id, safe="")
-        if request.url.query:
-            target += "?" + request.url.query
-        return Response(headers={"X-Accel-Redirect": target})
-
+    router = export_proxy_router(service, token=TOKEN, accel_redirect_prefix="/_export_service")
+    app.include_router(router, prefix="/api")
     return app
 
 
@@ -113,7 +92,7 @@ def paths(tree: AirTree) -> Iterator[Paths]:
     }
     with (
         live_service(env=env) as service,
-        uvicorn_app(accel_backend()) as backend,
+        uvicorn_app(accel_backend(service.base_url)) as backend,
         nginx_server(binary, recipe("export-service.conf", service.base_url)) as plain,
         nginx_server(binary, recipe("x-accel.conf", service.base_url, backend)) as accel,
     ):
@@ -207,14 +186,15 @@ def test_an_error_carries_the_cors_header_so_the_page_can_read_it(
     assert answer.headers["Access-Control-Allow-Origin"] == ALLOWED
 
 
-def test_the_accel_route_without_nginx_never_answers_an_empty_200(paths: Paths) -> None:
-    """The front end calling the backend directly (development): the route
-    must not hand out an X-Accel-Redirect nobody follows."""
+def test_the_accel_route_without_nginx_streams_the_zip_itself(paths: Paths) -> None:
+    """The front end calling the backend directly (development): no
+    X-Export-Accel header, so the router streams the ZIP instead of handing
+    out an X-Accel-Redirect nobody follows (an empty 200)."""
     answer = request(paths.backend, "GET", ZIP, {"Origin": ALLOWED})
-    body = answer.json()
-    assert answer.status == 503
-    assert isinstance(body, dict) and body["detail"]["error"] == "export_accel_unavailable"
+    assert answer.status == 200
     assert "X-Accel-Redirect" not in answer.headers
+    assert answer.body == _direct(paths).body
+    assert answer.headers["Access-Control-Allow-Origin"] == ALLOWED
     # A client cannot forge the header through nginx: the recipe sets it.
     forged = request(paths.accel, "GET", ZIP, {"X-Export-Accel": "something"})
     assert forged.status == 200 and forged.body == _direct(paths).body

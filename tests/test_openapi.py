@@ -15,8 +15,8 @@ from pydantic import TypeAdapter
 
 from export_service import __version__
 from export_service.manifest import ExportManifest
-from export_service.openapi import OPENAPI_PATH, ErrorBody, Readiness, Status, openapi_document
-from export_service.schemas import Link, LinkUpdate
+from export_service.openapi import OPENAPI_PATH, Readiness, Status, openapi_document
+from export_service.schemas import ErrorBody, Link, LinkUpdate
 from tests.conftest import AirTree, ClientFactory, write
 
 REF_TEMPLATE = "#/components/schemas/{model}"

@@ -105,10 +105,32 @@ async def test_manifest_is_byte_for_byte_the_original(
     assert body == _compact(EXPECTED_RUN_1)
 
 
+@pytest.mark.parametrize("padded", ["%20run_1", "run_1%20%20", "%09run_1%0A"])
+async def test_whitespace_around_the_run_id_is_stripped_as_the_original_did(
+    tree: AirTree, client: TestClient[Any, Any], padded: str
+) -> None:
+    """The original took ``render_run_id.strip()``: ``/list/%20run_1`` is run_1's
+    manifest, and the ZIP of ``%20run_1`` is run_1's, under run_1's name."""
+    every_case(tree)
+    assert await _manifest(client, f"/api/air/export/list/{padded}") == _compact(EXPECTED_RUN_1)
+    plain = await client.get("/api/air/export/zip/run_1")
+    padded_zip = await client.get(f"/api/air/export/zip/{padded}")
+    assert padded_zip.status == 200
+    assert await padded_zip.read() == await plain.read()
+    assert padded_zip.headers["Content-Disposition"] == plain.headers["Content-Disposition"]
+    detail = await error_detail(client, "GET", "/api/air/export/list/%20%20", 422)
+    assert detail["error"] == "invalid_run_id"
+
+
 @pytest.mark.parametrize(
     ("query", "param_run_id", "params"),
-    [("prm_b", "prm_b", ("20261101_101300_prm_b", 7)), ("", "prm_a", ("20261101_101200_prm_a", 2))],
-    ids=["given", "empty"],
+    [
+        ("prm_b", "prm_b", ("20261101_101300_prm_b", 7)),
+        ("%20prm_b%09", "prm_b", ("20261101_101300_prm_b", 7)),
+        ("", "prm_a", ("20261101_101200_prm_a", 2)),
+        ("%20%20", "prm_a", ("20261101_101200_prm_a", 2)),
+    ],
+    ids=["given", "given-with-spaces", "empty", "blank"],
 )
 async def test_the_query_param_run_id_wins_over_the_link_unless_empty(
     tree: AirTree,
@@ -117,7 +139,8 @@ async def test_the_query_param_run_id_wins_over_the_link_unless_empty(
     param_run_id: str,
     params: tuple[str, int],
 ) -> None:
-    """An empty ``param_run_id=`` counts as absent, as in the original module."""
+    """An empty or blank ``param_run_id=`` counts as absent and a given one is
+    stripped, as in the original module (``(param_run_id or "").strip()``)."""
     every_case(tree)
     path = f"/api/air/export/list/run_1?param_run_id={query}"
     manifest = json.loads(await _manifest(client, path))

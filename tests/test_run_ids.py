@@ -1,7 +1,13 @@
 import pytest
 
 from export_service.errors import InvalidParamRunId, InvalidRunId
-from export_service.run_ids import check_param_run_id, check_render_run_id, run_id_problem
+from export_service.run_ids import (
+    check_param_run_id,
+    check_render_run_id,
+    param_run_id_as_sent,
+    render_run_id_as_sent,
+    run_id_problem,
+)
 
 VALID = [
     "rnd_7f3a9c",
@@ -46,3 +52,17 @@ def test_ids_that_could_leave_a_root_are_refused(value: str) -> None:
     with pytest.raises(InvalidParamRunId) as param_error:
         check_param_run_id(value)
     assert param_error.value.code == "invalid_param_run_id"
+
+
+def test_ids_as_sent_are_stripped_and_a_blank_param_run_id_is_absent() -> None:
+    assert render_run_id_as_sent(" \tabc\n") == "abc"
+    assert param_run_id_as_sent(" prm ") == "prm"
+    assert param_run_id_as_sent(" \t") is None
+    assert param_run_id_as_sent("") is None
+    assert param_run_id_as_sent(None) is None
+    with pytest.raises(InvalidRunId):
+        render_run_id_as_sent("  ")
+    with pytest.raises(InvalidRunId):
+        render_run_id_as_sent(" .. ")
+    with pytest.raises(InvalidParamRunId):
+        param_run_id_as_sent(" a/b ")

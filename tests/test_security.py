@@ -29,6 +29,7 @@ REFUSED_IDS = [
     "//",
     "r%2f..%2f..%2fsecret.txt",
 ]
+BLANK_IDS = {"%0a"}
 # Ids the rule lets through: decoded once, none of the above is left
 # ("%252e%252e" is the name "%2e%2e"; "%c0%ae" is no dot). A run of that name
 # does not exist: a 200 with nothing in it.
@@ -63,9 +64,11 @@ def hostile_tree(tree: AirTree) -> AirTree:
 async def test_hostile_ids_never_reach_outside(
     hostile_tree: AirTree, client: TestClient[Any, Any], endpoint: str, run_id: str, status: int
 ) -> None:
+    # A blank param_run_id ("%0a") counts as absent, as in the original: the link is used.
+    param_status = 200 if run_id in BLANK_IDS else status
     for query in ("", "?param_run_id=" + run_id):
         answer, body = await raw_get(client, f"/api/air/export/{endpoint}/r{query}")
-        assert answer == (200 if query == "" else status), (answer, body)
+        assert answer == (200 if query == "" else param_status), (answer, body)
         assert CANARY not in body
         answer, body = await raw_get(client, f"/api/air/export/{endpoint}/{run_id}{query}")
         assert answer == status, (answer, body)
