@@ -53,6 +53,13 @@ class LinksFileCorrupt(ExportServiceError):
     code = "links_file_corrupt"
 
 
+class LinksFileTooLarge(ExportServiceError):
+    """The links file is over ``links.max_bytes``: it is not parsed."""
+
+    status = 503
+    code = "links_file_too_large"
+
+
 class LinksFileUnwritable(ExportServiceError):
     """The links folder is read-only, full, or not writable by this process."""
 

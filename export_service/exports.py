@@ -35,7 +35,7 @@ class ExportSources:
         roots = settings.roots
         return cls(
             settings,
-            LinkStore(settings.links.file),
+            LinkStore(settings.links.file, settings.links.max_bytes),
             RunFolderIndex(str(roots.midi_generation)),
             RunFolderIndex(str(roots.param_generation)),
         )
