@@ -30,6 +30,7 @@ from .keys import (
     IN_FLIGHT,
     IO_EXECUTOR,
     METRICS,
+    SCAN_EXECUTOR,
     SETTINGS,
     SHUTTING_DOWN,
     SOURCES,
@@ -179,6 +180,11 @@ def create_app(settings: Settings) -> web.Application:
         zip_executor = app[ZIP_EXECUTOR] = ThreadPoolExecutor(
             max_workers=settings.limits.zip_thread_count, thread_name_prefix="export-zip"
         )
+        # Scans (manifests, ZIP plans) have threads of their own: however many
+        # run, file URLs, links and readiness never queue behind them.
+        scan_executor = app[SCAN_EXECUTOR] = ThreadPoolExecutor(
+            max_workers=settings.limits.scan_threads, thread_name_prefix="export-scan"
+        )
         problems = await asyncio.get_running_loop().run_in_executor(
             executor, ops.readiness_problems, settings, app[SOURCES].links
         )
@@ -186,6 +192,7 @@ def create_app(settings: Settings) -> web.Application:
             log.warning("not ready yet: %s", problem)
         yield
         zip_executor.shutdown(wait=True, cancel_futures=True)
+        scan_executor.shutdown(wait=True, cancel_futures=True)
         executor.shutdown(wait=True, cancel_futures=True)
 
     async def loop_lag_probe(app: web.Application) -> AsyncIterator[None]:

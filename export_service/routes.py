@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import Counter
 
 from aiohttp import hdrs, web
 from pydantic import ValidationError
 
+from .archive import CrcCache, ExportArchive
 from .conditional import not_modified_response
 from .errors import InvalidRequestBody, LinkNotFound, TooManyDownloads
 from .exports import ExportSources, export_manifest_json, plan_export_archive
-from .keys import CRC_CACHE, IO_EXECUTOR, METRICS, SOURCES, ZIP_SLOTS
+from .keys import CRC_CACHE, IO_EXECUTOR, METRICS, SCAN_EXECUTOR, SOURCES, ZIP_SLOTS
 from .links import StoredLink
-from .offload import run_blocking
+from .offload import run_blocking, run_stoppable
 from .run_ids import check_param_run_id, check_render_run_id
 from .schemas import EXPORT_PREFIX, Link, LinkUpdate
 from .zip_response import UNLISTED_HEADER, ZipResponse
@@ -39,12 +41,22 @@ def _run_ids(request: web.Request) -> tuple[str, str | None]:
 
 
 def _manifest_and_etag(
-    sources: ExportSources, render_run_id: str, param_run_id: str | None
+    stop: threading.Event, sources: ExportSources, render_run_id: str, param_run_id: str | None
 ) -> tuple[bytearray, str, Counter[str]]:
     """The manifest's JSON, its strong ETag (a hash of exactly those bytes;
     blocking: hashed in the same hop) and what could not be listed."""
-    body, unlisted = export_manifest_json(sources, render_run_id, param_run_id)
+    body, unlisted = export_manifest_json(sources, render_run_id, param_run_id, stop)
     return body, f'"{hashlib.sha256(body).hexdigest()[:40]}"', unlisted
+
+
+def _planned_archive(
+    stop: threading.Event,
+    sources: ExportSources,
+    render_run_id: str,
+    param_run_id: str | None,
+    crcs: CrcCache,
+) -> ExportArchive:
+    return plan_export_archive(sources, render_run_id, param_run_id, crcs, stop)
 
 
 @routes.get(EXPORT_PREFIX + "/list/" + RUN_ID_SEGMENT)
@@ -55,8 +67,8 @@ async def export_manifest(request: web.Request) -> web.Response:
     for a bad run id or an export over ``limits.max_files_per_export``.
     Without ``param_run_id`` the links file names the param run."""
     render_run_id, param_run_id = _run_ids(request)
-    body, etag, unlisted = await run_blocking(
-        request.app[IO_EXECUTOR],
+    body, etag, unlisted = await run_stoppable(
+        request.app[SCAN_EXECUTOR],
         _manifest_and_etag,
         request.app[SOURCES],
         render_run_id,
@@ -99,11 +111,12 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
             headers={hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)},
         )
     try:
-        # Planning scans like a manifest: in the I/O pool, so that however long
-        # it takes it never holds the ZIP threads that keep downloads streaming.
-        archive = await run_blocking(
-            request.app[IO_EXECUTOR],
-            plan_export_archive,
+        # Planning scans like a manifest: in the scan pool, so that however long
+        # it takes it never holds the ZIP threads that keep downloads streaming,
+        # nor the I/O threads of file URLs; it stops if the client hangs up.
+        archive = await run_stoppable(
+            request.app[SCAN_EXECUTOR],
+            _planned_archive,
             request.app[SOURCES],
             render_run_id,
             param_run_id,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import threading
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from export_service import exports, routes
+from export_service import exports, routes, scanning
 from export_service.keys import ZIP_SLOTS
 from tests.conftest import (
     AirTree,
@@ -22,6 +23,7 @@ from tests.conftest import (
     error_detail,
     every_case,
     link_beyond_path_max,
+    open_paths_under,
     raw_exchange,
     remove_deep,
     wait_until,
@@ -340,3 +342,89 @@ async def test_a_refused_link_body_is_named_with_what_is_wrong_in_it(
     assert detail["detail"]["message"] == (
         'the body must be JSON {"param_run_id": "<id>"}; ' + problem
     )
+
+
+# -- bounded scans that stop (issue 22 item 4) -----------------------------------
+
+
+@pytest.mark.parametrize("kind", ["list", "zip"])
+async def test_an_export_of_more_folders_than_allowed_is_refused(
+    tree: AirTree, make_client: ClientFactory, kind: str
+) -> None:
+    """300,000 empty folders took 9.2 s a manifest and 738 MB: folders count."""
+    for index in range(12):
+        (tree.render / "r" / f"{index:02d}").mkdir(parents=True)
+    client = await make_client(limits={"max_folders_per_export": 10})
+    detail = await error_detail(client, "GET", f"/api/air/export/{kind}/r", 422)
+    assert detail["error"] == "export_too_large"
+    assert "more than 10 folders" in detail["message"]
+    assert "limits.max_folders_per_export" in detail["message"]
+
+
+class PausedScan:
+    """Holds every scan at its 5th folder until released (the point where a
+    client hangs up, or where other requests must still be answered)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.walks: list[Any] = []
+        self.release = threading.Event()
+        real = scanning._Walk.check_stop
+
+        def paused(walk: Any) -> None:
+            if len(walk.scan.folders) == 5:
+                self.walks.append(walk)
+                self.release.wait(30)
+            real(walk)
+
+        monkeypatch.setattr(scanning._Walk, "check_stop", paused)
+
+
+@pytest.mark.parametrize("kind", ["list", "zip"])
+async def test_a_scan_whose_client_hangs_up_stops(
+    tree: AirTree,
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    """8 clients that hung up within 0.2 s left their scans running for a
+    minute, holding the threads: the hop sets the scan's stop flag when its
+    request is cancelled, and the scan ends at its next folder."""
+    for index in range(50):
+        (tree.render / "r" / f"{index:02d}").mkdir(parents=True)
+    paused = PausedScan(monkeypatch)
+    client = await make_client(limits={"scan_threads": 1})
+    request = asyncio.create_task(client.get(f"/api/air/export/{kind}/r"))
+    await wait_until(lambda: len(paused.walks) == 1)
+    request.cancel()  # the client hangs up: the connection closes
+    await wait_until(lambda: paused.walks[0].stop.is_set())
+    with caplog.at_level(logging.INFO, logger="export_service.scanning"):
+        paused.release.set()
+        await wait_until(lambda: "stopped scanning r after 5 folder(s)" in caplog.text)
+    assert open_paths_under(tree.render) == []
+    answer = await client.get(f"/api/air/export/{kind}/r")  # the one scan thread is free
+    assert answer.status == 200
+    await answer.read()
+
+
+async def test_file_urls_links_and_readiness_never_wait_behind_scans(
+    tree: AirTree, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 3-byte file URL took 61.9 s behind 8 scans of empty folders: scans
+    have threads of their own."""
+    for index in range(10):
+        (tree.render / "r" / f"{index:02d}").mkdir(parents=True)
+    write(tree.render / "other" / "a.wav", b"abc")
+    paused = PausedScan(monkeypatch)
+    client = await make_client(limits={"scan_threads": 2, "io_threads": 1})
+    scans = [asyncio.create_task(client.get("/api/air/export/list/r")) for _ in range(2)]
+    try:
+        await wait_until(lambda: len(paused.walks) == 2)  # every scan thread is busy
+        answer = await client.get("/api/audio/other/a.wav")
+        assert answer.status == 200 and await answer.read() == b"abc"
+        assert (await client.get("/readyz")).status == 200
+        assert (await client.get("/api/air/export/links/r")).status == 404
+    finally:
+        paused.release.set()
+    for scan in scans:
+        assert (await scan).status == 200
