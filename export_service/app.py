@@ -169,7 +169,9 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[SOURCES] = ExportSources.from_settings(settings)
     app[METRICS] = Metrics()
-    app[ZIP_SLOTS] = DownloadSlots(settings.limits.max_concurrent_zips)
+    app[ZIP_SLOTS] = DownloadSlots(
+        settings.limits.max_concurrent_zips, settings.limits.max_zips_per_client
+    )
     app[CRC_CACHE] = CrcCache()
     app[SHUTTING_DOWN] = asyncio.Event()
 

@@ -85,6 +85,13 @@ class TooManyDownloads(ExportServiceError):
     code = "too_many_downloads"
 
 
+class TooManyDownloadsPerClient(ExportServiceError):
+    """One client already holds ``limits.max_zips_per_client`` ZIP slots."""
+
+    status = 429
+    code = "too_many_downloads_per_client"
+
+
 class RangeNotSatisfiable(ExportServiceError):
     status = 416
     code = "range_not_satisfiable"

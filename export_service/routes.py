@@ -11,9 +11,15 @@ from pydantic import ValidationError
 
 from .archive import CrcCache, ExportArchive
 from .conditional import not_modified_response
-from .errors import InvalidRequestBody, LinkNotFound, TooManyDownloads
+from .download_slots import client_address
+from .errors import (
+    InvalidRequestBody,
+    LinkNotFound,
+    TooManyDownloads,
+    TooManyDownloadsPerClient,
+)
 from .exports import ExportSources, export_manifest_json, plan_export_archive
-from .keys import CRC_CACHE, IO_EXECUTOR, METRICS, SCAN_EXECUTOR, SOURCES, ZIP_SLOTS
+from .keys import CRC_CACHE, IO_EXECUTOR, METRICS, SCAN_EXECUTOR, SETTINGS, SOURCES, ZIP_SLOTS
 from .links import StoredLink
 from .offload import run_blocking, run_stoppable
 from .run_ids import check_param_run_id, check_render_run_id
@@ -98,17 +104,34 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
     ``If-Match`` (else ``If-Unmodified-Since``) that fails. 503
     ``too_many_downloads`` with ``Retry-After`` while
     ``limits.max_concurrent_zips`` are streaming or being planned (a HEAD
-    plans the whole ZIP as a GET does, so it takes a slot as well), 503
-    ``out_of_descriptors`` when a GET could not hold its files open. 422 for a
-    bad run id or an export over ``limits.max_files_per_export``.
+    plans the whole ZIP as a GET does, so it takes a slot as well), 429
+    ``too_many_downloads_per_client`` with ``Retry-After`` while the same
+    client holds ``limits.max_zips_per_client`` of them (the client: the peer's
+    address, or the one a trusted proxy forwarded, ``server.trusted_proxies``),
+    503 ``out_of_descriptors`` when a GET could not hold its files open. 422
+    for a bad run id or an export over ``limits.max_files_per_export`` or
+    ``limits.max_folders_per_export``.
     """
     render_run_id, param_run_id = _run_ids(request)
     slots = request.app[ZIP_SLOTS]
-    if not slots.try_acquire():
+    client = client_address(
+        request.remote,
+        request.headers.getall(hdrs.X_FORWARDED_FOR, []),
+        request.app[SETTINGS].server.trusted_proxies,
+    )
+    retry: dict[str, str] = {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)}
+    if not slots.try_acquire(client):
         request.app[METRICS].zips_refused.inc()
+        if slots.in_use < slots.limit:  # room for others, not for this client
+            raise TooManyDownloadsPerClient(
+                f"this client ({client}) already has {slots.per_client} ZIP downloads"
+                " streaming or being planned (limits.max_zips_per_client); try again when"
+                " one ends",
+                headers=retry,
+            )
         raise TooManyDownloads(
             f"{slots.limit} ZIP downloads are streaming or being planned; try again shortly",
-            headers={hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)},
+            headers=retry,
         )
     try:
         # Planning scans like a manifest: in the scan pool, so that however long
@@ -127,7 +150,7 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
             return cached
         return await ZipResponse(request, archive, render_run_id).send()
     finally:
-        slots.release()
+        slots.release(client)
 
 
 def _link(render_run_id: str, stored: StoredLink) -> web.Response:

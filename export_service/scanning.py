@@ -293,6 +293,12 @@ class _Walk:
         shown = "/".join(map(display_name, (self.run_folder, *parts)))
         log.warning("cannot list %s: %s (%s)", shown, error.strerror, reason)
 
+    def count_folder(self) -> None:
+        """One more folder listed (the run folder is the first: ``visited``
+        holds it before the walk starts)."""
+        if self.max_folders is not None and len(self.visited) > self.max_folders:
+            raise TooManyFolders(f"more than {self.max_folders:,} folders")
+
     def count_file(self) -> None:
         self.listed_files += 1
         if self.max_files is not None and self.listed_files > self.max_files:
@@ -323,8 +329,6 @@ class _Walk:
         self.scan.folders.append(ScannedFolder(real, parts))
         frame = _Frame(fd, index, [], 0)
         self.frames.append(frame)
-        if self.max_folders is not None and len(self.scan.folders) > self.max_folders:
-            raise TooManyFolders(f"more than {self.max_folders:,} folders")
         self.check_stop()
         try:
             with os.scandir(fd) as listing:
@@ -365,6 +369,7 @@ class _Walk:
             if key in self.visited:
                 return None
             self.visited.add(key)
+            self.count_folder()
             return (display_name(name) + "/", name, target)
         if stat.S_ISREG(info.st_mode):
             self.count_file()
@@ -454,7 +459,7 @@ def scan_run_folder(
     listed (no permission, a link target too long) is logged and counted in
     ``unlisted``. :class:`ExportTooLarge` as soon as more than ``max_files``
     files are listed, :class:`TooManyFolders` (one) as soon as more than
-    ``max_folders`` folders are (the run folder counts); :class:`ScanStopped`
+    ``max_folders`` folders are listed (the run folder counts); :class:`ScanStopped`
     at the next folder (or 1,024 entries) once ``stop`` is set. Whichever
     way it ends, every folder it opened is closed.
     """

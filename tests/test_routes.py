@@ -217,6 +217,73 @@ async def test_a_download_beyond_the_cap_gets_503_with_retry_after(
     assert _metric(text, "export_zip_downloads_refused_total") == 2
 
 
+async def test_one_client_cannot_take_every_slot(tree: AirTree, make_client: ClientFactory) -> None:
+    """Issue 22 item 7: aria2c -x16 held all 16 slots and everyone else got
+    503. A client (here every request comes from 127.0.0.1) holds at most
+    limits.max_zips_per_client; over it: 429 with Retry-After."""
+    write(tree.render / "r" / "big.wav", os.urandom(32 * 1024 * 1024))
+    client = await make_client(
+        limits={
+            "max_concurrent_zips": 3,
+            "max_zips_per_client": 2,
+            "batch_bytes": 65536,
+            "read_chunk_bytes": 65536,
+        }
+    )
+    held = [await client.get("/api/air/export/zip/r") for _ in range(2)]
+    for response in held:
+        await response.content.readexactly(1024)  # streaming, and stalled by us
+    refused = await client.get("/api/air/export/zip/r")
+    assert (refused.status, refused.headers["Retry-After"]) == (429, "5")
+    detail = (await refused.json())["detail"]
+    assert detail["error"] == "too_many_downloads_per_client"
+    assert "(127.0.0.1)" in detail["message"] and "max_zips_per_client" in detail["message"]
+    # Not behind a trusted proxy: a forged X-Forwarded-For changes nothing.
+    forged = await client.get("/api/air/export/zip/r", headers={"X-Forwarded-For": "1.2.3.4"})
+    assert forged.status == 429
+    for response in held:
+        response.close()
+    assert client.app is not None
+    slots = client.app[ZIP_SLOTS]
+    await wait_until(lambda: slots.in_use == 0)
+    again = await client.get("/api/air/export/zip/r")
+    assert again.status == 200
+    await again.read()
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_share(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    write(tree.render / "r" / "big.wav", os.urandom(32 * 1024 * 1024))
+    client = await make_client(
+        server={"trusted_proxies": ["127.0.0.1"]},
+        limits={
+            "max_concurrent_zips": 3,
+            "max_zips_per_client": 1,
+            "batch_bytes": 65536,
+            "read_chunk_bytes": 65536,
+        },
+    )
+
+    async def download(browser: str) -> Any:
+        return await client.get(
+            "/api/air/export/zip/r", headers={"X-Forwarded-For": f"{browser}, 127.0.0.1"}
+        )
+
+    first, second = await download("198.51.100.1"), await download("198.51.100.2")
+    assert (first.status, second.status) == (200, 200)
+    for response in (first, second):
+        await response.content.readexactly(1024)
+    assert (await download("198.51.100.1")).status == 429
+    third = await download("198.51.100.3")
+    assert third.status == 200
+    await third.content.readexactly(1024)
+    full = await download("198.51.100.4")
+    assert (full.status, (await full.json())["detail"]["error"]) == (503, "too_many_downloads")
+    for response in (first, second, third):
+        response.close()
+
+
 async def test_a_zip_of_more_files_than_the_limit_is_refused_get_and_head(
     tree: AirTree, make_client: ClientFactory
 ) -> None:
