@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hmac
 import json
 import logging
 import re
@@ -40,7 +39,7 @@ from .keys import (
 from .logs import request_id
 from .metrics import Metrics
 from .openapi import openapi_route
-from .routes import routes
+from .routes import MAX_BODY_BYTES, bearer_token_matches, routes
 from .shutdown import RequestsInFlight, tracking_middleware
 
 log = logging.getLogger(__name__)
@@ -102,20 +101,16 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 def bearer_auth(token: str) -> Middleware:
     """Every request but health and metrics needs ``Authorization: Bearer <token>``."""
-    expected = token.encode()
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in ops.OPEN_PATHS:
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            # surrogateescape: a header byte that is not UTF-8 must compare
-            # unequal, not fail to encode.
-            given_bytes = given.encode("utf-8", "surrogateescape")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, expected):
-                raise Unauthorized(
-                    "a valid 'Authorization: Bearer <token>' header is required",
-                    headers={"WWW-Authenticate": 'Bearer realm="export-service"'},
-                )
+        if request.path not in ops.OPEN_PATHS and not bearer_token_matches(
+            request.headers.get("Authorization", ""), token
+        ):
+            raise Unauthorized(
+                "a valid 'Authorization: Bearer <token>' header is required",
+                headers={"WWW-Authenticate": 'Bearer realm="export-service"'},
+            )
         return await handler(request)
 
     return check
@@ -164,7 +159,7 @@ def create_app(settings: Settings) -> web.Application:
     ]
     if settings.auth.token:
         middlewares.append(bearer_auth(settings.auth.token))
-    app = web.Application(middlewares=middlewares)
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[IN_FLIGHT] = in_flight
     app[SETTINGS] = settings
     app[SOURCES] = ExportSources.from_settings(settings)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import threading
 from collections import Counter
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from pydantic import ValidationError
 
 from .archive import CrcCache, ExportArchive
@@ -27,6 +28,41 @@ from .schemas import EXPORT_PREFIX, Link, LinkUpdate
 from .zip_response import UNLISTED_HEADER, ZipResponse
 
 routes = web.RouteTableDef()
+
+# The largest request body read (a link's is tens of bytes): aiohttp's
+# client_max_size, which app.py sets to it.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def bearer_token_matches(authorization: str, token: str) -> bool:
+    """Whether an ``Authorization`` header value is ``Bearer <token>``."""
+    scheme, _, given = authorization.partition(" ")
+    # surrogateescape: a header byte that is not UTF-8 must compare unequal,
+    # not fail to encode.
+    given_bytes = given.encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, token.encode())
+
+
+async def continue_if_acceptable(request: web.Request) -> None:
+    """``Expect: 100-continue``: "100 Continue" only for a request that would
+    be let in, so that a client does not send a body only to have it
+    refused. Without the bearer token (when one is set), or with a
+    ``Content-Length`` over the body limit, no 100 is sent: the handler's
+    middlewares answer 401, or the handler 413, without reading the body.
+    Any other expectation is 417, as aiohttp answers it."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version != HttpVersion11:
+        return
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+    token = request.app[SETTINGS].auth.token
+    if token and not bearer_token_matches(request.headers.get(hdrs.AUTHORIZATION, ""), token):
+        return
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        return
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the response proper has not started
+
 
 RETRY_AFTER_SECONDS = 5
 # Any character, newlines too: the run-id check, not the router, refuses what
@@ -65,7 +101,7 @@ def _planned_archive(
     return plan_export_archive(sources, render_run_id, param_run_id, crcs, stop)
 
 
-@routes.get(EXPORT_PREFIX + "/list/" + RUN_ID_SEGMENT)
+@routes.get(EXPORT_PREFIX + "/list/" + RUN_ID_SEGMENT, expect_handler=continue_if_acceptable)
 async def export_manifest(request: web.Request) -> web.Response:
     """The export's manifest (GET and HEAD): 200 with its JSON, a strong
     ``ETag`` of those bytes and ``X-Export-Unlisted-Paths``; 304 for an
@@ -91,7 +127,7 @@ async def export_manifest(request: web.Request) -> web.Response:
     )
 
 
-@routes.get(EXPORT_PREFIX + "/zip/" + RUN_ID_SEGMENT)
+@routes.get(EXPORT_PREFIX + "/zip/" + RUN_ID_SEGMENT, expect_handler=continue_if_acceptable)
 async def export_zip(request: web.Request) -> web.StreamResponse:
     """The export's ZIP (GET and HEAD), streamed as it is read (zip_response.py).
 
@@ -162,7 +198,11 @@ def _link(render_run_id: str, stored: StoredLink) -> web.Response:
     return web.Response(body=link.model_dump_json().encode(), content_type="application/json")
 
 
-@routes.get(EXPORT_PREFIX + "/links/" + RUN_ID_SEGMENT, allow_head=False)
+@routes.get(
+    EXPORT_PREFIX + "/links/" + RUN_ID_SEGMENT,
+    allow_head=False,
+    expect_handler=continue_if_acceptable,
+)
 async def get_link(request: web.Request) -> web.Response:
     """The param run linked to a render run: 200 with the link, 404
     ``link_not_found`` when there is none (or its param run id is not a valid
@@ -175,11 +215,15 @@ async def get_link(request: web.Request) -> web.Response:
     return _link(render_run_id, stored)
 
 
-@routes.put(EXPORT_PREFIX + "/links/" + RUN_ID_SEGMENT)
+@routes.put(EXPORT_PREFIX + "/links/" + RUN_ID_SEGMENT, expect_handler=continue_if_acceptable)
 async def put_link(request: web.Request) -> web.Response:
     """Link a render run to a param run: 200 with the link as stored. 422
     ``invalid_body`` unless the body is ``{"param_run_id": "<id>"}``, 422 for a
-    bad id, 503 when the links file is unusable or cannot be written."""
+    bad id, 413 ``body_too_large`` for a body over 1 MiB (refused unread when
+    its ``Content-Length`` says so), 503 when the links file is unusable or
+    cannot be written."""
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, request.content_length or 0)
     render_run_id = check_render_run_id(request.match_info["render_run_id"])
     try:
         update = LinkUpdate.model_validate_json(await request.read())

@@ -495,3 +495,65 @@ async def test_file_urls_links_and_readiness_never_wait_behind_scans(
         paused.release.set()
     for scan in scans:
         assert (await scan).status == 200
+
+
+# -- Expect: 100-continue (issue 22 item 8) ---------------------------------------
+
+
+async def _first_answer(client: TestClient[Any, Any], head: bytes) -> bytes:
+    """The first status line the service sends for a request's head alone
+    (its body withheld, as a client that expects 100 Continue does)."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def _put_head(length: int, token: str | None = None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return (
+        "PUT /api/air/export/links/r HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"Expect: 100-continue\r\n{auth}Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+async def test_100_continue_only_for_a_request_that_would_be_let_in(
+    make_client: ClientFactory,
+) -> None:
+    """100 Continue came before the token was checked and before a body known
+    to be too large was refused: the client sent a body only to be told 401."""
+    client = await make_client(auth={"token": "s3cret"})
+    assert await _first_answer(client, _put_head(25)) == b"HTTP/1.1 401 Unauthorized\r\n"
+    assert await _first_answer(client, _put_head(25, "wrong")) == b"HTTP/1.1 401 Unauthorized\r\n"
+    too_large = await _first_answer(client, _put_head(2 * 1024 * 1024, "s3cret"))
+    assert too_large == b"HTTP/1.1 413 Request Entity Too Large\r\n"
+    assert await _first_answer(client, _put_head(25, "s3cret")) == b"HTTP/1.1 100 Continue\r\n"
+    odd = _put_head(25, "s3cret").replace(b"100-continue", b"200-ok")
+    assert (await _first_answer(client, odd)).startswith(b"HTTP/1.1 417")
+
+
+async def test_a_body_sent_after_100_continue_is_linked(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    client = await make_client(auth={"token": "s3cret"})
+    body = b'{"param_run_id": "p1"}'
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(
+            _put_head(len(body), "s3cret").replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+        )
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readline(), 10) == b"HTTP/1.1 100 Continue\r\n"
+        assert await reader.readline() == b"\r\n"
+        writer.write(body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(-1), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert json.loads(tree.links.read_text())["r"]["param_run_id"] == "p1"
