@@ -35,7 +35,7 @@ from .exports import ExportSources, export_manifest_json, plan_export_archive
 from .logs import setup_logging
 from .run_ids import check_param_run_id, check_render_run_id
 from .sample import SAMPLE_RENDER_RUN_ID, create_sample_tree
-from .shutdown import CANCEL_WAIT_SECONDS
+from .shutdown import CANCEL_WAIT_SECONDS, stop_on_hangup
 
 log = logging.getLogger("export_service")
 
@@ -171,6 +171,7 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         )
 
     app = create_app(settings)
+    app.on_startup.append(stop_on_hangup)
     web.run_app(
         app,
         sock=sock,
