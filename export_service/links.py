@@ -57,7 +57,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from .config import CONFIG_ENV_VAR, ENV_PREFIX, load_settings
 from .errors import (
@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 
 LINKS_FILE_ENV_VAR = ENV_PREFIX + "LINKS_FILE"
 # The most of the links file the service parses (``links.max_bytes``).
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
 _FileKey = tuple[int, int, int]
 
@@ -272,16 +272,22 @@ class LinkStore:
                     key = (info.st_mtime_ns, info.st_size, info.st_ino)
                     if self._snapshot.key == key:
                         return self._snapshot
-                    too_large = self._too_large(info.st_size)
+                    raw = self._read_bounded(handle, info.st_size)
+                    too_large = self._too_large(max(info.st_size, len(raw)))
                     if too_large:
                         return self._remember_problem(key, too_large)
-                    raw = handle.read()
             except FileNotFoundError:
                 self._snapshot = _ABSENT
                 return _ABSENT
             except OSError as error:
                 return _Snapshot(None, {}, f"cannot be read ({error.strerror})")
             return self._remember(key, raw)
+
+    def _read_bounded(self, handle: BinaryIO, size: int) -> bytes:
+        """The file's bytes, never more than one past ``max_bytes`` (nothing
+        when its size is already over: a file growing meanwhile is caught by
+        the length read)."""
+        return b"" if size > self.max_bytes else handle.read(self.max_bytes + 1)
 
     def _too_large(self, size: int) -> str | None:
         if size <= self.max_bytes:
@@ -430,7 +436,7 @@ class LinkStore:
         try:
             with open(_open_regular(target), "rb") as handle:
                 info = os.fstat(handle.fileno())
-                raw = handle.read()
+                raw = self._read_bounded(handle, info.st_size)
         except FileNotFoundError:
             return "{}"
         except _NotARegularFile as error:
@@ -438,7 +444,7 @@ class LinkStore:
                 f"the links file is unusable ({error.strerror}); it is left as it is"
             ) from None
         key = (info.st_mtime_ns, info.st_size, info.st_ino)
-        too_large = self._too_large(info.st_size)
+        too_large = self._too_large(max(info.st_size, len(raw)))
         if too_large:
             with self._parsing:
                 self._remember_problem(key, too_large)

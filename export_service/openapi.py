@@ -52,8 +52,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         429: "too_many_downloads_per_client: this client holds limits.max_zips_per_client "
         "ZIP downloads",
         503: (
-            "links file unusable, too large or unwritable, too many downloads, out of file descriptors, "
-            "or not ready"
+            "links file unusable, too large or unwritable, too many downloads, out of file "
+            "descriptors, or not ready"
         ),
     }
     return {str(status): _json(ErrorBody, texts[status]) for status in statuses}
