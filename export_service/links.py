@@ -25,13 +25,14 @@ file's name carries its writer's host and process id; a writer removes
 only the temp files of dead processes of its own host (one that died before
 its rename), never another writer's.
 
+Every record but the one written is copied back byte for byte, so values this
+service cannot use (lone surrogates, huge numbers, deep nesting, unknown keys)
+are kept exactly as the backend's parser read them, and never break a write.
+
 The service parses at most ``links.max_bytes`` of it: a larger file counts
 as unusable (no link is used, readiness says why, a PUT is a 503
 ``links_file_too_large``) without being read, so neither the parse's memory
 nor its hold on the GIL grows with whatever the file holds.
-Every record but the one written is copied back byte for byte, so values this
-service cannot use (lone surrogates, huge numbers, deep nesting, unknown keys)
-are kept exactly as the backend's parser read them, and never break a write.
 
 The AIR backend's own helpers, :func:`link_param_to_render` and
 :func:`get_param_for_render`, are here with its signatures, writing through the
