@@ -489,4 +489,9 @@ def scan_run_folder(
         os.close(fd)
         raise
     walk.visited.add((info.st_dev, info.st_ino))
+    try:
+        walk.count_folder()  # the run folder itself (the steps before it may have used the rest)
+    except TooManyFolders:
+        os.close(fd)
+        raise
     return walk.run(fd, top_real)

@@ -319,6 +319,8 @@ def test_more_folders_than_allowed_are_refused_while_listing(tree: AirTree) -> N
     assert len(scan_run_folder(str(tree.render), "r", max_folders=41).folders) == 41
     with pytest.raises(TooManyFolders):
         scan_run_folder(str(tree.render), "r", max_folders=40)  # the run folder counts
+    with pytest.raises(TooManyFolders):  # what an export's earlier steps left: none
+        scan_run_folder(str(tree.render), "r", max_folders=0)
     assert open_paths_under(tree.render) == []
 
 
