@@ -164,6 +164,10 @@ def service(
     port = free_port()
     if baseline is not None:
         extra_env = (*extra_env, ("PYTHONPATH", str(baseline)))
+    # Every bench client comes from 127.0.0.1 and stands for a user of its
+    # own: no per-client share of the ZIP slots (set in the environment, which
+    # a baseline without the key ignores, where the config file would fail).
+    extra_env = (("EXPORT_SERVICE_LIMITS_MAX_ZIPS_PER_CLIENT", "10000"), *extra_env)
     arguments = ["-m", "export_service", "serve", "--config", str(config)]
     with python_server(
         [*arguments, "--host", "127.0.0.1", "--port", str(port)],

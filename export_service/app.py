@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hmac
 import json
 import logging
 import re
@@ -30,6 +29,7 @@ from .keys import (
     IN_FLIGHT,
     IO_EXECUTOR,
     METRICS,
+    SCAN_EXECUTOR,
     SETTINGS,
     SHUTTING_DOWN,
     SOURCES,
@@ -39,7 +39,7 @@ from .keys import (
 from .logs import request_id
 from .metrics import Metrics
 from .openapi import openapi_route
-from .routes import routes
+from .routes import MAX_BODY_BYTES, bearer_token_matches, routes
 from .shutdown import RequestsInFlight, tracking_middleware
 
 log = logging.getLogger(__name__)
@@ -118,20 +118,16 @@ def _error_answer(request: web.Request, error: Exception) -> web.Response:
 
 def bearer_auth(token: str) -> Middleware:
     """Every request but health and metrics needs ``Authorization: Bearer <token>``."""
-    expected = token.encode()
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in ops.OPEN_PATHS:
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            # surrogateescape: a header byte that is not UTF-8 must compare
-            # unequal, not fail to encode.
-            given_bytes = given.encode("utf-8", "surrogateescape")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, expected):
-                raise Unauthorized(
-                    "a valid 'Authorization: Bearer <token>' header is required",
-                    headers={"WWW-Authenticate": 'Bearer realm="export-service"'},
-                )
+        if request.path not in ops.OPEN_PATHS and not bearer_token_matches(
+            request.headers.get("Authorization", ""), token
+        ):
+            raise Unauthorized(
+                "a valid 'Authorization: Bearer <token>' header is required",
+                headers={"WWW-Authenticate": 'Bearer realm="export-service"'},
+            )
         return await handler(request)
 
     return check
@@ -180,12 +176,14 @@ def create_app(settings: Settings) -> web.Application:
     ]
     if settings.auth.token:
         middlewares.append(bearer_auth(settings.auth.token))
-    app = web.Application(middlewares=middlewares)
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[IN_FLIGHT] = in_flight
     app[SETTINGS] = settings
     app[SOURCES] = ExportSources.from_settings(settings)
     app[METRICS] = Metrics()
-    app[ZIP_SLOTS] = DownloadSlots(settings.limits.max_concurrent_zips)
+    app[ZIP_SLOTS] = DownloadSlots(
+        settings.limits.max_concurrent_zips, settings.limits.max_zips_per_client
+    )
     app[CRC_CACHE] = CrcCache()
     app[SHUTTING_DOWN] = asyncio.Event()
 
@@ -196,6 +194,11 @@ def create_app(settings: Settings) -> web.Application:
         zip_executor = app[ZIP_EXECUTOR] = ThreadPoolExecutor(
             max_workers=settings.limits.zip_thread_count, thread_name_prefix="export-zip"
         )
+        # Scans (manifests, ZIP plans) have threads of their own: however many
+        # run, file URLs, links and readiness never queue behind them.
+        scan_executor = app[SCAN_EXECUTOR] = ThreadPoolExecutor(
+            max_workers=settings.limits.scan_threads, thread_name_prefix="export-scan"
+        )
         # Logs what readiness finds at start (not ready, or degraded), once:
         # /readyz and /metrics log again only when it changes.
         await asyncio.get_running_loop().run_in_executor(
@@ -203,6 +206,7 @@ def create_app(settings: Settings) -> web.Application:
         )
         yield
         zip_executor.shutdown(wait=True, cancel_futures=True)
+        scan_executor.shutdown(wait=True, cancel_futures=True)
         executor.shutdown(wait=True, cancel_futures=True)
 
     async def loop_lag_probe(app: web.Application) -> AsyncIterator[None]:

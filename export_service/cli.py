@@ -36,7 +36,7 @@ from .links import LinkStore
 from .logs import setup_logging
 from .run_ids import run_id_problem
 from .sample import SAMPLE_RENDER_RUN_ID, create_sample_tree
-from .shutdown import CANCEL_WAIT_SECONDS
+from .shutdown import CANCEL_WAIT_SECONDS, stop_on_hangup
 
 log = logging.getLogger("export_service")
 
@@ -230,6 +230,7 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         )
 
     app = create_app(settings)
+    app.on_startup.append(stop_on_hangup)
     web.run_app(
         app,
         sock=sock,

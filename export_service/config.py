@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -72,6 +73,13 @@ def _url_base(base: str) -> str:
     return base.rstrip("/")
 
 
+def _comma_separated(value: object) -> object:
+    """A list, or (from the environment) a comma-separated string of items."""
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
+
+
 Folder = Annotated[Path, AfterValidator(_folder)]
 UrlPrefix = Annotated[str, AfterValidator(_url_prefix)]
 
@@ -86,8 +94,21 @@ class ServerSettings(_Section):
     # False: start even when a root does not exist yet; /readyz answers 503
     # until it appears.
     require_roots: bool = True
-    # On SIGTERM/SIGINT: how long downloads in flight may take to finish.
+    # On SIGTERM/SIGINT/SIGHUP: how long downloads in flight may take to finish.
     shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=3600)
+    trusted_proxies: Annotated[tuple[IPvAnyNetwork, ...], BeforeValidator(_comma_separated)] = (
+        Field(
+            default=(),
+            description=(
+                "Addresses or networks (CIDR) of the proxies in front of the service (the"
+                " AIR backend, nginx). A request whose peer is one of them is counted, for"
+                " limits.max_zips_per_client, as coming from the address its"
+                " X-Forwarded-For names: the last one in that list that is not itself a"
+                " trusted proxy. From any other peer X-Forwarded-For is ignored. In the"
+                " environment: comma-separated."
+            ),
+        )
+    )
 
 
 class RootsSettings(_Section):
@@ -102,6 +123,17 @@ class LinksSettings(_Section):
     """step_links.json; it and its folder may be absent until the first write."""
 
     file: Annotated[Path, AfterValidator(_links_file)]
+    max_bytes: int = Field(
+        default=16 * MIB,
+        ge=2,
+        le=16 * 1024 * MIB,
+        description=(
+            "The largest links file the service parses (bytes). A larger one is not read:"
+            " manifests go on without links, /readyz names it, a PUT answers 503"
+            " links_file_too_large, and the log says so once per change of the file."
+            " Parsing takes about 15 times the file's size in memory and holds the GIL."
+        ),
+    )
 
 
 class UrlSettings(_Section):
@@ -132,6 +164,39 @@ class LimitsSettings(_Section):
     # An export (manifest or ZIP) of more files is refused (422
     # export_too_large) while its run is scanned, before it holds them all.
     max_files_per_export: int = Field(default=250_000, ge=1, le=100_000_000)
+    max_folders_per_export: int = Field(
+        default=50_000,
+        ge=1,
+        le=100_000_000,
+        description=(
+            "An export (manifest or ZIP) whose run folders hold more folders than this"
+            " (the run folders themselves included) is refused with 422 export_too_large"
+            " while it is scanned: a run of empty folders costs as much to list as one"
+            " of files."
+        ),
+    )
+    scan_threads: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description=(
+            "Threads that scan run folders (manifests, planning ZIPs), apart from the"
+            " I/O threads: however many scans run, file URLs, the links and readiness"
+            " keep limits.io_threads of their own. A scan whose client hangs up, or that"
+            " is still running at shutdown, stops at its next folder."
+        ),
+    )
+    max_zips_per_client: int = Field(
+        default=4,
+        ge=1,
+        le=10_000,
+        description=(
+            "Of limits.max_concurrent_zips, how many one client (one address; see"
+            " server.trusted_proxies) may hold at once; one more gets 429"
+            " too_many_downloads_per_client with Retry-After. A download manager's"
+            " parallel range requests count one each."
+        ),
+    )
 
     @property
     def zip_thread_count(self) -> int:

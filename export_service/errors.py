@@ -53,6 +53,13 @@ class LinksFileCorrupt(ExportServiceError):
     code = "links_file_corrupt"
 
 
+class LinksFileTooLarge(ExportServiceError):
+    """The links file is over ``links.max_bytes``: it is not parsed."""
+
+    status = 503
+    code = "links_file_too_large"
+
+
 class LinksFileUnwritable(ExportServiceError):
     """The links folder is read-only, full, or not writable by this process."""
 
@@ -76,6 +83,13 @@ class ExportTooLarge(ExportServiceError):
 class TooManyDownloads(ExportServiceError):
     status = 503
     code = "too_many_downloads"
+
+
+class TooManyDownloadsPerClient(ExportServiceError):
+    """One client already holds ``limits.max_zips_per_client`` ZIP slots."""
+
+    status = 429
+    code = "too_many_downloads_per_client"
 
 
 class RangeNotSatisfiable(ExportServiceError):

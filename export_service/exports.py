@@ -23,6 +23,8 @@ from .scanning import (
     UNLISTED_REASONS,
     FolderScan,
     RunFolderIndex,
+    ScanStopped,
+    TooManyFolders,
     exact_run_folder,
     root_problem,
     scan_run_folder,
@@ -76,17 +78,25 @@ class ExportSources:
         roots = settings.roots
         return cls(
             settings,
-            LinkStore(settings.links.file),
+            LinkStore(settings.links.file, settings.links.max_bytes),
             RunFolderIndex(str(roots.midi_generation)),
             RunFolderIndex(str(roots.param_generation)),
         )
 
 
-def build_export(sources: ExportSources, render_run_id: str, param_run_id: str | None) -> Export:
+def build_export(
+    sources: ExportSources,
+    render_run_id: str,
+    param_run_id: str | None,
+    stop: threading.Event | None = None,
+) -> Export:
     """Collect one project's files from the three roots (blocking).
 
     Both ids must already be validated. ``param_run_id`` None means: take it
-    from the links file.
+    from the links file. :class:`ExportTooLarge` past
+    ``limits.max_files_per_export`` files or ``limits.max_folders_per_export``
+    folders (the three steps' together); :class:`ScanStopped` soon after
+    ``stop`` is set.
     """
     roots, urls = sources.settings.roots, sources.settings.urls
     if param_run_id is None:
@@ -108,9 +118,12 @@ def build_export(sources: ExportSources, render_run_id: str, param_run_id: str |
             sources.param_folders.newest(param_run_id) if param_run_id else None,
         ),
     ]
-    limit = sources.settings.limits.max_files_per_export
+    limits = sources.settings.limits
+    limit, folder_limit = limits.max_files_per_export, limits.max_folders_per_export
     steps: list[StepFiles] = []
     for step, root, prefix, folder in lookups:
+        if stop is not None and stop.is_set():
+            raise ScanStopped(f"the export of {render_run_id!r} was stopped")
         scan = FolderScan()
         # A root the service cannot read is no run without files: it counts
         # as a path that could not be listed (the header, the metric).
@@ -121,8 +134,18 @@ def build_export(sources: ExportSources, render_run_id: str, param_run_id: str |
         if folder:
             try:
                 scan = scan_run_folder(
-                    root, folder, limit - sum(len(files.scan) for files in steps)
+                    root,
+                    folder,
+                    limit - sum(len(files.scan) for files in steps),
+                    folder_limit - sum(len(files.scan.folders) for files in steps),
+                    stop,
                 )
+            except TooManyFolders:
+                raise ExportTooLarge(
+                    f"the export of {render_run_id!r} has more than {folder_limit:,} folders,"
+                    " the most this service lists for one export"
+                    " (limits.max_folders_per_export)"
+                ) from None
             except ExportTooLarge:
                 raise ExportTooLarge(
                     f"the export of {render_run_id!r} has more than {limit:,} files, the "
@@ -143,11 +166,14 @@ class ManifestBody(NamedTuple):
 
 
 def export_manifest_json(
-    sources: ExportSources, render_run_id: str, param_run_id: str | None
+    sources: ExportSources,
+    render_run_id: str,
+    param_run_id: str | None,
+    stop: threading.Event | None = None,
 ) -> ManifestBody:
     """The manifest as the API sends it (blocking; its JSON for 10,000 files
     takes milliseconds, so it is made in the same hop as the scan)."""
-    export = build_export(sources, render_run_id, param_run_id)
+    export = build_export(sources, render_run_id, param_run_id, stop)
     return ManifestBody(export.manifest_json(), export.unlisted)
 
 
@@ -156,9 +182,10 @@ def plan_export_archive(
     render_run_id: str,
     param_run_id: str | None,
     crcs: CrcCache | None = None,
+    stop: threading.Event | None = None,
 ) -> ExportArchive:
     """The manifest's files, planned as one download (blocking, one hop)."""
-    export = build_export(sources, render_run_id, param_run_id)
+    export = build_export(sources, render_run_id, param_run_id, stop)
     root_reals: dict[Step, str] = {
         step: resolved(str(getattr(sources.settings.roots, step))) or "" for step in get_args(Step)
     }

@@ -16,13 +16,23 @@ Reads take no lock. The parsed links are cached by the file's (mtime_ns, size,
 inode); a change is parsed once, by the first reader to see it, while the
 others wait for that parse (single-flight) instead of parsing it again.
 
-Writes lock a file beside the configured path (``flock``), read, modify, write
-a temp file beside the real file (the target, when the path is a symbolic
-link), fsync it, rename it over the old one and fsync the folder: several
-processes writing at once lose nothing, and a crash leaves the old content.
+Writes lock a file beside the real file (the configured path with its
+symbolic links resolved, so every writer of one file shares one lock whatever
+path reached it), read, modify, write a temp file beside the real file, fsync
+it, rename it over the old one and fsync the folder: several processes
+writing at once lose nothing, and a crash leaves the old content. A temp
+file's name carries its writer's host and process id; a writer removes
+only the temp files of dead processes of its own host (one that died before
+its rename), never another writer's.
+
 Every record but the one written is copied back byte for byte, so values this
 service cannot use (lone surrogates, huge numbers, deep nesting, unknown keys)
 are kept exactly as the backend's parser read them, and never break a write.
+
+The service parses at most ``links.max_bytes`` of it: a larger file counts
+as unusable (no link is used, readiness says why, a PUT is a 503
+``links_file_too_large``) without being read, so neither the parse's memory
+nor its hold on the GIL grows with whatever the file holds.
 
 The AIR backend's own helpers, :func:`link_param_to_render` and
 :func:`get_param_for_render`, are here with its signatures, writing through the
@@ -40,6 +50,7 @@ import logging
 import math
 import os
 import re
+import socket
 import stat
 import tempfile
 import threading
@@ -47,15 +58,23 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from .config import CONFIG_ENV_VAR, ENV_PREFIX, load_settings
-from .errors import ConfigError, ExportServiceError, LinksFileCorrupt, LinksFileUnwritable
+from .errors import (
+    ConfigError,
+    ExportServiceError,
+    LinksFileCorrupt,
+    LinksFileTooLarge,
+    LinksFileUnwritable,
+)
 from .run_ids import run_id_problem
 
 log = logging.getLogger(__name__)
 
 LINKS_FILE_ENV_VAR = ENV_PREFIX + "LINKS_FILE"
+# The most of the links file the service parses (``links.max_bytes``).
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 
 _FileKey = tuple[int, int, int]
 
@@ -235,9 +254,9 @@ class LinkStore:
     why in :meth:`problem`.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.path = path
-        self._lock_path = path.with_name(path.name + ".lock")
+        self.max_bytes = max_bytes
         self._snapshot = _ABSENT
         self._reported_key: _FileKey | None = None
         self._parsing = threading.Lock()
@@ -254,13 +273,34 @@ class LinkStore:
                     key = (info.st_mtime_ns, info.st_size, info.st_ino)
                     if self._snapshot.key == key:
                         return self._snapshot
-                    raw = handle.read()
+                    raw = self._read_bounded(handle, info.st_size)
+                    too_large = self._too_large(max(info.st_size, len(raw)))
+                    if too_large:
+                        return self._remember_problem(key, too_large)
             except FileNotFoundError:
                 self._snapshot = _ABSENT
                 return _ABSENT
             except OSError as error:
                 return _Snapshot(None, {}, f"cannot be read ({error.strerror})")
             return self._remember(key, raw)
+
+    def _read_bounded(self, handle: BinaryIO, size: int) -> bytes:
+        """The file's bytes, never more than one past ``max_bytes`` (nothing
+        when its size is already over: a file growing meanwhile is caught by
+        the length read)."""
+        return b"" if size > self.max_bytes else handle.read(self.max_bytes + 1)
+
+    def _too_large(self, size: int) -> str | None:
+        if size <= self.max_bytes:
+            return None
+        return f"{size:,} bytes, over links.max_bytes ({self.max_bytes:,}); it is not read"
+
+    def _remember_problem(self, key: _FileKey, problem: str) -> _Snapshot:
+        snapshot = self._snapshot = _Snapshot(key, {}, problem)
+        if self._reported_key != key:
+            self._reported_key = key
+            log.error("links file %s is unusable: %s; no links are used", self.path, problem)
+        return snapshot
 
     def _remember(self, key: _FileKey, raw: bytes) -> _Snapshot:
         links, problem = _parse(raw)
@@ -334,29 +374,39 @@ class LinkStore:
             # File systems without fixed counts (btrfs has no inode count) report 0 totals.
             if (space.f_blocks and not space.f_bavail) or (space.f_files and not space.f_favail):
                 return f"folder {str(existing)!r} is on a full file system"
-        if self._lock_path.exists() and not self._lock_path.is_file():
-            return f"lock file {str(self._lock_path)!r} is not a regular file"
-        if self._lock_path.exists() and not os.access(self._lock_path, os.W_OK):
-            return f"lock file {str(self._lock_path)!r} is not writable by this process"
+        lock_path = _lock_path(target)
+        if lock_path.exists() and not lock_path.is_file():
+            return f"lock file {str(lock_path)!r} is not a regular file"
+        if lock_path.exists() and not os.access(lock_path, os.W_OK):
+            return f"lock file {str(lock_path)!r} is not writable by this process"
         return None
 
     # -- writing ---------------------------------------------------------
 
     @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """Held by one writer at a time: flock locks belong to an open file
-        description, and each writer opens the lock file itself, so threads of
-        one process exclude each other as other processes do."""
+    def _exclusive(self) -> Iterator[Path]:
+        """Held by one writer of the real file at a time; yields that file's
+        path. The lock file lies beside the real file, whatever chain of
+        symbolic links led there: writers configured with different paths to
+        one file share it. flock locks belong to an open file description,
+        and each writer opens the lock file itself, so threads of one process
+        exclude each other as other processes do. The path is resolved again
+        once the lock is held: a link retargeted meanwhile is followed to the
+        file it now names, under that file's lock."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = _open_regular(self._lock_path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        while True:
+            target = Path(os.path.realpath(self.path))
+            lock = _open_regular(_lock_path(target), os.O_RDWR | os.O_CREAT)
             try:
-                yield
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    if Path(os.path.realpath(self.path)) == target:
+                        yield target
+                        return
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-        finally:
-            os.close(lock)
+                os.close(lock)
 
     def link(self, render_run_id: str, param_run_id: str) -> StoredLink:
         """Set the link, keeping the record's other keys and every other record.
@@ -366,8 +416,7 @@ class LinkStore:
         is left behind).
         """
         try:
-            with self._exclusive():
-                target = Path(os.path.realpath(self.path))
+            with self._exclusive() as target:
                 text = self._validated_text(target)
                 link = StoredLink(param_run_id, time.time())
                 try:
@@ -393,7 +442,7 @@ class LinkStore:
         try:
             with open(_open_regular(target), "rb") as handle:
                 info = os.fstat(handle.fileno())
-                raw = handle.read()
+                raw = self._read_bounded(handle, info.st_size)
         except FileNotFoundError:
             return "{}"
         except _NotARegularFile as error:
@@ -401,6 +450,13 @@ class LinkStore:
                 f"the links file is unusable ({error.strerror}); it is left as it is"
             ) from None
         key = (info.st_mtime_ns, info.st_size, info.st_ino)
+        too_large = self._too_large(max(info.st_size, len(raw)))
+        if too_large:
+            with self._parsing:
+                self._remember_problem(key, too_large)
+            raise LinksFileTooLarge(
+                f"the links file is unusable ({too_large}); it is left as it is"
+            )
         with self._parsing:
             snapshot = self._snapshot if self._snapshot.key == key else self._remember(key, raw)
         if snapshot.problem:
@@ -409,12 +465,22 @@ class LinkStore:
             )
         return raw.decode("utf-8")
 
-    def _remove_dead_writers_temp_files(self, target: Path) -> None:
-        """Temp files are only made under the lock, so one found while holding
-        it was left by a writer that died before its rename."""
-        for leftover in target.parent.glob(f".{target.name}.*"):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+    @staticmethod
+    def _remove_dead_writers_temp_files(target: Path) -> None:
+        """The temp files left by writers of this host that died before their
+        rename. A temp file is named for its writer's host and process: one
+        of another host (another container sharing the folder), of a live
+        process, or named otherwise is never touched, so a writer that holds
+        another lock (an older version, another path to the file) keeps its
+        temp file."""
+        own_prefix = _temp_prefix(target, "")
+        for leftover in target.parent.iterdir():
+            if not leftover.name.startswith(own_prefix):
+                continue
+            pid_text, _, _ = leftover.name.removeprefix(own_prefix).partition(".")
+            if pid_text.isdigit() and not _process_alive(int(pid_text)):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
 
     def _replace(self, target: Path, content: bytes) -> None:
         """Write ``content`` to a temp file beside ``target`` and rename it
@@ -426,7 +492,9 @@ class LinkStore:
             mode = target.stat().st_mode & 0o7777
         except FileNotFoundError:
             mode = 0o644
-        handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=folder)
+        handle, temp_name = tempfile.mkstemp(
+            prefix=_temp_prefix(target, f"{os.getpid()}."), dir=folder
+        )
         try:
             with os.fdopen(handle, "wb") as temp:
                 temp.write(content)
@@ -445,6 +513,27 @@ class LinkStore:
             os.close(folder_handle)
 
 
+def _lock_path(target: Path) -> Path:
+    """The lock file of the real links file ``target``."""
+    return target.with_name(target.name + ".lock")
+
+
+def _temp_prefix(target: Path, pid: str) -> str:
+    """The start of a temp file's name: the target's, this host's and
+    ``pid``'s (a host name is letters, digits, '-' and '.')."""
+    return f".{target.name}.tmp-{socket.gethostname()}-{pid}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
 def _nearest_existing(folder: Path) -> Path:
     """``folder``, or its closest ancestor that exists (where mkdir starts)."""
     while not folder.exists() and folder != folder.parent:
@@ -456,13 +545,14 @@ def _nearest_existing(folder: Path) -> Path:
 
 
 @functools.lru_cache(maxsize=8)
-def _store_at(path: str) -> LinkStore:
-    return LinkStore(Path(path))
+def _store_at(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> LinkStore:
+    return LinkStore(Path(path), max_bytes)
 
 
 @functools.lru_cache(maxsize=8)
-def _links_file_of_config(config_path: str) -> str:
-    return str(load_settings(Path(config_path), os.environ).links.file)
+def _links_of_config(config_path: str) -> tuple[str, int]:
+    links = load_settings(Path(config_path), os.environ).links
+    return str(links.file), links.max_bytes
 
 
 def _configured_store() -> LinkStore | None:
@@ -479,7 +569,7 @@ def _configured_store() -> LinkStore | None:
         if not config_path:
             log.error("no links file: set %s or %s", LINKS_FILE_ENV_VAR, CONFIG_ENV_VAR)
             return None
-        path = _links_file_of_config(config_path)
+        return _store_at(*_links_of_config(config_path))
     return _store_at(path)
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from typing import ParamSpec, Protocol, TypeVar
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -38,6 +39,25 @@ async def run_blocking(
     """Run a blocking function in ``executor``, as one hop."""
     call = _in_context(function, *args, **kwargs)
     return await asyncio.get_running_loop().run_in_executor(executor, call)
+
+
+async def run_stoppable(
+    executor: Executor,
+    function: Callable[Concatenate[threading.Event, _P], _T],
+    *args: _P.args,
+    **kwargs: _P.kwargs,
+) -> _T:
+    """Run a blocking function in ``executor``, as one hop, passing it a stop
+    flag first: when the awaiting task is cancelled (its client hung up, the
+    service cut it at shutdown) the flag is set, and a function that checks
+    it (a scan: at each folder) ends soon instead of running on for nobody.
+    (A function that is still queued is not run at all.)"""
+    stop = threading.Event()
+    try:
+        return await run_blocking(executor, function, stop, *args, **kwargs)
+    except BaseException:
+        stop.set()
+        raise
 
 
 async def open_off_loop(

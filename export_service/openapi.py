@@ -45,10 +45,12 @@ def _errors(*statuses: int) -> dict[str, Any]:
         412: "If-Match or If-Unmodified-Since failed",
         416: "range not satisfiable",
         422: "invalid run id, param run id or body; or export_too_large (more files than "
-        "limits.max_files_per_export)",
+        "limits.max_files_per_export, or folders than limits.max_folders_per_export)",
+        429: "too_many_downloads_per_client: this client holds limits.max_zips_per_client "
+        "ZIP downloads",
         503: (
-            "links file unusable or unwritable, too many downloads, out of file descriptors, "
-            "or not ready (a root missing or unreadable)"
+            "links file unusable, too large or unwritable, too many downloads, out of file "
+            "descriptors, or not ready (a root missing or unreadable)"
         ),
     }
     return {str(status): _json(ErrorBody, texts[status]) for status in statuses}
@@ -120,7 +122,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             },
             "206": {"description": "one range of that ZIP", "content": zip_body},
             "304": {"description": "not modified (If-None-Match, If-Modified-Since)"},
-            **_errors(*denied, 412, 416, 422, 503),
+            **_errors(*denied, 412, 416, 422, 429, 503),
         },
     }
     file_operation = {

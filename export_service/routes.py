@@ -3,22 +3,66 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
+import threading
 from collections import Counter
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from pydantic import ValidationError
 
+from .archive import CrcCache, ExportArchive
 from .conditional import not_modified_response
-from .errors import InvalidRequestBody, LinkNotFound, TooManyDownloads
+from .download_slots import client_address
+from .errors import (
+    InvalidRequestBody,
+    LinkNotFound,
+    TooManyDownloads,
+    TooManyDownloadsPerClient,
+)
 from .exports import ExportSources, export_manifest_json, plan_export_archive
-from .keys import CRC_CACHE, IO_EXECUTOR, METRICS, SOURCES, ZIP_SLOTS
+from .keys import CRC_CACHE, IO_EXECUTOR, METRICS, SCAN_EXECUTOR, SETTINGS, SOURCES, ZIP_SLOTS
 from .links import StoredLink
-from .offload import run_blocking
+from .offload import run_blocking, run_stoppable
 from .run_ids import check_param_run_id, param_run_id_as_sent, render_run_id_as_sent
 from .schemas import EXPORT_PREFIX, Link, LinkUpdate
 from .zip_response import UNLISTED_HEADER, ZipResponse
 
 routes = web.RouteTableDef()
+
+# The largest request body read (a link's is tens of bytes): aiohttp's
+# client_max_size, which app.py sets to it.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def bearer_token_matches(authorization: str, token: str) -> bool:
+    """Whether an ``Authorization`` header value is ``Bearer <token>``."""
+    scheme, _, given = authorization.partition(" ")
+    # surrogateescape: a header byte that is not UTF-8 must compare unequal,
+    # not fail to encode.
+    given_bytes = given.encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, token.encode())
+
+
+async def continue_if_acceptable(request: web.Request) -> None:
+    """``Expect: 100-continue``: "100 Continue" only for a request that would
+    be let in, so that a client does not send a body only to have it
+    refused. Without the bearer token (when one is set), or with a
+    ``Content-Length`` over the body limit, no 100 is sent: the handler's
+    middlewares answer 401, or the handler 413, without reading the body.
+    Any other expectation is 417, as aiohttp answers it."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version != HttpVersion11:
+        return
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+    token = request.app[SETTINGS].auth.token
+    if token and not bearer_token_matches(request.headers.get(hdrs.AUTHORIZATION, ""), token):
+        return
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        return
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the response proper has not started
+
 
 RETRY_AFTER_SECONDS = 5
 # Any character, newlines too: the run-id check, not the router, refuses what
@@ -37,15 +81,25 @@ def _run_ids(request: web.Request) -> tuple[str, str | None]:
 
 
 def _manifest_and_etag(
-    sources: ExportSources, render_run_id: str, param_run_id: str | None
+    stop: threading.Event, sources: ExportSources, render_run_id: str, param_run_id: str | None
 ) -> tuple[bytearray, str, Counter[str]]:
     """The manifest's JSON, its strong ETag (a hash of exactly those bytes;
     blocking: hashed in the same hop) and what could not be listed."""
-    body, unlisted = export_manifest_json(sources, render_run_id, param_run_id)
+    body, unlisted = export_manifest_json(sources, render_run_id, param_run_id, stop)
     return body, f'"{hashlib.sha256(body).hexdigest()[:40]}"', unlisted
 
 
-@routes.get(EXPORT_PREFIX + "/list/" + RUN_ID_SEGMENT)
+def _planned_archive(
+    stop: threading.Event,
+    sources: ExportSources,
+    render_run_id: str,
+    param_run_id: str | None,
+    crcs: CrcCache,
+) -> ExportArchive:
+    return plan_export_archive(sources, render_run_id, param_run_id, crcs, stop)
+
+
+@routes.get(EXPORT_PREFIX + "/list/" + RUN_ID_SEGMENT, expect_handler=continue_if_acceptable)
 async def export_manifest(request: web.Request) -> web.Response:
     """The export's manifest (GET and HEAD): 200 with its JSON, a strong
     ``ETag`` of those bytes and ``X-Export-Unlisted-Paths``; 304 for an
@@ -53,8 +107,8 @@ async def export_manifest(request: web.Request) -> web.Response:
     for a bad run id or an export over ``limits.max_files_per_export``.
     Without ``param_run_id`` the links file names the param run."""
     render_run_id, param_run_id = _run_ids(request)
-    body, etag, unlisted = await run_blocking(
-        request.app[IO_EXECUTOR],
+    body, etag, unlisted = await run_stoppable(
+        request.app[SCAN_EXECUTOR],
         _manifest_and_etag,
         request.app[SOURCES],
         render_run_id,
@@ -71,7 +125,7 @@ async def export_manifest(request: web.Request) -> web.Response:
     )
 
 
-@routes.get(EXPORT_PREFIX + "/zip/" + RUN_ID_SEGMENT)
+@routes.get(EXPORT_PREFIX + "/zip/" + RUN_ID_SEGMENT, expect_handler=continue_if_acceptable)
 async def export_zip(request: web.Request) -> web.StreamResponse:
     """The export's ZIP (GET and HEAD), streamed as it is read (zip_response.py).
 
@@ -84,24 +138,42 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
     ``If-Match`` (else ``If-Unmodified-Since``) that fails. 503
     ``too_many_downloads`` with ``Retry-After`` while
     ``limits.max_concurrent_zips`` are streaming or being planned (a HEAD
-    plans the whole ZIP as a GET does, so it takes a slot as well), 503
-    ``out_of_descriptors`` when a GET could not hold its files open. 422 for a
-    bad run id or an export over ``limits.max_files_per_export``.
+    plans the whole ZIP as a GET does, so it takes a slot as well), 429
+    ``too_many_downloads_per_client`` with ``Retry-After`` while the same
+    client holds ``limits.max_zips_per_client`` of them (the client: the peer's
+    address, or the one a trusted proxy forwarded, ``server.trusted_proxies``),
+    503 ``out_of_descriptors`` when a GET could not hold its files open. 422
+    for a bad run id or an export over ``limits.max_files_per_export`` or
+    ``limits.max_folders_per_export``.
     """
     render_run_id, param_run_id = _run_ids(request)
     slots = request.app[ZIP_SLOTS]
-    if not slots.try_acquire():
+    client = client_address(
+        request.remote,
+        request.headers.getall(hdrs.X_FORWARDED_FOR, []),
+        request.app[SETTINGS].server.trusted_proxies,
+    )
+    retry: dict[str, str] = {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)}
+    if not slots.try_acquire(client):
         request.app[METRICS].zips_refused.inc()
+        if slots.in_use < slots.limit:  # room for others, not for this client
+            raise TooManyDownloadsPerClient(
+                f"this client ({client}) already has {slots.per_client} ZIP downloads"
+                " streaming or being planned (limits.max_zips_per_client); try again when"
+                " one ends",
+                headers=retry,
+            )
         raise TooManyDownloads(
             f"{slots.limit} ZIP downloads are streaming or being planned; try again shortly",
-            headers={hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)},
+            headers=retry,
         )
     try:
-        # Planning scans like a manifest: in the I/O pool, so that however long
-        # it takes it never holds the ZIP threads that keep downloads streaming.
-        archive = await run_blocking(
-            request.app[IO_EXECUTOR],
-            plan_export_archive,
+        # Planning scans like a manifest: in the scan pool, so that however long
+        # it takes it never holds the ZIP threads that keep downloads streaming,
+        # nor the I/O threads of file URLs; it stops if the client hangs up.
+        archive = await run_stoppable(
+            request.app[SCAN_EXECUTOR],
+            _planned_archive,
             request.app[SOURCES],
             render_run_id,
             param_run_id,
@@ -116,7 +188,7 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
             return cached
         return await ZipResponse(request, archive, render_run_id).send()
     finally:
-        slots.release()
+        slots.release(client)
 
 
 def _link(render_run_id: str, stored: StoredLink) -> web.Response:
@@ -128,7 +200,11 @@ def _link(render_run_id: str, stored: StoredLink) -> web.Response:
     return web.Response(body=link.model_dump_json().encode(), content_type="application/json")
 
 
-@routes.get(EXPORT_PREFIX + "/links/" + RUN_ID_SEGMENT, allow_head=False)
+@routes.get(
+    EXPORT_PREFIX + "/links/" + RUN_ID_SEGMENT,
+    allow_head=False,
+    expect_handler=continue_if_acceptable,
+)
 async def get_link(request: web.Request) -> web.Response:
     """The param run linked to a render run: 200 with the link, 404
     ``link_not_found`` when there is none (or its param run id is not a valid
@@ -141,11 +217,15 @@ async def get_link(request: web.Request) -> web.Response:
     return _link(render_run_id, stored)
 
 
-@routes.put(EXPORT_PREFIX + "/links/" + RUN_ID_SEGMENT)
+@routes.put(EXPORT_PREFIX + "/links/" + RUN_ID_SEGMENT, expect_handler=continue_if_acceptable)
 async def put_link(request: web.Request) -> web.Response:
     """Link a render run to a param run: 200 with the link as stored. 422
     ``invalid_body`` unless the body is ``{"param_run_id": "<id>"}``, 422 for a
-    bad id, 503 when the links file is unusable or cannot be written."""
+    bad id, 413 ``body_too_large`` for a body over 1 MiB (refused unread when
+    its ``Content-Length`` says so), 503 when the links file is unusable or
+    cannot be written."""
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, request.content_length or 0)
     render_run_id = render_run_id_as_sent(request.match_info["render_run_id"])
     try:
         update = LinkUpdate.model_validate_json(await request.read())

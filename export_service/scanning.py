@@ -38,6 +38,20 @@ from .safe_files import (
 log = logging.getLogger(__name__)
 
 
+class ScanStopped(Exception):
+    """The scan's stop flag was set (its client hung up, the service is
+    stopping): it ended at its next folder, its descriptors closed."""
+
+
+class TooManyFolders(ExportTooLarge):
+    """More folders than the scan's ``max_folders``."""
+
+
+# A folder's listing checks the stop flag once per this many entries (a run
+# folder may hold hundreds of thousands directly).
+_STOP_CHECK_EVERY = 1024
+
+
 class ScannedFile(NamedTuple):
     """One regular file of a run folder, as seen when it was scanned. Made on
     demand from a :class:`FolderScan`'s compact records."""
@@ -87,14 +101,16 @@ def root_problem(root: str) -> OSError | None:
 
 
 class RunFolderIndex:
-    """The names in one root, listed again only when the root's mtime changes.
+    """The names in one root, listed again only when the root changes.
 
     A root of 100,000 run folders takes tens of milliseconds to list; the
     index answers a lookup with a stat of the root and a binary search. Names
     are kept reversed and sorted, so "ends with ``_<id>``" is a prefix search.
-    Creating or removing a run folder changes the root's mtime; a listing
-    taken within a second of that mtime is not trusted (file systems with
-    coarse timestamps could hide a change made in the same tick).
+    Creating or removing a run folder changes the root's mtime; the listing
+    is keyed on the root's device, inode and mtime, so a root swapped for
+    another folder (a mount, a rename) with the same mtime is listed again.
+    A listing taken within a second of that mtime is not trusted (file
+    systems with coarse timestamps could hide a change made in the same tick).
     """
 
     _SETTLE_NS = 1_000_000_000
@@ -102,28 +118,33 @@ class RunFolderIndex:
     def __init__(self, root: str) -> None:
         self.root = root
         self._lock = threading.Lock()
-        self._mtime_ns: int | None = None
+        self._key: tuple[int, int, int] | None = None  # (st_dev, st_ino, st_mtime_ns)
         self._trusted = False
         self._names: frozenset[str] = frozenset()
         self._reversed: list[str] = []
 
+    @property
+    def _mtime_ns(self) -> int | None:
+        return None if self._key is None else self._key[2]
+
     def _refresh(self) -> None:
         try:
-            mtime_ns = os.stat(self.root).st_mtime_ns
+            info = os.stat(self.root)
+            key: tuple[int, int, int] | None = (info.st_dev, info.st_ino, info.st_mtime_ns)
         except OSError:
-            mtime_ns = None
+            key = None
         with self._lock:
-            if self._trusted and mtime_ns == self._mtime_ns:
+            if self._trusted and key == self._key:
                 return
-            listed = run_folder_names(self.root) if mtime_ns is not None else None
+            listed = run_folder_names(self.root) if key is not None else None
             names = listed or []
             self._names = frozenset(names)
             self._reversed = sorted(name[::-1] for name in names)
-            self._mtime_ns = mtime_ns
+            self._key = key
             # A listing that failed is not kept: a chmod that makes the root
             # readable again leaves its mtime as it was.
             self._trusted = (
-                listed is not None and time.time_ns() - (mtime_ns or 0) > self._SETTLE_NS
+                listed is not None and key is not None and time.time_ns() - key[2] > self._SETTLE_NS
             )
 
     def candidates(self, run_id: str) -> list[str]:
@@ -265,10 +286,19 @@ class _Walk:
     depth nor path length limits it), and walked in display-path order so the
     files come out sorted without one big sort."""
 
-    def __init__(self, root_real: str, run_folder: str, max_files: int | None) -> None:
+    def __init__(
+        self,
+        root_real: str,
+        run_folder: str,
+        max_files: int | None,
+        max_folders: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.root_real = root_real
         self.run_folder = run_folder
         self.max_files = max_files
+        self.max_folders = max_folders
+        self.stop = stop
         self.listed_files = 0
         self.scan = FolderScan()
         self.visited: set[tuple[int, int]] = set()
@@ -282,10 +312,25 @@ class _Walk:
         shown = "/".join(map(display_name, (self.run_folder, *parts)))
         log.warning("cannot list %s: %s (%s)", shown, error.strerror, reason)
 
+    def count_folder(self) -> None:
+        """One more folder listed (the run folder is the first: ``visited``
+        holds it before the walk starts)."""
+        if self.max_folders is not None and len(self.visited) > self.max_folders:
+            raise TooManyFolders(f"more than {self.max_folders:,} folders")
+
     def count_file(self) -> None:
         self.listed_files += 1
         if self.max_files is not None and self.listed_files > self.max_files:
             raise ExportTooLarge(f"more than {self.max_files:,} files")
+
+    def check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            log.info(
+                "stopped scanning %s after %d folder(s): no one waits for it",
+                display_name(self.run_folder),
+                len(self.scan.folders),
+            )
+            raise ScanStopped(f"the scan of {display_name(self.run_folder)!r} was stopped")
 
     def record(
         self, folder: int, name: str, info: os.stat_result | None, target: str | None
@@ -296,14 +341,19 @@ class _Walk:
         return (folder, name, info.st_size, info.st_mtime_ns, dev, info.st_ino, target)
 
     def enter(self, fd: int, real: str, parts: tuple[str, ...]) -> None:
-        """List the open folder ``fd`` and put it on top of the walk (takes ``fd``)."""
+        """List the open folder ``fd`` and put it on top of the walk (takes
+        ``fd``). :class:`TooManyFolders` past ``max_folders``,
+        :class:`ScanStopped` once the stop flag is set."""
         index = len(self.scan.folders)
         self.scan.folders.append(ScannedFolder(real, parts))
         frame = _Frame(fd, index, [], 0)
         self.frames.append(frame)
+        self.check_stop()
         try:
             with os.scandir(fd) as listing:
-                for entry in listing:
+                for count, entry in enumerate(listing, 1):
+                    if count % _STOP_CHECK_EVERY == 0:
+                        self.check_stop()
                     item = self.item(entry, index, real, parts)
                     if item is not None:
                         frame.items.append(item)
@@ -338,6 +388,7 @@ class _Walk:
             if key in self.visited:
                 return None
             self.visited.add(key)
+            self.count_folder()
             return (display_name(name) + "/", name, target)
         if stat.S_ISREG(info.st_mode):
             self.count_file()
@@ -407,7 +458,13 @@ class _Walk:
             frame.fd = None
 
 
-def scan_run_folder(root: str, folder: str, max_files: int | None = None) -> FolderScan:
+def scan_run_folder(
+    root: str,
+    folder: str,
+    max_files: int | None = None,
+    max_folders: int | None = None,
+    stop: threading.Event | None = None,
+) -> FolderScan:
     """Every regular file below ``<root>/<folder>``, recursively, sorted by
     their display paths.
 
@@ -420,7 +477,10 @@ def scan_run_folder(root: str, folder: str, max_files: int | None = None) -> Fol
     from outside the root, and no depth is too deep. A path that cannot be
     listed (no permission, a link target too long) is logged and counted in
     ``unlisted``. :class:`ExportTooLarge` as soon as more than ``max_files``
-    files are listed.
+    files are listed, :class:`TooManyFolders` (one) as soon as more than
+    ``max_folders`` folders are listed (the run folder counts); :class:`ScanStopped`
+    at the next folder (or 1,024 entries) once ``stop`` is set. Whichever
+    way it ends, every folder it opened is closed.
     """
     scan = FolderScan()
     root_real = resolved(root)
@@ -434,18 +494,23 @@ def scan_run_folder(root: str, folder: str, max_files: int | None = None) -> Fol
     except OSError as error:
         if error.errno in _GONE:
             return scan
-        walk = _Walk(root_real, folder, max_files)
+        walk = _Walk(root_real, folder, max_files, max_folders, stop)
         walk.unlisted((), error)
         return walk.scan
     if opened is None:
         log.warning("skipping %s: it now resolves outside the root", top)
         return scan
     fd, top_real = opened
-    walk = _Walk(root_real, folder, max_files)
+    walk = _Walk(root_real, folder, max_files, max_folders, stop)
     try:
         info = os.fstat(fd)
     except OSError:
         os.close(fd)
         raise
     walk.visited.add((info.st_dev, info.st_ino))
+    try:
+        walk.count_folder()  # the run folder itself (the steps before it may have used the rest)
+    except TooManyFolders:
+        os.close(fd)
+        raise
     return walk.run(fd, top_real)

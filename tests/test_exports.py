@@ -7,12 +7,15 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from export_service.errors import ExportTooLarge
 from export_service.exports import ExportSources, export_manifest_json, plan_export_archive
+from export_service.scanning import ScanStopped
 from tests.conftest import DEEP, AirTree, every_case, make_deep, remove_deep, write
 from tests.zips import read_zip
 
@@ -224,3 +227,28 @@ def test_a_root_the_service_cannot_read_is_reported_not_taken_for_no_files() -> 
         "(Permission denied): its files are left out of every export until it can",
         f"INFO export_service.exports roots.param_generation {param!r} can be read again",
     ]
+
+
+def test_the_folder_limit_counts_the_three_steps_together(tree: AirTree) -> None:
+    """The project above has 3 folders: the render run, its stems/, the param run."""
+    _project(tree)
+    for limit, allowed in ((3, True), (2, False)):
+        sources = ExportSources.from_settings(
+            tree.settings(limits={"max_folders_per_export": limit})
+        )
+        try:
+            export_manifest_json(sources, "r", None)
+            refused = None
+        except ExportTooLarge as error:
+            refused = error.message
+        assert (refused is None) == allowed, refused
+    assert refused is not None and "more than 2 folders" in refused
+    assert "limits.max_folders_per_export" in refused
+
+
+def test_a_set_stop_flag_ends_the_export_before_its_next_step(tree: AirTree) -> None:
+    sources = _project(tree)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(ScanStopped):
+        export_manifest_json(sources, "r", None, stop)

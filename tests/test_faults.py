@@ -54,7 +54,13 @@ async def test_forty_clients_that_reset_leave_nothing_behind(
 ) -> None:
     write(tree.render / "r" / "big.wav", os.urandom(24 * 1024 * 1024))
     client = await make_client(
-        limits={**SMALL_BATCHES, "io_threads": 4, "zip_threads": 2, "max_concurrent_zips": 40}
+        limits={
+            **SMALL_BATCHES,
+            "io_threads": 4,
+            "zip_threads": 2,
+            "max_concurrent_zips": 40,
+            "max_zips_per_client": 40,  # all 40 come from 127.0.0.1
+        }
     )
     await (await client.get("/api/air/export/zip/r")).read()  # warm: pool threads exist
     fds_before = _fd_count()

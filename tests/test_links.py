@@ -6,6 +6,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -560,11 +561,11 @@ async def test_a_put_writes_through_a_symbolic_link_to_its_target(
         "r2": {"param_run_id": "p2", "updated_at": (await put.json())["updated_at"]},
     }
     assert oct(target.stat().st_mode & 0o777) == "0o640"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["real_links.json"]
-    assert sorted(p.name for p in tree.links.parent.iterdir()) == [
-        "step_links.json",
-        "step_links.json.lock",  # the lock stays beside the configured path
+    assert sorted(p.name for p in target.parent.iterdir()) == [
+        "real_links.json",
+        "real_links.json.lock",  # the lock lies beside the real file, shared by every path
     ]
+    assert sorted(p.name for p in tree.links.parent.iterdir()) == ["step_links.json"]
     got = await client.get("/api/air/export/links/r2")
     assert (await got.json())["param_run_id"] == "p2"
     assert (await client.get("/readyz")).status == 200
@@ -762,15 +763,27 @@ def _put_links(base_url: str, service: int) -> list[int]:
     return statuses
 
 
-def test_backend_processes_and_two_services_writing_at_once_lose_nothing(tree: AirTree) -> None:
+@pytest.mark.parametrize("second_path", ["same", "symlink"])
+def test_backend_processes_and_two_services_writing_at_once_lose_nothing(
+    tree: AirTree, tmp_path: Path, second_path: str
+) -> None:
+    """Issue 22 item 5: with the second service configured with a symbolic
+    link to the file, each locked its own lock file and removed the other's
+    live temp file as a dead writer's: 175 of 400 links lost, PUTs got 503."""
     tree.link({"kept": {"param_run_id": "p", "x": [1]}})
     env = {
         **{f"EXPORT_SERVICE_ROOTS_{k.upper()}": str(v) for k, v in tree_roots(tree).items()},
         "EXPORT_SERVICE_LINKS_FILE": str(tree.links),
         "EXPORT_SERVICE_LOGGING_LEVEL": "WARNING",
     }
+    second_env = dict(env)
+    if second_path == "symlink":
+        elsewhere = tmp_path / "elsewhere" / "links.json"
+        elsewhere.parent.mkdir()
+        elsewhere.symlink_to(tree.links)
+        second_env["EXPORT_SERVICE_LINKS_FILE"] = str(elsewhere)
     context = multiprocessing.get_context("spawn")
-    with live_service(env=env) as first, live_service(env=env) as second:
+    with live_service(env=env) as first, live_service(env=second_env) as second:
         backends = [
             context.Process(target=_link_with_the_helper, args=(str(tree.links), p))
             for p in range(HELPER_PROCESSES)
@@ -1015,3 +1028,73 @@ def test_the_helpers_write_no_invalid_run_id(
     assert why in caplog.text and len(caplog.text) < 500
     link_param_to_render("r", "p")  # a valid one still goes in
     assert json.loads(links_env.read_text()) == {"r": {"param_run_id": "p", "updated_at": ANY}}
+
+
+# -- a bound on what is parsed (issue 22 item 6) --------------------------------
+
+
+async def test_a_links_file_over_max_bytes_is_not_parsed_and_says_so(
+    tree: AirTree, make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 500 MB links file took 44 s to a first manifest, 5.6 GB of memory
+    and held /healthz past its 3 s budget: over ``links.max_bytes`` the file
+    is not read; manifests go on without links, a PUT is a 503, readiness
+    names it, the log says it once per change of the file."""
+    write(tree.render / "r" / "a.wav", b"a")
+    write(tree.param / "p1" / "b.json", b"{}")
+    tree.link({"r": {"param_run_id": "p1", "pad": "x" * 200}})
+    size = tree.links.stat().st_size
+    client = await make_client(links={"file": str(tree.links), "max_bytes": size - 1})
+    with caplog.at_level(logging.ERROR, logger="export_service.links"):
+        for _ in range(2):
+            manifest = await client.get("/api/air/export/list/r")
+            assert manifest.status == 200
+            assert (await manifest.json())["param_run_id"] is None
+        put = await client.put("/api/air/export/links/r", json={"param_run_id": "p2"})
+        assert put.status == 503
+        detail = (await put.json())["detail"]
+        assert detail["error"] == "links_file_too_large"
+        assert f"{size:,} bytes, over links.max_bytes ({size - 1:,})" in detail["message"]
+        assert json.loads(tree.links.read_text())["r"]["param_run_id"] == "p1"  # untouched
+        ready = await client.get("/readyz")
+        assert ready.status == 503
+        assert (
+            "links.file: " + f"{size:,} bytes, over links.max_bytes"
+            in (await ready.json())["detail"]["message"]
+        )
+        assert (await client.get("/api/air/export/links/r")).status == 404
+    unusable = [r for r in caplog.records if "is unusable" in r.getMessage()]
+    assert len(unusable) == 1  # once for this content of the file, however often it is read
+    assert "over links.max_bytes" in unusable[0].getMessage()
+    tree.link({"r": {"param_run_id": "p1"}})  # back under the bound: used again
+    manifest = await client.get("/api/air/export/list/r")
+    assert (await manifest.json())["param_run_id"] == "p1"
+    assert (await client.get("/readyz")).status == 200
+
+
+def test_a_links_file_of_exactly_max_bytes_is_parsed(tmp_path: Path) -> None:
+    path = write(tmp_path / "step_links.json", b'{"r": {"param_run_id": "p"}}')
+    store = LinkStore(path, max_bytes=path.stat().st_size)
+    assert store.param_run_id_for("r") == "p" and store.problem() is None
+
+
+def test_a_write_leaves_other_writers_temp_files(tmp_path: Path) -> None:
+    """A temp file is removed by another writer only when it is its own
+    host's and its process is dead: a live writer that holds another lock
+    (an older version, the file reached by a path locked elsewhere) or runs
+    in another container keeps its temp file."""
+    path = tmp_path / "step_links.json"
+    host = socket.gethostname()
+    alive = write(tmp_path / f".step_links.json.tmp-{host}-{os.getppid()}.abc")
+    other_host = write(tmp_path / ".step_links.json.tmp-other-host-1.abc")
+    unnamed = write(tmp_path / ".step_links.json.x1y2z3")  # an older version's name
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    gone = write(tmp_path / f".step_links.json.tmp-{host}-{dead.stdout.strip()}.abc")
+    LinkStore(path).link("r", "p")
+    assert alive.exists() and other_host.exists() and unnamed.exists()
+    assert not gone.exists()

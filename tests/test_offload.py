@@ -11,7 +11,7 @@ from contextvars import ContextVar
 
 import pytest
 
-from export_service.offload import open_off_loop, run_blocking
+from export_service.offload import open_off_loop, run_blocking, run_stoppable
 from tests.conftest import wait_until
 
 
@@ -90,3 +90,29 @@ async def test_a_result_is_handed_over_and_not_closed(pool: ThreadPoolExecutor) 
     opened = await open_off_loop(pool, Opened)
     assert not opened.closed
     pool.shutdown(wait=True)
+
+
+async def test_a_stoppable_call_has_its_flag_set_when_its_awaiter_is_cancelled(
+    pool: ThreadPoolExecutor,
+) -> None:
+    started, ended = threading.Event(), threading.Event()
+
+    def until_stopped(stop: threading.Event, label: str) -> str:
+        started.set()
+        assert stop.wait(30), "never stopped"
+        ended.set()
+        return label
+
+    call = asyncio.create_task(run_stoppable(pool, until_stopped, "x"))
+    await wait_until(started.is_set)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await wait_until(ended.is_set)  # the thread is free again
+
+
+async def test_a_stoppable_call_that_ends_returns_its_result(pool: ThreadPoolExecutor) -> None:
+    def answer(stop: threading.Event, value: int) -> tuple[bool, int]:
+        return stop.is_set(), value
+
+    assert await run_stoppable(pool, answer, 4) == (False, 4)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import threading
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from export_service import exports, routes
+from export_service import exports, routes, scanning
 from export_service.keys import ZIP_SLOTS
 from tests.conftest import (
     AirTree,
@@ -22,6 +23,7 @@ from tests.conftest import (
     error_detail,
     every_case,
     link_beyond_path_max,
+    open_paths_under,
     raw_exchange,
     remove_deep,
     wait_until,
@@ -238,6 +240,73 @@ async def test_a_download_beyond_the_cap_gets_503_with_retry_after(
     assert _metric(text, "export_zip_downloads_refused_total") == 2
 
 
+async def test_one_client_cannot_take_every_slot(tree: AirTree, make_client: ClientFactory) -> None:
+    """Issue 22 item 7: aria2c -x16 held all 16 slots and everyone else got
+    503. A client (here every request comes from 127.0.0.1) holds at most
+    limits.max_zips_per_client; over it: 429 with Retry-After."""
+    write(tree.render / "r" / "big.wav", os.urandom(32 * 1024 * 1024))
+    client = await make_client(
+        limits={
+            "max_concurrent_zips": 3,
+            "max_zips_per_client": 2,
+            "batch_bytes": 65536,
+            "read_chunk_bytes": 65536,
+        }
+    )
+    held = [await client.get("/api/air/export/zip/r") for _ in range(2)]
+    for response in held:
+        await response.content.readexactly(1024)  # streaming, and stalled by us
+    refused = await client.get("/api/air/export/zip/r")
+    assert (refused.status, refused.headers["Retry-After"]) == (429, "5")
+    detail = (await refused.json())["detail"]
+    assert detail["error"] == "too_many_downloads_per_client"
+    assert "(127.0.0.1)" in detail["message"] and "max_zips_per_client" in detail["message"]
+    # Not behind a trusted proxy: a forged X-Forwarded-For changes nothing.
+    forged = await client.get("/api/air/export/zip/r", headers={"X-Forwarded-For": "1.2.3.4"})
+    assert forged.status == 429
+    for response in held:
+        response.close()
+    assert client.app is not None
+    slots = client.app[ZIP_SLOTS]
+    await wait_until(lambda: slots.in_use == 0)
+    again = await client.get("/api/air/export/zip/r")
+    assert again.status == 200
+    await again.read()
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_share(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    write(tree.render / "r" / "big.wav", os.urandom(32 * 1024 * 1024))
+    client = await make_client(
+        server={"trusted_proxies": ["127.0.0.1"]},
+        limits={
+            "max_concurrent_zips": 3,
+            "max_zips_per_client": 1,
+            "batch_bytes": 65536,
+            "read_chunk_bytes": 65536,
+        },
+    )
+
+    async def download(browser: str) -> Any:
+        return await client.get(
+            "/api/air/export/zip/r", headers={"X-Forwarded-For": f"{browser}, 127.0.0.1"}
+        )
+
+    first, second = await download("198.51.100.1"), await download("198.51.100.2")
+    assert (first.status, second.status) == (200, 200)
+    for response in (first, second):
+        await response.content.readexactly(1024)
+    assert (await download("198.51.100.1")).status == 429
+    third = await download("198.51.100.3")
+    assert third.status == 200
+    await third.content.readexactly(1024)
+    full = await download("198.51.100.4")
+    assert (full.status, (await full.json())["detail"]["error"]) == (503, "too_many_downloads")
+    for response in (first, second, third):
+        response.close()
+
+
 async def test_a_zip_of_more_files_than_the_limit_is_refused_get_and_head(
     tree: AirTree, make_client: ClientFactory
 ) -> None:
@@ -363,3 +432,151 @@ async def test_a_refused_link_body_is_named_with_what_is_wrong_in_it(
     assert detail["detail"]["message"] == (
         'the body must be JSON {"param_run_id": "<id>"}; ' + problem
     )
+
+
+# -- bounded scans that stop (issue 22 item 4) -----------------------------------
+
+
+@pytest.mark.parametrize("kind", ["list", "zip"])
+async def test_an_export_of_more_folders_than_allowed_is_refused(
+    tree: AirTree, make_client: ClientFactory, kind: str
+) -> None:
+    """300,000 empty folders took 9.2 s a manifest and 738 MB: folders count."""
+    for index in range(12):
+        (tree.render / "r" / f"{index:02d}").mkdir(parents=True)
+    client = await make_client(limits={"max_folders_per_export": 10})
+    detail = await error_detail(client, "GET", f"/api/air/export/{kind}/r", 422)
+    assert detail["error"] == "export_too_large"
+    assert "more than 10 folders" in detail["message"]
+    assert "limits.max_folders_per_export" in detail["message"]
+
+
+class PausedScan:
+    """Holds every scan at its 5th folder until released (the point where a
+    client hangs up, or where other requests must still be answered)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.walks: list[Any] = []
+        self.release = threading.Event()
+        real = scanning._Walk.check_stop
+
+        def paused(walk: Any) -> None:
+            if len(walk.scan.folders) == 5:
+                self.walks.append(walk)
+                self.release.wait(30)
+            real(walk)
+
+        monkeypatch.setattr(scanning._Walk, "check_stop", paused)
+
+
+@pytest.mark.parametrize("kind", ["list", "zip"])
+async def test_a_scan_whose_client_hangs_up_stops(
+    tree: AirTree,
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    """8 clients that hung up within 0.2 s left their scans running for a
+    minute, holding the threads: the hop sets the scan's stop flag when its
+    request is cancelled, and the scan ends at its next folder."""
+    for index in range(50):
+        (tree.render / "r" / f"{index:02d}").mkdir(parents=True)
+    paused = PausedScan(monkeypatch)
+    client = await make_client(limits={"scan_threads": 1})
+    request = asyncio.create_task(client.get(f"/api/air/export/{kind}/r"))
+    await wait_until(lambda: len(paused.walks) == 1)
+    request.cancel()  # the client hangs up: the connection closes
+    await wait_until(lambda: paused.walks[0].stop.is_set())
+    with caplog.at_level(logging.INFO, logger="export_service.scanning"):
+        paused.release.set()
+        await wait_until(lambda: "stopped scanning r after 5 folder(s)" in caplog.text)
+    assert open_paths_under(tree.render) == []
+    answer = await client.get(f"/api/air/export/{kind}/r")  # the one scan thread is free
+    assert answer.status == 200
+    await answer.read()
+
+
+async def test_file_urls_links_and_readiness_never_wait_behind_scans(
+    tree: AirTree, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 3-byte file URL took 61.9 s behind 8 scans of empty folders: scans
+    have threads of their own."""
+    for index in range(10):
+        (tree.render / "r" / f"{index:02d}").mkdir(parents=True)
+    write(tree.render / "other" / "a.wav", b"abc")
+    paused = PausedScan(monkeypatch)
+    client = await make_client(limits={"scan_threads": 2, "io_threads": 1})
+    scans = [asyncio.create_task(client.get("/api/air/export/list/r")) for _ in range(2)]
+    try:
+        await wait_until(lambda: len(paused.walks) == 2)  # every scan thread is busy
+        answer = await client.get("/api/audio/other/a.wav")
+        assert answer.status == 200 and await answer.read() == b"abc"
+        assert (await client.get("/readyz")).status == 200
+        assert (await client.get("/api/air/export/links/r")).status == 404
+    finally:
+        paused.release.set()
+    for scan in scans:
+        assert (await scan).status == 200
+
+
+# -- Expect: 100-continue (issue 22 item 8) ---------------------------------------
+
+
+async def _first_answer(client: TestClient[Any, Any], head: bytes) -> bytes:
+    """The first status line the service sends for a request's head alone
+    (its body withheld, as a client that expects 100 Continue does)."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def _put_head(length: int, token: str | None = None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return (
+        "PUT /api/air/export/links/r HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        f"Expect: 100-continue\r\n{auth}Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+async def test_100_continue_only_for_a_request_that_would_be_let_in(
+    make_client: ClientFactory,
+) -> None:
+    """100 Continue came before the token was checked and before a body known
+    to be too large was refused: the client sent a body only to be told 401."""
+    client = await make_client(auth={"token": "s3cret"})
+    assert await _first_answer(client, _put_head(25)) == b"HTTP/1.1 401 Unauthorized\r\n"
+    assert await _first_answer(client, _put_head(25, "wrong")) == b"HTTP/1.1 401 Unauthorized\r\n"
+    too_large = await _first_answer(client, _put_head(2 * 1024 * 1024, "s3cret"))
+    assert too_large == b"HTTP/1.1 413 Request Entity Too Large\r\n"
+    assert await _first_answer(client, _put_head(25, "s3cret")) == b"HTTP/1.1 100 Continue\r\n"
+    odd = _put_head(25, "s3cret").replace(b"100-continue", b"200-ok")
+    assert (await _first_answer(client, odd)).startswith(b"HTTP/1.1 417")
+
+
+async def test_a_body_sent_after_100_continue_is_linked(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    client = await make_client(auth={"token": "s3cret"})
+    body = b'{"param_run_id": "p1"}'
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(
+            _put_head(len(body), "s3cret").replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+        )
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readline(), 10) == b"HTTP/1.1 100 Continue\r\n"
+        assert await reader.readline() == b"\r\n"
+        writer.write(body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(-1), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert json.loads(tree.links.read_text())["r"]["param_run_id"] == "p1"

@@ -1,5 +1,7 @@
 import errno
+import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,8 @@ from export_service.errors import ExportTooLarge
 from export_service.safe_files import resolved
 from export_service.scanning import (
     RunFolderIndex,
+    ScanStopped,
+    TooManyFolders,
     exact_run_folder,
     run_folder_names,
     scan_run_folder,
@@ -289,3 +293,77 @@ def test_a_link_swapped_while_it_is_resolved_is_a_missing_path(
     scan = scan_run_folder(str(tree.render), "r")
     assert [f.parts for f in scan.files()] == [("sub", "a.wav")]
     assert not scan.unlisted
+
+
+def test_a_root_swapped_for_a_folder_of_the_same_mtime_is_listed_again(tree: AirTree) -> None:
+    """Issue 22 item 8: the index was keyed on the root's mtime alone, so a
+    root swapped for another folder with the same mtime hid its run folders."""
+    old = 1_600_000_000
+    (tree.midi / "20261101_run_1").mkdir()
+    os.utime(tree.midi, (old, old))  # settled: the listing is trusted
+    index = RunFolderIndex(str(tree.midi))
+    assert index.newest("run_2") is None
+    replacement = tree.base / "new_midi"
+    (replacement / "20261102_run_2").mkdir(parents=True)
+    os.utime(replacement, (old, old))
+    tree.midi.rename(tree.base / "old_midi")
+    replacement.rename(tree.midi)
+    assert os.stat(tree.midi).st_mtime_ns == old * 1_000_000_000
+    assert index.newest("run_2") == "20261102_run_2"
+    assert index.newest("run_1") is None
+
+
+def test_more_folders_than_allowed_are_refused_while_listing(tree: AirTree) -> None:
+    for index in range(20):
+        (tree.render / "r" / f"{index:02d}" / "x").mkdir(parents=True)
+    assert len(scan_run_folder(str(tree.render), "r", max_folders=41).folders) == 41
+    with pytest.raises(TooManyFolders):
+        scan_run_folder(str(tree.render), "r", max_folders=40)  # the run folder counts
+    with pytest.raises(TooManyFolders):  # what an export's earlier steps left: none
+        scan_run_folder(str(tree.render), "r", max_folders=0)
+    assert open_paths_under(tree.render) == []
+
+
+class StopAfter(threading.Event):
+    """A stop flag that is set by its own ``checks``-th check (a client that
+    hangs up while the scan is at a known point)."""
+
+    def __init__(self, checks: int) -> None:
+        super().__init__()
+        self.left = checks
+        self.checked = 0
+
+    def is_set(self) -> bool:
+        self.checked += 1
+        self.left -= 1
+        if self.left == 0:
+            self.set()
+        return super().is_set()
+
+
+def test_a_scan_stops_at_its_next_folder_once_its_stop_flag_is_set(
+    tree: AirTree, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 22 item 4: scans whose clients hung up ran on (8 of them held
+    the I/O threads for 60 s): the walk checks its stop flag at each folder."""
+    for index in range(200):
+        write(tree.render / "r" / f"{index:03d}" / "a.wav", b"a")
+    stop = StopAfter(10)
+    with (
+        caplog.at_level(logging.INFO, logger="export_service.scanning"),
+        pytest.raises(ScanStopped),
+    ):
+        scan_run_folder(str(tree.render), "r", stop=stop)
+    assert stop.checked == 10  # it ended at the check that saw the flag
+    assert open_paths_under(tree.render) == []
+    assert "stopped scanning r after 10 folder(s)" in caplog.text
+
+
+def test_a_huge_single_folder_checks_its_stop_flag_while_it_is_listed(tree: AirTree) -> None:
+    for index in range(3000):
+        write(tree.render / "r" / f"{index:04d}.wav")
+    stop = StopAfter(2)  # the run folder's own check, then the 1,024th entry's
+    with pytest.raises(ScanStopped):
+        scan_run_folder(str(tree.render), "r", stop=stop)
+    assert stop.checked == 2
+    assert open_paths_under(tree.render) == []

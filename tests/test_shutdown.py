@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import os
 import re
+import signal
 import socket
 import struct
 import termios
@@ -138,3 +139,27 @@ def test_a_crc_pass_stops_at_the_shutdown(tree: AirTree, tmp_path: Path) -> None
         sock.close()
     assert code == 0, output
     assert exited_after <= GRACE + 2, (exited_after, output)
+
+
+def test_sighup_shuts_down_as_sigterm_does_and_says_so(tree: AirTree, tmp_path: Path) -> None:
+    """Issue 22 item 8: SIGHUP killed the service at once, with no log line,
+    cutting every download. It now stops it as SIGTERM does: the grace, the
+    cut, exit 0, and a line saying why."""
+    write(tree.render / "r" / "big.wav", os.urandom(48 * 1024 * 1024))
+    config = _config(tree, tmp_path / "c.toml")
+    with live_service(["--config", str(config)]) as service:
+        sock = _stalled_download(service.base_url, "/api/air/export/zip/r")
+        poll_until(lambda: _queued(sock) > 0)
+        signalled = time.time()
+        started = time.monotonic()
+        service.process.send_signal(signal.SIGHUP)
+        service.process.wait(timeout=4 * GRACE + 10)
+        exited_after = time.monotonic() - started
+        sock.close()
+        output = service.output()
+    assert service.process.returncode == 0, output
+    assert "Traceback" not in output
+    assert "SIGHUP: shutting down as on SIGTERM" in output
+    assert exited_after <= GRACE + 2, (exited_after, output)
+    (cut,) = _log_times(output, "cutting 1 request(s) still in flight")
+    assert GRACE - 0.1 <= cut - signalled <= GRACE + 0.5, output
