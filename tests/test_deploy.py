@@ -4,6 +4,7 @@ the time its shutdown takes (the grace plus 2 s)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import tomllib
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -330,6 +332,24 @@ def test_the_scale_out_backend_calls_the_service_through_its_service() -> None:
         assert service["spec"]["ports"][0]["port"] == port
         token = env["EXPORT_SERVICE_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
         assert not token.get("optional")  # the service requires one here
+
+
+def test_the_sidecar_trusts_the_backend_beside_it_as_a_proxy() -> None:
+    """The backend in the pod calls the service over loopback and appends
+    each browser's address to X-Forwarded-For; unless the service trusts that
+    peer, every browser shares one limits.max_zips_per_client (4 downloads for
+    the whole AIR API)."""
+    documents = _documents(REPO / "deploy/kubernetes/sidecar.yaml")
+    trusted = [
+        ipaddress.ip_network(net)
+        for net in _service_config(documents)["server"].get("trusted_proxies", [])
+    ]
+    (pod,) = _pods(documents)
+    (backend,) = [c for c in pod["containers"] if c["name"] != "export-service"]
+    env = {e["name"]: e for e in backend["env"]}
+    host = urlsplit(env["EXPORT_SERVICE_URL"]["value"]).hostname
+    assert host is not None
+    assert any(ipaddress.ip_address(host) in net for net in trusted), (host, trusted)
 
 
 def _probe_command(pod: dict[str, Any], kind: str) -> list[str]:

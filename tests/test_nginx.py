@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,3 +199,63 @@ def test_the_accel_route_without_nginx_streams_the_zip_itself(paths: Paths) -> N
     # A client cannot forge the header through nginx: the recipe sets it.
     forged = request(paths.accel, "GET", ZIP, {"X-Export-Accel": "something"})
     assert forged.status == 200 and forged.body == _direct(paths).body
+
+
+@pytest.fixture
+def shared_paths(tree: AirTree) -> Iterator[Paths]:
+    """As ``paths``, but the service trusts nginx (127.0.0.1) as a proxy and
+    gives each client one ZIP at a time: what the recipes' X-Forwarded-For
+    is for."""
+    binary = _nginx()
+    write(tree.render / "r" / "big.wav", os.urandom(32 * 1024 * 1024))
+    env = {
+        "EXPORT_SERVICE_ROOTS_RENDER": str(tree.render),
+        "EXPORT_SERVICE_ROOTS_MIDI_GENERATION": str(tree.midi),
+        "EXPORT_SERVICE_ROOTS_PARAM_GENERATION": str(tree.param),
+        "EXPORT_SERVICE_LINKS_FILE": str(tree.links),
+        "EXPORT_SERVICE_AUTH_TOKEN": TOKEN,
+        "EXPORT_SERVICE_SERVER_TRUSTED_PROXIES": "127.0.0.1",
+        "EXPORT_SERVICE_LIMITS_MAX_ZIPS_PER_CLIENT": "1",
+    }
+    with (
+        live_service(env=env) as service,
+        uvicorn_app(accel_backend(service.base_url)) as backend,
+        nginx_server(binary, recipe("export-service.conf", service.base_url)) as plain,
+        nginx_server(binary, recipe("x-accel.conf", service.base_url, backend)) as accel,
+    ):
+        yield Paths(service, plain, accel, backend)
+
+
+def _held_download(base_url: str, browser: str) -> socket.socket:
+    """A ZIP download from the loopback address ``browser`` that reads the
+    answer's head and then nothing, so it keeps its slot."""
+    host, port = base_url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), source_address=(browser, 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(f"GET {ZIP} HTTP/1.1\r\nHost: air\r\n\r\n".encode())
+    assert sock.recv(64 * 1024).startswith(b"HTTP/1.1 200")
+    return sock
+
+
+def _status_from(base_url: str, browser: str) -> int:
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), source_address=(browser, 0)) as sock:
+        sock.sendall(f"HEAD {ZIP} HTTP/1.1\r\nHost: air\r\nConnection: close\r\n\r\n".encode())
+        return int(sock.recv(64 * 1024).split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("path", ["plain", "accel"])
+def test_each_browser_behind_nginx_has_its_own_download_share(
+    shared_paths: Paths, path: str
+) -> None:
+    """The recipes pass the browser's address on in X-Forwarded-For: behind
+    nginx, limits.max_zips_per_client counts browsers, not nginx (without the
+    header every browser would share nginx's one slot). Browsers are told
+    apart by their loopback source address (127.0.0.2, 127.0.0.3)."""
+    base = getattr(shared_paths, path)
+    held = _held_download(base, "127.0.0.2")
+    try:
+        assert _status_from(base, "127.0.0.2") == 429  # its one slot is taken
+        assert _status_from(base, "127.0.0.3") == 200  # another browser's is free
+    finally:
+        held.close()
