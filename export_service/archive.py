@@ -337,7 +337,7 @@ class ExportArchive:
     def __init__(
         self,
         entries: list[PlannedEntry],
-        skipped: list[str],
+        skipped: dict[str, str],
         chunk_bytes: int,
         crcs: CrcCache | None = None,
     ):
@@ -537,7 +537,7 @@ def plan_archive(
 
     The sizes and times are the ones the scan saw (in the same hop); reading
     checks each file against them. A file that cannot be read now is left
-    out and logged; its rel_path is listed in ``skipped``, as is a file whose
+    out and logged; ``skipped`` maps its ``<step>/<rel_path>`` to why, as for a file whose
     entry name is longer than a ZIP can hold (``MAX_ARCNAME_BYTES``): HEAD and
     GET plan alike, so the headers never promise what cannot be written. The offsets of
     every entry are laid out here, so a range needs nothing before it.
@@ -545,14 +545,14 @@ def plan_archive(
     allocator = ArcnameAllocator()
     date_times: dict[int, tuple[int, int, int, int, int, int]] = {}
     entries: list[PlannedEntry] = []
-    skipped: list[str] = []
+    skipped: dict[str, str] = {}
     offset = 0
     with FolderFiles() as folder_files:
         for listed in files:
             step, rel_path, size = listed.step, listed.rel_path, listed.size
             if size is None or not folder_files.readable(listed.path, root_reals[step]):
                 log.warning("leaving %s/%s out of the ZIP: it cannot be opened", step, rel_path)
-                skipped.append(f"{step}/{rel_path}")
+                skipped[f"{step}/{rel_path}"] = "cannot be opened"
                 continue
             seconds = listed.mtime_ns // 1_000_000_000
             date_time = date_times.get(seconds)
@@ -569,7 +569,7 @@ def plan_archive(
                     _name_length(arcname),
                     MAX_ARCNAME_BYTES,
                 )
-                skipped.append(f"{step}/{rel_path}")
+                skipped[f"{step}/{rel_path}"] = "its name is too long for a ZIP"
                 continue
             data_offset = (
                 offset + _LOCAL_HEADER + _name_length(arcname) + _zip64(size) * _ZIP64_SIZES

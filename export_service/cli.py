@@ -342,8 +342,8 @@ def _run_offline(arguments: argparse.Namespace) -> int:
         archive = plan_export_archive(sources, render_run_id, param_run_id)
         for chunk in archive.chunks():
             handle.write(chunk)
-    for skipped in archive.skipped:
-        print(f"export-service: left out (cannot be opened): {skipped}", file=sys.stderr)
+    for skipped, why in archive.skipped.items():
+        print(f"export-service: left out ({why}): {skipped}", file=sys.stderr)
     return 0
 
 

@@ -88,7 +88,7 @@ def test_a_file_gone_between_the_scan_and_planning_is_left_out(tree: AirTree) ->
         {"render": str(tree.render.resolve()), "midi_generation": "", "param_generation": ""},
         4096,
     )
-    assert archive.skipped == ["render/r/bad.wav"]
+    assert archive.skipped == {"render/r/bad.wav": "cannot be opened"}
     assert read_zip(_body(archive)) == {"render/r/good.wav": b"g"}
 
 

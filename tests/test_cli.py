@@ -19,7 +19,7 @@ import pytest
 from export_service import config as config_module
 from export_service.cli import main
 from export_service.sample import SAMPLE_RENDER_RUN_ID
-from tests.conftest import AirTree, content_length, write
+from tests.conftest import AirTree, content_length, make_deep, remove_deep, write
 from tests.live import free_port, live_service
 from tests.zips import read_zip, unzip_test
 
@@ -490,3 +490,36 @@ def test_healthcheck_asks_the_port_the_config_names(tree: AirTree, tmp_path: Pat
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_zip_names_why_each_file_was_left_out(tree: AirTree, tmp_path: Path) -> None:
+    """A file whose entry name no ZIP can hold (260 folders of 255-byte
+    names) is left out when the ZIP is planned; the command says that is
+    why, not that the file could not be opened."""
+    write(tree.render / "r" / "mix.wav", b"mix")
+    make_deep(tree.render / "r" / "long", 260, name="n" * 255)
+    try:
+        config = _config(tree, tmp_path / "c.toml")
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "export_service",
+                "zip",
+                "r",
+                "-o",
+                "-",
+                "--config",
+                str(config),
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+    finally:
+        remove_deep(tree.render / "r" / "long")
+    assert result.returncode == 0, result.stderr
+    assert read_zip(result.stdout) == {"render/r/mix.wav": b"mix"}
+    (line,) = [
+        line for line in result.stderr.decode().splitlines() if line.startswith("export-service:")
+    ]
+    assert line.startswith("export-service: left out (its name is too long for a ZIP): render/r/")
