@@ -2,7 +2,7 @@
 README's nginx block, through the FastAPI proxy router, and through the
 X-Accel-Redirect pattern (backend authorises, nginx streams).
 
-The nginx blocks are read from README.md, so the README and what is measured
+The nginx blocks are read from docs/how-to/nginx.md, so the docs and what is measured
 cannot drift apart. Rounds alternate between the paths; the medians' ratios to
 the direct download are the result (target for the README block: >= 0.5). A
 Range request through each path must give the same 206 and bytes as direct,
@@ -51,11 +51,14 @@ TOKEN = "bench-token"
 
 
 def readme_nginx_blocks() -> tuple[str, str]:
-    """The README's two nginx blocks: the plain proxy, and X-Accel-Redirect."""
-    blocks = re.findall(r"```nginx\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    """The two nginx blocks of docs/how-to/nginx.md: the plain proxy, and X-Accel-Redirect."""
+    page = REPO / "docs" / "how-to" / "nginx.md"
+    blocks = re.findall(r"```nginx\n(.*?)```", page.read_text(), re.S)
     plain = [block for block in blocks if "location /api/air/export/" in block]
     accel = [block for block in blocks if "internal;" in block]
-    assert len(plain) == 1 and len(accel) == 1, "README: expected one block of each kind"
+    assert len(plain) == 1 and len(accel) == 1, (
+        "docs/how-to/nginx.md: expected one block of each kind"
+    )
     return plain[0], accel[0]
 
 
