@@ -175,14 +175,19 @@ def config_keys() -> Iterator[tuple[str, str, str, str, str, str]]:
 
 
 def config_markdown() -> str:
-    lines = [
-        "| Key | Type | Default | Environment variable | Meaning |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    lines: list[str] = []
+    section = ""
     for key, kind, default, allowed, variable, description in config_keys():
-        shown = f"{kind} ({allowed})" if allowed else kind
-        lines.append(f"| `{key}` | {shown} | {default} | `{variable}` | {_cell(description)} |")
-    return "\n".join(lines)
+        if key.split(".")[0] != section:
+            section = key.split(".")[0]
+            lines += ["", f"### `[{section}]`", ""]
+        shown = f"{kind}, {allowed}" if allowed else kind
+        given = "required" if default == "required" else f"default {default}"
+        lines += [
+            f"- **`{key}`**: {shown}; {given}; environment `{variable}`.<br>",
+            f"  {description}",
+        ]
+    return "\n".join(lines).strip() + "\n"
 
 
 # ---------------------------------------------------------------------- CLI

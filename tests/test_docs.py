@@ -108,7 +108,8 @@ def test_the_configuration_reference_has_every_key_of_the_model_and_the_example(
     example = tomllib.loads((REPO / "config.example.toml").read_text())
     assert set(rows) == {f"{section}.{key}" for section, keys in example.items() for key in keys}
     text = hooks().config_markdown()
-    assert "`EXPORT_SERVICE_SERVER_PORT`" in text and "| `limits.io_threads` |" in text
+    assert "- **`limits.io_threads`**: integer, >= 1, <= 256; default `8`; environment" in text
+    assert "`EXPORT_SERVICE_SERVER_PORT`" in text
 
 
 def test_a_key_without_a_description_fails_the_build(monkeypatch: pytest.MonkeyPatch) -> None:
