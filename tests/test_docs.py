@@ -82,6 +82,7 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     configuration = (tmp_path / "reference" / "configuration.html").read_text()
     assert "EXPORT_SERVICE_LIMITS_MAX_FILES_PER_EXPORT" in configuration
+    assert "a typo never goes unnoticed" in configuration  # config.example.toml, included
     assert "<svg" in (tmp_path / "diagrams" / "request-paths.svg").read_text()
     for page in tmp_path.rglob("*.html"):
         assert "<!-- generated:" not in page.read_text(), page
