@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt bench
+.PHONY: run test lint fmt bench docs
 
 BENCHMARKS := crc32 throughput small_files concurrency big_runs huge_runs per_file_costs crowded_roots memory resume links_reload abandoned_requests proxies slow_readers
 
@@ -41,6 +41,11 @@ lint: $(DEV_STAMP)
 	$(BIN)/mypy
 	$(BIN)/hadolint --failure-threshold error Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
+
+## docs: build the docs site into site/ with warnings as errors (needs Graphviz's
+## dot for the diagrams); open site/index.html
+docs: $(DEV_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 ## fmt: apply the fixes ruff knows, then ruff format (what the ruff steps of lint check)
 fmt: $(DEV_STAMP)

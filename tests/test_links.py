@@ -831,9 +831,9 @@ print(get_param_for_render("r"))
 
 
 @pytest.mark.parametrize("links_file_set", [False, True])
-def test_the_readmes_backend_module_uses_the_helpers(tmp_path: Path, links_file_set: bool) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    after = readme.split("its `app/air/export/links.py` becomes these two", 1)[1]
+def test_the_docs_backend_module_uses_the_helpers(tmp_path: Path, links_file_set: bool) -> None:
+    page = Path(__file__).parent.parent / "docs" / "how-to" / "backend.md"
+    after = page.read_text().split("its `app/air/export/links.py` becomes these two", 1)[1]
     module = after.split("```python\n", 1)[1].split("```", 1)[0]
     assert len(module.splitlines()) == 2
     write(tmp_path / "app" / "air" / "export" / "links.py", module.encode())
