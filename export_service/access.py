@@ -68,7 +68,10 @@ ENDINGS = {
     "client_gone": "the client went away before the end (status 499 when nothing was "
     "answered yet): a normal end, no traceback",
     "shutdown": "cut by the shutdown after `server.shutdown_grace_seconds`",
-    "error": "the handler failed; an ERROR line with the traceback comes with it",
+    "error": "the handler failed; an ERROR line with the traceback comes with it. When that "
+    "happens after the headers went out, the line says status 500 though the client saw a "
+    "200 or 206 status line, and the connection was aborted: the client got fewer bytes "
+    "than `Content-Length`, never a second response inside the body",
     "rejected": "aiohttp could not parse the request and answered 400 itself (method and "
     "path `-`, aiohttp's reason in `error`)",
 }
