@@ -302,8 +302,8 @@ def _lower(value: object) -> object:
 
 
 class LoggingSettings(_Section):
-    level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = (
-        Field(default="INFO", description="The lowest level logged, in any case (debug, Info).")
+    level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = Field(
+        default="INFO", description="The lowest level logged, in any case (debug, Info)."
     )
     format: Annotated[Literal["json", "text", "auto"], BeforeValidator(_lower)] = Field(
         default="auto",
