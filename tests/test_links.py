@@ -1056,11 +1056,15 @@ async def test_a_links_file_over_max_bytes_is_not_parsed_and_says_so(
         assert detail["error"] == "links_file_too_large"
         assert f"{size:,} bytes, over links.max_bytes ({size - 1:,})" in detail["message"]
         assert json.loads(tree.links.read_text())["r"]["param_run_id"] == "p1"  # untouched
+        # Degraded, not unready (issue 21): exports go on without links, so the
+        # backend's pod stays in rotation; the body and the log name the file.
         ready = await client.get("/readyz")
-        assert ready.status == 503
-        assert (
-            "links.file: " + f"{size:,} bytes, over links.max_bytes"
-            in (await ready.json())["detail"]["message"]
+        assert ready.status == 200
+        body = await ready.json()
+        assert body["status"] == "degraded"
+        assert any(
+            problem.startswith("links.file: " + f"{size:,} bytes, over links.max_bytes")
+            for problem in body["problems"]
         )
         assert (await client.get("/api/air/export/links/r")).status == 404
     unusable = [r for r in caplog.records if "is unusable" in r.getMessage()]
@@ -1069,7 +1073,7 @@ async def test_a_links_file_over_max_bytes_is_not_parsed_and_says_so(
     tree.link({"r": {"param_run_id": "p1"}})  # back under the bound: used again
     manifest = await client.get("/api/air/export/list/r")
     assert (await manifest.json())["param_run_id"] == "p1"
-    assert (await client.get("/readyz")).status == 200
+    assert await (await client.get("/readyz")).json() == {"status": "ready"}
 
 
 def test_a_links_file_of_exactly_max_bytes_is_parsed(tmp_path: Path) -> None:
