@@ -1,11 +1,11 @@
 """A stand-in for the AIR backend, run by bench/proxies.py and
-bench/backend_proxy.py under uvicorn: the export router mounted as the README
-says, and a route of the backend's own (``/health``) whose answer time shows
+bench/backend_proxy.py under uvicorn: the export router mounted as
+docs/how-to/backend.md says, and a route of the backend's own (``/health``) whose answer time shows
 whether the export routes stall the backend's event loop.
 
 ``BACKEND_EXPORTS=proxy`` (default): export_proxy_router streams everything;
 ``BACKEND_EXPORTS=accel``: the same router with ``accel_redirect_prefix``, so
-a ZIP request that came through the README's nginx (``X-Export-Accel: nginx``)
+a ZIP request that came through the recipe's nginx (``X-Export-Accel: nginx``)
 is handed to nginx with X-Accel-Redirect. ``EXPORT_PROXY_MODULE=path.py``
 mounts the ``export_proxy_router`` of another file instead (an older version
 of fastapi_proxy.py, for a before/after comparison in one run).

@@ -2,7 +2,7 @@
 README's nginx block, through the FastAPI proxy router, and through the
 X-Accel-Redirect pattern (backend authorises, nginx streams).
 
-The nginx blocks are the recipe files the README points at (deploy/nginx/),
+The nginx blocks are the recipe files docs/how-to/nginx.md includes (deploy/nginx/),
 so what users copy and what is measured cannot drift apart. Rounds alternate
 between the paths; the medians' ratios to the direct download are the result
 (target for the README block: >= 0.5). A Range request through each path

@@ -44,6 +44,38 @@ from .metrics import Metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# The fields an access line adds to every log line's, and what ``ended``
+# can be: the docs' log reference is generated from these (docs/hooks.py), and
+# tests/test_access.py checks them against the lines written.
+ACCESS_FIELDS = {
+    "method": "the request's method (`-` for a request aiohttp could not parse)",
+    "path": "the request's path, percent-decoded (`-` for a request aiohttp could not parse)",
+    "status": "the status sent; 499 when the request ended before anything was answered",
+    "bytes": "body bytes handed to the connection (not the headers); a cut transfer may "
+    "count up to one write more than the client received",
+    "duration_ms": "from the request to its last byte sent, or to the cut",
+    "remote": "the client's address (the proxy's, behind nginx or the backend)",
+    "request_id": "the request's id, as on every line",
+    "ended": "how the request ended (below)",
+    "error": "only when there is one: why the request was refused or cut",
+}
+ENDINGS = {
+    "complete": "the whole body (its `Content-Length`) was handed to the connection, "
+    "whatever the client did afterwards",
+    "cut_short": "the body stopped before its `Content-Length`: a file changed or failed "
+    "after the headers went out, a write was refused because the client had gone, or a "
+    "stalled client was cut. The ZIP's or the file URL's own line says which",
+    "client_gone": "the client went away before the end (status 499 when nothing was "
+    "answered yet): a normal end, no traceback",
+    "shutdown": "cut by the shutdown after `server.shutdown_grace_seconds`",
+    "error": "the handler failed; an ERROR line with the traceback comes with it. When that "
+    "happens after the headers went out, the line says status 500 though the client saw a "
+    "200 or 206 status line, and the connection was aborted: the client got fewer bytes "
+    "than `Content-Length`, never a second response inside the body",
+    "rejected": "aiohttp could not parse the request and answered 400 itself (method and "
+    "path `-`, aiohttp's reason in `error`)",
+}
+
 # The status logged and counted for a request that ended before its
 # response's headers went out (nginx's "client closed request").
 NOTHING_SENT = 499

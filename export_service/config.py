@@ -89,13 +89,22 @@ class _Section(BaseModel):
 
 
 class ServerSettings(_Section):
-    host: str = "0.0.0.0"
-    port: int = Field(default=8080, ge=0, le=65535)
-    # False: start even when a root does not exist yet; /readyz answers 503
-    # until it appears.
-    require_roots: bool = True
-    # On SIGTERM/SIGINT/SIGHUP: how long downloads in flight may take to finish.
-    shutdown_grace_seconds: float = Field(default=30.0, ge=0, le=3600)
+    host: str = Field(default="0.0.0.0", description="Address to listen on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port to listen on.")
+    require_roots: bool = Field(
+        default=True,
+        description="true: a root that does not exist stops the service at start (a typo "
+        "should). false: start anyway (sidecars whose folders may appear later); /readyz "
+        "answers 503 until the root appears.",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM, SIGINT or SIGHUP: stop accepting, let downloads in flight "
+        "finish for this long, then cut the rest and exit 0 within 2 s more. Give the "
+        "orchestrator's kill timeout more than this plus 2 s.",
+    )
     trusted_proxies: Annotated[tuple[IPvAnyNetwork, ...], BeforeValidator(_comma_separated)] = (
         Field(
             default=(),
@@ -114,15 +123,28 @@ class ServerSettings(_Section):
 class RootsSettings(_Section):
     """The three output roots the service reads; it never writes to them."""
 
-    render: Folder
-    midi_generation: Folder
-    param_generation: Folder
+    render: Folder = Field(
+        description="The render step's output root (`<render root>/<render_run_id>/**`). "
+        "Absolute path of a folder; only read."
+    )
+    midi_generation: Folder = Field(
+        description="The MIDI step's output root (`<timestamp>_<run_id>` folders). "
+        "Absolute path of a folder; only read."
+    )
+    param_generation: Folder = Field(
+        description="The param step's output root (`<timestamp>_<param_run_id>` folders). "
+        "Absolute path of a folder; only read."
+    )
 
 
 class LinksSettings(_Section):
     """step_links.json; it and its folder may be absent until the first write."""
 
-    file: Annotated[Path, AfterValidator(_links_file)]
+    file: Annotated[Path, AfterValidator(_links_file)] = Field(
+        description="step_links.json (render_run_id -> param_run_id), shared with the AIR "
+        "backend. Absolute path; it and its folder may be absent until the first link "
+        "is written."
+    )
     max_bytes: int = Field(
         default=16 * MIB,
         ge=2,
@@ -139,31 +161,88 @@ class LinksSettings(_Section):
 class UrlSettings(_Section):
     """How manifest URLs are written. ``base`` prefixes all three when set."""
 
-    base: Annotated[str, AfterValidator(_url_base)] = ""
-    render: UrlPrefix = "/api/audio"
-    midi_generation: UrlPrefix = "/api/midi-generation/output"
-    param_generation: UrlPrefix = "/api/param-generation/output"
+    base: Annotated[str, AfterValidator(_url_base)] = Field(
+        default="",
+        description='Put in front of every manifest URL: "" (URLs relative to the host, '
+        "as the AIR backend's are) or an absolute http(s) URL such as "
+        '"https://air.example.com".',
+    )
+    render: UrlPrefix = Field(
+        default="/api/audio",
+        description="URL prefix of the render files in the manifest; the service serves it.",
+    )
+    midi_generation: UrlPrefix = Field(
+        default="/api/midi-generation/output",
+        description="URL prefix of the MIDI files in the manifest; the service serves it.",
+    )
+    param_generation: UrlPrefix = Field(
+        default="/api/param-generation/output",
+        description="URL prefix of the param files in the manifest; the service serves it.",
+    )
 
 
 class LimitsSettings(_Section):
-    io_threads: int = Field(default=8, ge=1, le=256)
-    # Threads that produce ZIP bytes (planning runs with the I/O threads);
-    # 0: one per CPU the process may run on, as its cgroup's CPU quota
-    # allows. That work is Python under the GIL, so threads beyond the cores
-    # only queue for it and make the event loop wait (README, Performance).
-    zip_threads: int = Field(default=0, ge=0, le=256)
-    read_chunk_bytes: int = Field(default=MIB, ge=4096, le=64 * MIB)
-    batch_bytes: int = Field(default=MIB, ge=4096, le=64 * MIB)
-    # ZIP downloads (GET or HEAD: both plan the whole ZIP) planned or
-    # streaming at once; one more is answered 503 + Retry-After.
-    max_concurrent_zips: int = Field(default=16, ge=1, le=10_000)
-    # A client that takes no data for this long has its download cut.
-    send_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
-    # /readyz is 503 while fewer file descriptors than this are free.
-    descriptor_reserve: int = Field(default=32, ge=0, le=1_000_000)
-    # An export (manifest or ZIP) of more files is refused (422
-    # export_too_large) while its run is scanned, before it holds them all.
-    max_files_per_export: int = Field(default=250_000, ge=1, le=100_000_000)
+    io_threads: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Threads for blocking file work (single files, the links file, "
+        "readiness), shared by all requests; run folders are scanned on "
+        "limits.scan_threads.",
+    )
+    # That work is Python under the GIL, so threads beyond the cores only
+    # queue for it and make the event loop wait (docs: Performance).
+    zip_threads: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Threads that produce ZIP bytes, shared by all downloads; 0: one per CPU "
+        "the process may run on, capped by the container's CPU quota (cgroup v2 cpu.max, "
+        "v1 cpu.cfs_quota_us/cpu.cfs_period_us, rounded up). `check-config` shows what it "
+        "resolves to as limits.zip_thread_count.",
+    )
+    read_chunk_bytes: int = Field(
+        default=MIB,
+        ge=4096,
+        le=64 * MIB,
+        description="One read from a file while streaming a ZIP (bytes).",
+    )
+    batch_bytes: int = Field(
+        default=MIB,
+        ge=4096,
+        le=64 * MIB,
+        description="ZIP bytes produced per hop off the event loop (bytes).",
+    )
+    max_concurrent_zips: int = Field(
+        default=16,
+        ge=1,
+        le=10_000,
+        description="ZIP downloads (GET or HEAD: both plan the whole ZIP) planned or streaming "
+        "at once; one more gets 503 too_many_downloads with Retry-After: 5.",
+    )
+    send_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="A client that took no byte for this long has its download (ZIP or file "
+        "URL) cut, counted as stalled; one that keeps reading, however slowly, is never cut.",
+    )
+    descriptor_reserve: int = Field(
+        default=32,
+        ge=0,
+        le=1_000_000,
+        description="/readyz reports the service as degraded (still 200) while fewer file "
+        "descriptors than this are free (soft RLIMIT_NOFILE minus the open ones).",
+    )
+    max_files_per_export: int = Field(
+        default=250_000,
+        ge=1,
+        le=100_000_000,
+        description="An export (manifest or ZIP, all three steps together) of more files is "
+        "refused with 422 export_too_large while its run is scanned, before it is held in "
+        "memory. Each listed file costs about 0.55 KB at a manifest's peak and 0.8 KB while "
+        "its ZIP is planned.",
+    )
     max_folders_per_export: int = Field(
         default=50_000,
         ge=1,
@@ -206,9 +285,12 @@ class LimitsSettings(_Section):
 
 
 class AuthSettings(_Section):
-    # When set, every request but /healthz, /readyz and /metrics needs
-    # "Authorization: Bearer <token>". Best given as EXPORT_SERVICE_AUTH_TOKEN.
-    token: str = Field(default="", repr=False)
+    token: str = Field(
+        default="",
+        repr=False,
+        description="When set, every request but /healthz, /readyz and /metrics needs "
+        "`Authorization: Bearer <token>`. Best given as EXPORT_SERVICE_AUTH_TOKEN.",
+    )
 
 
 def _upper(value: object) -> object:
@@ -220,14 +302,24 @@ def _lower(value: object) -> object:
 
 
 class LoggingSettings(_Section):
-    # In any case: debug, Info...
-    level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = "INFO"
-    # "auto": text when stderr is a terminal (make run), JSON otherwise (a
-    # container, a pipe, a file).
-    format: Annotated[Literal["json", "text", "auto"], BeforeValidator(_lower)] = "auto"
-    # An out-of-resources error (no descriptor left...) is logged at most once
-    # this often per message, with how many repeats were suppressed.
-    repeated_error_seconds: float = Field(default=10.0, gt=0, le=3600)
+    level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = Field(
+        default="INFO", description="The lowest level logged, in any case (debug, Info)."
+    )
+    format: Annotated[Literal["json", "text", "auto"], BeforeValidator(_lower)] = Field(
+        default="auto",
+        description="json: one object per line. text: the same fields, as `time level logger "
+        "message key=value...`, control characters escaped, tracebacks indented, so one "
+        "record never looks like two. auto: text when stderr is a terminal (make run), "
+        "JSON otherwise (a container, a pipe, a file). Any case.",
+    )
+    repeated_error_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="An out-of-resources error (no descriptor left to accept a connection "
+        "with...) is logged at most once this often per message, without traceback, with "
+        "the count of repeats suppressed.",
+    )
 
 
 class Settings(_Section):

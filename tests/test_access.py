@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from export_service.access import ACCESS_LOGGER
+from export_service.access import ACCESS_FIELDS, ACCESS_LOGGER, ENDINGS
 from export_service.logs import JsonFormatter, TextFormatter
 from tests.conftest import (
     AirTree,
@@ -251,3 +251,18 @@ async def test_one_json_access_line_per_request(
     assert line["method"] == "GET" and line["path"] == "/api/air/export/list/r"
     assert line["status"] == 200 and line["bytes"] > 0 and line["duration_ms"] >= 0
     assert line["request_id"] == "line-1"
+
+
+async def test_the_documented_fields_are_the_fields_of_the_lines_written(
+    client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The docs' log reference is made from ACCESS_FIELDS and ENDINGS: a line
+    written with a field they do not name, or without one they name, fails."""
+    caplog.set_level(logging.INFO, logger=ACCESS)
+    await client.get("/api/air/export/list/r")
+    await raw_exchange(client, b"GET /a\x01b HTTP/1.1\r\nHost: t\r\n\r\n")
+    await wait_until(lambda: len(_lines(caplog)) == 2)
+    complete, rejected = sorted(_lines(caplog), key=lambda line: "error" in line)
+    assert set(complete) == set(ACCESS_FIELDS) - {"error"}
+    assert set(rejected) == set(ACCESS_FIELDS)
+    assert {complete["ended"], rejected["ended"]} <= set(ENDINGS)

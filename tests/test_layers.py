@@ -1,7 +1,7 @@
-"""The layers of the README's layout table hold: each module, imported alone in
-a fresh process, loads only what its row says it may import, and the table
-names exactly the modules of the package; and each module has its mirror
-test file, which imports it."""
+"""The layers of the layout table (docs/explanation/architecture.md, "The
+layers") hold: each module, imported alone in a fresh process, loads only
+what its row says it may import, and the table names exactly the modules of
+the package; and each module has its mirror test file, which imports it."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 import export_service
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+LAYERS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "explanation" / "architecture.md"
 PACKAGE = Path(export_service.__file__).resolve().parent
 TESTS = Path(__file__).resolve().parent
 ROW = re.compile(r"\| `(\w+)\.py` \| [^|]+ \| ([^|]+?) \|")
@@ -77,8 +77,8 @@ print(json.dumps(loaded))
 
 
 def _table() -> dict[str, str]:
-    """Module name -> its "may import" cell, from the README's layout table."""
-    return {name: cell for name, cell in ROW.findall(README.read_text())}
+    """Module name -> its "may import" cell, from the docs' layout table."""
+    return {name: cell for name, cell in ROW.findall(LAYERS_PAGE.read_text())}
 
 
 def _module(name: str) -> str:

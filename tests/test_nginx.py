@@ -44,7 +44,7 @@ def _nginx() -> str:
 
 
 def recipe(name: str, service: str, backend: str = "127.0.0.1:8000") -> str:
-    """deploy/nginx/<name> as the README tells to use it: the token put in,
+    """deploy/nginx/<name> as docs/how-to/nginx.md tells to use it: the token put in,
     the addresses those of this test's processes."""
     text = (RECIPES / name).read_text()
     return (
@@ -56,7 +56,7 @@ def recipe(name: str, service: str, backend: str = "127.0.0.1:8000") -> str:
 
 def accel_backend(service: str) -> FastAPI:
     """A scratch AIR backend: its CORSMiddleware allows its front end's
-    origin, and it mounts the proxy router as the README says, with
+    origin, and it mounts the proxy router as docs/how-to/nginx.md says, with
     ``accel_redirect_prefix`` for deploy/nginx/x-accel.conf."""
     app = FastAPI()
     app.add_middleware(

@@ -1,7 +1,8 @@
-"""The backend's switch to the service's links helpers (README, "Switching
-the backend over"): its old writer takes no lock, so old and new writers
-running at once lose links; stopping every old writer before the first new
-one starts loses none, and ``export-service check-links --since`` shows it."""
+"""The backend's switch to the service's links helpers (docs/how-to/backend.md,
+"Switching the backend's links writer without losing a link"): its old
+writer takes no lock, so old and new writers running at once lose links;
+stopping every old writer before the first new one starts loses none, and
+``export-service check-links --since`` shows it."""
 
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ def test_old_and_new_writers_at_once_lose_links(tree: AirTree, tmp_path: Path) -
 
 
 def test_the_documented_order_loses_nothing(tree: AirTree, tmp_path: Path) -> None:
-    """The README's order: stop every old writer, check the file and keep a
+    """The documented order: stop every old writer, check the file and keep a
     copy, start the new writers (any number at once: they lock), then check
     against the copy."""
     tree.links.parent.mkdir(parents=True)
