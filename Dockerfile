@@ -1,6 +1,6 @@
 # export-service: an AIR project's artifacts as a JSON manifest or one streamed ZIP.
 # Build:  docker build -t export-service .
-# Run:    docker compose up   (see docker-compose.yml and the README's "Sidecar" section)
+# Run:    docker compose up   (see docker-compose.yml and docs/how-to/compose.md)
 
 FROM python:3.12-slim
 
