@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # How long cancelled requests get to run their cleanup (close files, log).
 CANCEL_WAIT_SECONDS = 1.0
+# How often the shutdown looks whether the connections have sent their last bytes.
+FLUSH_POLL_SECONDS = 0.01
 
 
 class RequestsInFlight:
@@ -64,10 +66,44 @@ class RequestsInFlight:
 
     async def drain(self, grace: float) -> None:
         """Let the requests in flight finish within ``grace`` seconds, then cut
-        them; then close every connection (none has a request left)."""
+        them; let the connections send what their finished responses left in
+        their write buffers, within what is left of ``grace``; then close
+        every connection (none has a request left)."""
+        deadline = asyncio.get_running_loop().time() + grace
         await self._finish_or_cut(grace)
+        await self._flush(deadline)
         for connection in list(self._connections):
             connection.force_close()
+
+    async def _flush(self, deadline: float) -> None:
+        """A handler returns once its last bytes are in the connection's write
+        buffer, not once they are sent: behind a slow client up to aiohttp's
+        high-water mark (64 KiB) is still there. Closing the connection then
+        is a graceful close, but the process exits before it completes, and a
+        download that finished within the grace lost its end.
+
+        asyncio has no public "buffer empty" event for a transport whose
+        protocol is aiohttp's, so the buffers are looked at every
+        ``FLUSH_POLL_SECONDS`` until they are empty or the grace is over."""
+        loop = asyncio.get_running_loop()
+        sending = [
+            connection.transport
+            for connection in self._connections
+            if connection.transport is not None and connection.transport.get_write_buffer_size()
+        ]
+        if not sending:
+            return
+        log.info(
+            "shutting down: %d connection(s) still sending the end of a response, "
+            "waiting up to %.1f s",
+            len(sending),
+            max(0.0, deadline - loop.time()),
+        )
+        while loop.time() < deadline and any(  # noqa: ASYNC110 (no event to wait on: see above)
+            transport.get_write_buffer_size() and not transport.is_closing()
+            for transport in sending
+        ):
+            await asyncio.sleep(FLUSH_POLL_SECONDS)
 
     async def _finish_or_cut(self, grace: float) -> None:
         tasks = set(self._tasks)

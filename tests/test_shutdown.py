@@ -3,6 +3,7 @@ client that stopped reading (issue 12, item 10)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
@@ -12,12 +13,15 @@ import socket
 import struct
 import termios
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
-from export_service.shutdown import CANCEL_WAIT_SECONDS
+from export_service.shutdown import CANCEL_WAIT_SECONDS, RequestsInFlight, tracking_middleware
 from tests.conftest import AirTree, poll_until, write
 from tests.live import live_service
 
@@ -163,3 +167,60 @@ def test_sighup_shuts_down_as_sigterm_does_and_says_so(tree: AirTree, tmp_path: 
     assert exited_after <= GRACE + 2, (exited_after, output)
     (cut,) = _log_times(output, "cutting 1 request(s) still in flight")
     assert GRACE - 0.1 <= cut - signalled <= GRACE + 0.5, output
+
+
+async def test_the_shutdown_lets_a_finished_response_send_its_end(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    """A handler returns once its last bytes are in the connection's write
+    buffer, not once they are sent; the shutdown then closed the connection
+    and the process exited with them unsent (a download that had finished
+    within the grace lost its last 10,313 bytes, once in a while). drain()
+    now returns only once what the response left is sent, within the grace.
+
+    Here the buffer is made to hold most of a 2 MiB response (a high-water
+    mark above it, 4 KiB socket buffers, a client that reads nothing until
+    the drain has begun)."""
+    in_flight = RequestsInFlight()
+    returned = asyncio.Event()
+    body = os.urandom(2 * 1024 * 1024)
+    transports: list[asyncio.Transport] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        transports.append(request.transport)
+        request.transport.set_write_buffer_limits(high=8 * len(body))
+        request.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        response = web.StreamResponse(headers={"Content-Length": str(len(body))})
+        await response.prepare(request)
+        await response.write(body)
+        await response.write_eof()
+        returned.set()
+        return response
+
+    app = web.Application(middlewares=[tracking_middleware(in_flight)])
+    app.router.add_get("/", handler)
+    server = await aiohttp_server(app)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((server.host, server.port))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        await returned.wait()
+        (transport,) = transports
+        assert transport.get_write_buffer_size() > 0  # the end of the body is still here
+
+        def read_all() -> bytes:
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            return data
+
+        draining = asyncio.create_task(in_flight.drain(grace=30))
+        reading = asyncio.create_task(asyncio.to_thread(read_all))
+        await draining
+        left_unsent = transport.get_write_buffer_size()
+        received = await reading
+    assert left_unsent == 0
+    assert received.endswith(body)
