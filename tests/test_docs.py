@@ -53,10 +53,21 @@ def _scripts(kind: str) -> list[tuple[Path, str]]:
     return [(page, "\n".join(blocks)) for page, blocks in scripts.items()]
 
 
+# What a make running this suite (CI's `make test`) hands its children; a make
+# started from a test would take itself for a sub-make (and print "Entering
+# directory" lines around what it is asked for).
+_MAKE_VARIABLES = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
+
+
 def _clean_env() -> dict[str, str]:
-    """The environment without the service's own variables, with the
-    interpreter's scripts (export-service) first on the PATH."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("EXPORT_SERVICE_")}
+    """The environment without the service's own variables or a make's that
+    runs the suite, with the interpreter's scripts (export-service) first on
+    the PATH: what a user's shell gives a command from the docs."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("EXPORT_SERVICE_") and key not in _MAKE_VARIABLES
+    }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -197,9 +208,11 @@ def test_the_quick_start_runs(tmp_path: Path) -> None:
     commands = [line.split("#")[0].strip() for line in readme[0].splitlines()]
     assert commands == ["make run", "make test"]
     assert all(block == readme[0] for _, block in marked_blocks("quickstart"))
-    if subprocess.run(["make", "-q", ".venv/.installed"], cwd=REPO).returncode != 0:
+    if subprocess.run(["make", "-q", ".venv/.installed"], cwd=REPO, env=_clean_env()).returncode:
         pytest.skip(".venv is missing or older than pyproject.toml: run make .venv/.installed")
-    dry = subprocess.run(["make", "-n", "test"], cwd=REPO, capture_output=True, text=True)
+    dry = subprocess.run(
+        ["make", "-n", "test"], cwd=REPO, env=_clean_env(), capture_output=True, text=True
+    )
     assert dry.stdout.strip() == ".venv/bin/python -m pytest"
     port = free_port()
     env = {**_clean_env(), "EXPORT_SERVICE_SERVER_PORT": str(port)}
