@@ -99,9 +99,11 @@ class RequestsInFlight:
             len(sending),
             max(0.0, deadline - loop.time()),
         )
+        # A transport already closing (aiohttp closes a connection whose
+        # response said "Connection: close") still sends its buffer first; one
+        # that was aborted has none left.
         while loop.time() < deadline and any(  # noqa: ASYNC110 (no event to wait on: see above)
-            transport.get_write_buffer_size() and not transport.is_closing()
-            for transport in sending
+            transport.get_write_buffer_size() for transport in sending
         ):
             await asyncio.sleep(FLUSH_POLL_SECONDS)
 
