@@ -97,15 +97,6 @@ def _if_range_holds(
     return strong_date and date is not None and last_modified is not None and date == last_modified
 
 
-def date_is_strong(mtime_ns: int, now_ns: int) -> bool:
-    """Whether a file's ``Last-Modified`` (its mtime in whole seconds) is a
-    strong validator when sent at ``now_ns``: the mtime lies at least a second
-    before now (RFC 9110 8.8.2.2), so any later write has a later second,
-    and nobody holds that date for other bytes. Within the second, the file
-    can be rewritten under the same date."""
-    return mtime_ns <= now_ns - 1_000_000_000
-
-
 def _unsatisfiable(size: int, what: str) -> RangeNotSatisfiable:
     return RangeNotSatisfiable(
         f"{what} has {size} bytes; the range asked for lies outside it",
