@@ -55,8 +55,9 @@ def requested_range(
     ``strong_date``: whether ``last_modified`` is a strong validator, one
     that no other version of the body can share (RFC 9110 8.8.2.2); only
     then may an ``If-Range`` date validate the range (13.1.5). A date that a
-    rename or a rewrite within the same second leaves unchanged would splice
-    two versions into one resumed download.
+    rename, or a rewrite that restores the mtime, leaves unchanged would
+    splice two versions into one resumed download. (Every route passes
+    False today: the ZIP's and the file URLs' dates can be kept so.)
 
     :class:`RangeNotSatisfiable` when the one range asked for lies outside it
     (``what`` names the body in its message).
