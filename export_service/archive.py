@@ -4,7 +4,7 @@ A file goes through three stages, each with one name, from the disk to the
 ZIP (the names of the manifest and the archive alike):
 
 - **scanned file**: what a scan of a run folder saw of a regular file (its
-  path, size, mtime, device, inode): ``scanning.ScannedFile``, kept compact
+  path, size, mtime, ctime, device, inode): ``scanning.ScannedFile``, kept compact
   as a ``FileRecord`` in a ``FolderScan``;
 - **listed file**: a scanned file under its step and rel_path, as the
   manifest lists it: ``manifest.ListedFile`` (without a URL: a ZIP has
@@ -25,6 +25,14 @@ reopens the file without following links, checks it is the very file that was
 planned and still inside its root, and reads it in large chunks. A run of
 10,000 small files is mostly per-file overhead, so that path is kept short:
 one generator per file, one folder check per folder, one read per small file.
+
+What identifies a version of a file (its **snapshot**: the ETag, the CRC
+cache's key, what a checked read compares) is its device, inode, size, mtime
+and **ctime**. The mtime alone does not: anyone who may write a file may set
+it (``cp -p``, ``rsync -t``, ``tar x``, ``touch -d``, ``os.utime``), so a file
+rewritten in place at the same size with its mtime restored looked unchanged.
+The ctime (the inode's last change) cannot be set by users and moves on every
+write, ``utime``, rename and chmod; it comes from the same stat.
 """
 
 from __future__ import annotations
@@ -84,6 +92,10 @@ def _name_length(arcname: str) -> int:
     return len(arcname) if arcname.isascii() else len(arcname.encode("utf-8"))
 
 
+# What identifies a version of a file: (device, inode, size, mtime_ns, ctime_ns).
+Snapshot = tuple[int, int, int, int, int]
+
+
 class PlannedEntry(NamedTuple):
     """A listed file as it was when the download was planned, under its entry
     name, and where it lies in the ZIP; reading checks it still is that file."""
@@ -94,6 +106,7 @@ class PlannedEntry(NamedTuple):
     root_real: str
     size: int
     mtime_ns: int
+    ctime_ns: int
     dev: int
     ino: int
     date_time: tuple[int, int, int, int, int, int]  # mtime in UTC, as a ZIP holds it
@@ -101,8 +114,8 @@ class PlannedEntry(NamedTuple):
     data_offset: int  # where its data starts
 
     @property
-    def snapshot(self) -> tuple[int, int, int, int]:
-        return (self.dev, self.ino, self.size, self.mtime_ns)
+    def snapshot(self) -> Snapshot:
+        return (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
 
 
 def _is_planned_file(info: os.stat_result, entry: PlannedEntry) -> bool:
@@ -110,6 +123,7 @@ def _is_planned_file(info: os.stat_result, entry: PlannedEntry) -> bool:
         info.st_ino == entry.ino
         and info.st_size == entry.size
         and info.st_mtime_ns == entry.mtime_ns
+        and info.st_ctime_ns == entry.ctime_ns
         and info.st_dev == entry.dev
     )
 
@@ -121,27 +135,28 @@ def _dos_date_time(seconds: int) -> tuple[int, int, int, int, int, int]:
 
 
 class CrcCache:
-    """CRC-32s of files by (device, inode, size, mtime_ns), least recently used
+    """CRC-32s of files by their snapshot (device, inode, size, mtime_ns,
+    ctime_ns: a rewrite that restores the mtime still misses), least recently used
     dropped first. Every pass over a whole file fills it, so a later download
     need not read a big file twice, and a resume reads nothing before its
     offset."""
 
     def __init__(self, max_entries: int = 50_000) -> None:
         self._max_entries = max_entries
-        self._crcs: OrderedDict[tuple[int, int, int, int], int] = OrderedDict()
+        self._crcs: OrderedDict[Snapshot, int] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[int, int, int, int]) -> int | None:
+    def get(self, key: Snapshot) -> int | None:
         with self._lock:
             crc = self._crcs.get(key)
             if crc is not None:
                 self._crcs.move_to_end(key)
             return crc
 
-    def put(self, key: tuple[int, int, int, int], crc: int) -> None:
+    def put(self, key: Snapshot, crc: int) -> None:
         self.put_many(((key, crc),))
 
-    def put_many(self, items: Iterable[tuple[tuple[int, int, int, int], int]]) -> None:
+    def put_many(self, items: Iterable[tuple[Snapshot, int]]) -> None:
         with self._lock:
             for key, crc in items:
                 self._crcs[key] = crc
@@ -149,14 +164,14 @@ class CrcCache:
             while len(self._crcs) > self._max_entries:
                 self._crcs.popitem(last=False)
 
-    def discard(self, key: tuple[int, int, int, int]) -> None:
+    def discard(self, key: Snapshot) -> None:
         with self._lock:
             self._crcs.pop(key, None)
 
 
 def _open_planned(entry: PlannedEntry, files: FolderFiles) -> int:
     """A descriptor of the planned file; :class:`SourceChanged` when it is no
-    longer the planned file (device, inode, size, mtime) or cannot be opened."""
+    longer the planned file (its snapshot) or cannot be opened."""
     try:
         fd, info = files.open(entry.path, entry.root_real)
     except OSError as error:
@@ -375,11 +390,12 @@ class ExportArchive:
 
     def _etag(self) -> str:
         """Strong: the same for the same planned files (name, size, mtime,
-        inode) on any replica, different as soon as one of them changes."""
+        ctime, inode) on any replica, different as soon as one of them changes
+        (the ctime: even when a rewrite restored the size and mtime)."""
         digest = hashlib.sha256(self.FORMAT.encode())
         digest.update(
             "".join(
-                f"{entry.arcname}\0{entry.size}\0{entry.mtime_ns}\0{entry.ino}\n"
+                f"{entry.arcname}\0{entry.size}\0{entry.mtime_ns}\0{entry.ctime_ns}\0{entry.ino}\n"
                 for entry in self.entries
             ).encode()
         )
@@ -582,6 +598,7 @@ def plan_archive(
                     root_reals[step],
                     size,
                     listed.mtime_ns,
+                    listed.ctime_ns,
                     listed.dev,
                     listed.ino,
                     date_time,

@@ -55,8 +55,9 @@ def requested_range(
     ``strong_date``: whether ``last_modified`` is a strong validator, one
     that no other version of the body can share (RFC 9110 8.8.2.2); only
     then may an ``If-Range`` date validate the range (13.1.5). A date that a
-    rename or a rewrite within the same second leaves unchanged would splice
-    two versions into one resumed download.
+    rename, or a rewrite that restores the mtime, leaves unchanged would
+    splice two versions into one resumed download. (Every route passes
+    False today: the ZIP's and the file URLs' dates can be kept so.)
 
     :class:`RangeNotSatisfiable` when the one range asked for lies outside it
     (``what`` names the body in its message).
@@ -95,15 +96,6 @@ def _if_range_holds(
         return value == etag  # weak tags never match for ranges
     date = http_date(value)
     return strong_date and date is not None and last_modified is not None and date == last_modified
-
-
-def date_is_strong(mtime_ns: int, now_ns: int) -> bool:
-    """Whether a file's ``Last-Modified`` (its mtime in whole seconds) is a
-    strong validator when sent at ``now_ns``: the mtime lies at least a second
-    before now (RFC 9110 8.8.2.2), so any later write has a later second,
-    and nobody holds that date for other bytes. Within the second, the file
-    can be rewritten under the same date."""
-    return mtime_ns <= now_ns - 1_000_000_000
 
 
 def _unsatisfiable(size: int, what: str) -> RangeNotSatisfiable:

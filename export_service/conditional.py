@@ -67,7 +67,7 @@ def not_modified(
         if not strong_date:
             raise PreconditionFailed(
                 "the date cannot tell whether this changed since If-Unmodified-Since "
-                f"(a rename or a rewrite within a second keeps it); use If-Match: {etag}"
+                f"(a rename, or a rewrite that restores the mtime, keeps it); use If-Match: {etag}"
             )
         if last_modified > date:
             raise PreconditionFailed("modified since the If-Unmodified-Since date")

@@ -1,12 +1,21 @@
 """The manifest's file URLs: ``GET|HEAD <prefix>/<run folder>/<path>``.
 
 The service's own file response, not aiohttp's ``FileResponse``, so that the
-file URLs follow the same rules as the ZIP: ``If-Range`` with a strong ETag
-or the exact date when it is a strong validator (the mtime a second or more
-in the past; only then is ``Last-Modified`` sent), one byte range
+file URLs follow the same rules as the ZIP: ``If-Range`` with the strong
+ETag (mtime, ctime and size: a rewrite that restores the mtime still changes
+it), never with a date, one byte range
 (several, or another unit, give the whole file), a 416 with
 ``Content-Range: bytes */N``, 304 and 412 from the shared preconditions,
 and every error in the service's JSON shape.
+
+``Last-Modified`` (the mtime) is sent but never validates: no date in
+``If-Range`` gives a 206, no ``If-Modified-Since`` a 304, and an
+``If-Unmodified-Since`` fails (412). A date cannot tell two versions apart
+once the mtime can be restored (``cp -p``, ``rsync -t``, ``tar x``, ``touch
+-d``): the bytes change, the date stays. Only the ctime shows such a change,
+and a client's date cannot carry it; a rule on the ctime's age would also
+trust the service's clock to agree with the file system's (NFS, SMB and FUSE
+stamp times with the server's clock).
 
 The file is opened and checked in one hop off the event loop (closed there
 if the client is gone by then), then sent from that very descriptor with
@@ -24,13 +33,12 @@ import io
 import logging
 import mimetypes
 import os
-import time
 from datetime import UTC, datetime
 
 from aiohttp import hdrs, web
 
 from .access import abort_after_headers, note_aborted, note_body_bytes
-from .byte_ranges import date_is_strong, requested_range
+from .byte_ranges import requested_range
 from .conditional import not_modified_response
 from .keys import IO_EXECUTOR, SETTINGS
 from .manifest import Step
@@ -65,8 +73,11 @@ def content_type(name: str) -> str:
 
 
 def _etag(opened: RootFile) -> str:
-    """Strong: the file's mtime (ns) and size, the same tags aiohttp gave."""
-    return f'"{opened.info.st_mtime_ns:x}-{opened.info.st_size:x}"'
+    """Strong: the file's mtime, ctime (ns) and size. The ctime cannot be set
+    by users and moves on every write, so a rewrite in place at the same
+    size that restores the mtime (``os.utime``, ``touch -d``) changes the tag."""
+    info = opened.info
+    return f'"{info.st_mtime_ns:x}-{info.st_ctime_ns:x}-{info.st_size:x}"'
 
 
 def file_route(step: Step, prefix: str) -> web.RouteDef:
@@ -89,14 +100,9 @@ async def _send(request: web.Request, opened: RootFile, name: str) -> web.Stream
     size = opened.info.st_size
     etag = _etag(opened)
     last_modified = datetime.fromtimestamp(opened.info.st_mtime_ns // 1_000_000_000, UTC)
-    # Within a second of its mtime a file can be rewritten under the same
-    # date: that date is then neither sent nor trusted (a client holding it
-    # could resume into the new bytes).
-    strong_date = date_is_strong(opened.info.st_mtime_ns, time.time_ns())
-    cached = not_modified_response(request, etag, last_modified, strong_date=strong_date)
+    # The date never validates (see the module's docstring): the mtime can be restored.
+    cached = not_modified_response(request, etag, last_modified, strong_date=False)
     if cached is not None:
-        if not strong_date:
-            del cached.headers[hdrs.LAST_MODIFIED]
         return cached
     byte_range = requested_range(
         request.headers.get(hdrs.RANGE),
@@ -105,7 +111,7 @@ async def _send(request: web.Request, opened: RootFile, name: str) -> web.Stream
         etag,
         last_modified,
         what="the file",
-        strong_date=strong_date,
+        strong_date=False,
     )
     first, last = byte_range or (0, size - 1)
     response = web.StreamResponse(
@@ -122,8 +128,7 @@ async def _send(request: web.Request, opened: RootFile, name: str) -> web.Stream
         response.headers[hdrs.CONTENT_RANGE] = f"bytes {first}-{last}/{size}"
     response.content_type = content_type(opened.real_path)
     response.content_length = last - first + 1
-    if strong_date:
-        response.last_modified = last_modified
+    response.last_modified = last_modified
     await response.prepare(request)
     if request.method == hdrs.METH_HEAD or size == 0:
         return response

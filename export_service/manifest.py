@@ -66,6 +66,7 @@ class ListedFile(NamedTuple):
     path: str  # resolved absolute path; never leaves the service
     size: int | None  # None when the file could not be stat'ed
     mtime_ns: int
+    ctime_ns: int
     dev: int
     ino: int
 
@@ -107,9 +108,16 @@ class StepFiles:
     def listed_files(self, records: list[FileRecord]) -> Iterator[ListedFile]:
         step, scan = self.step, self.scan
         for record in records:
-            folder, name, size, mtime_ns, dev, ino, _ = record
+            folder, name, size, mtime_ns, ctime_ns, dev, ino, _ = record
             yield ListedFile(
-                step, self.rel_path(folder, name), scan.path(record), size, mtime_ns, dev, ino
+                step,
+                self.rel_path(folder, name),
+                scan.path(record),
+                size,
+                mtime_ns,
+                ctime_ns,
+                dev,
+                ino,
             )
 
 

@@ -60,6 +60,7 @@ class ScannedFile(NamedTuple):
     parts: tuple[str, ...]  # its path inside the run folder, as named on disk
     size: int | None  # None when the file could not be stat'ed
     mtime_ns: int
+    ctime_ns: int  # the inode's last change: no one can set it (see archive.py)
     dev: int
     ino: int
 
@@ -210,9 +211,9 @@ class ScannedFolder(NamedTuple):
 # One scanned file, kept compact: an exact tuple of strings and ints, which the
 # garbage collector stops tracking (a NamedTuple it tracks for good; a million
 # of those made every full collection hold the GIL for a second).
-# (folder index, name on disk, size or None, mtime_ns, dev, ino, the real
-# path of a link's target or None)
-FileRecord = tuple[int, str, int | None, int, int, int, str | None]
+# (folder index, name on disk, size or None, mtime_ns, ctime_ns, dev, ino,
+# the real path of a link's target or None)
+FileRecord = tuple[int, str, int | None, int, int, int, int, str | None]
 
 
 @dataclass(slots=True)
@@ -235,9 +236,9 @@ class FolderScan:
 
     def files(self) -> Iterator[ScannedFile]:
         for record in self.records:
-            folder, name, size, mtime_ns, dev, ino, _ = record
+            folder, name, size, mtime_ns, ctime_ns, dev, ino, _ = record
             parts = (*self.folders[folder].parts, name)
-            yield ScannedFile(self.path(record), parts, size, mtime_ns, dev, ino)
+            yield ScannedFile(self.path(record), parts, size, mtime_ns, ctime_ns, dev, ino)
 
 
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -336,9 +337,18 @@ class _Walk:
         self, folder: int, name: str, info: os.stat_result | None, target: str | None
     ) -> FileRecord:
         if info is None:
-            return (folder, name, None, 0, 0, 0, None)
+            return (folder, name, None, 0, 0, 0, 0, None)
         dev = self.devs.setdefault(info.st_dev, info.st_dev)
-        return (folder, name, info.st_size, info.st_mtime_ns, dev, info.st_ino, target)
+        return (
+            folder,
+            name,
+            info.st_size,
+            info.st_mtime_ns,
+            info.st_ctime_ns,
+            dev,
+            info.st_ino,
+            target,
+        )
 
     def enter(self, fd: int, real: str, parts: tuple[str, ...]) -> None:
         """List the open folder ``fd`` and put it on top of the walk (takes

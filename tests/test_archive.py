@@ -267,7 +267,8 @@ def test_the_bytes_do_not_depend_on_what_the_crc_cache_holds(tree: AirTree) -> N
 
 
 def _rewrite_in_place(path: Path, content: bytes) -> None:
-    """New content, same inode, size and mtime: nothing a stat can tell."""
+    """New content, same inode, size and mtime (as ``cp -p``, ``rsync -t`` or
+    ``touch -d`` leave it): only the ctime, which no one can set, tells."""
     before = path.stat()
     with path.open("r+b") as handle:
         handle.write(content)
@@ -278,30 +279,52 @@ def _rewrite_in_place(path: Path, content: bytes) -> None:
         before.st_size,
         before.st_mtime_ns,
     )
+    assert after.st_ctime_ns != before.st_ctime_ns
 
 
-def test_a_file_rewritten_after_its_crc_was_learned_cuts_the_download(tree: AirTree) -> None:
+def test_a_rewrite_that_restores_the_mtime_is_another_version(tree: AirTree) -> None:
+    """Issue 22: a file rewritten in place at the same size with its exact
+    mtime restored kept the ZIP's ETag and its CRC cache key, so a resume
+    spliced two versions and the cache handed out the old CRC (every later
+    ZIP was cut). Its ctime moved: it is another version everywhere."""
     path = write(tree.render / "r" / "big.wav", b"a" * 300_000)
     settings = tree.settings(limits={"read_chunk_bytes": 65536})
     sources = ExportSources.from_settings(settings)
     crcs = CrcCache()
-    chunks = plan_export_archive(sources, "r", None, crcs).chunks()
+    first = plan_export_archive(sources, "r", None, crcs)
+    chunks = first.chunks()
     header = next(chunks)  # the CRC pass is over: the header says CRC("a" * 300000)
     assert struct.unpack_from("<I", header, 14)[0] == zlib.crc32(b"a" * 300_000)
     _rewrite_in_place(path, b"b" * 300_000)
-    with pytest.raises(SourceChanged, match="CRC-32"):
+    with pytest.raises(SourceChanged, match="modified"):  # by its stat, not by the CRC
         for _ in chunks:
             pass
-    # The stale CRC was dropped: the next download learns the new one...
-    assert read_zip(_body(plan_export_archive(sources, "r", None, crcs))) == {
-        "render/r/big.wav": b"b" * 300_000
-    }
-    # ...and a rewrite after a CRC was cached cuts the download that uses it.
+    second = plan_export_archive(sources, "r", None, crcs)
+    assert second.etag != first.etag and second.size == first.size
+    assert read_zip(_body(second)) == {"render/r/big.wav": b"b" * 300_000}
+    # The cache holds the CRC of b now; a rewrite keyed the same but for the
+    # ctime misses it: the next ZIP learns the new CRC, it is not cut.
     _rewrite_in_place(path, b"c" * 300_000)
+    third = plan_export_archive(sources, "r", None, crcs)
+    assert third.etag not in (first.etag, second.etag)
+    assert read_zip(_body(third)) == {"render/r/big.wav": b"c" * 300_000}
+
+
+def test_a_crc_that_does_not_match_the_data_sent_cuts_the_download(tree: AirTree) -> None:
+    """The last defence, for a file system whose ctime would not move: the
+    data sent is checked against the CRC its header said (here a cache that
+    holds a wrong one for the very snapshot); the download is cut and the
+    CRC dropped."""
+    write(tree.render / "r" / "big.wav", b"a" * 300_000)
+    settings = tree.settings(limits={"read_chunk_bytes": 65536})
+    sources = ExportSources.from_settings(settings)
+    crcs = CrcCache()
+    archive = plan_export_archive(sources, "r", None, crcs)
+    crcs.put(archive.entries[0].snapshot, zlib.crc32(b"b" * 300_000))
     with pytest.raises(SourceChanged, match="CRC-32"):
-        _body(plan_export_archive(sources, "r", None, crcs))
+        _body(archive)
     assert read_zip(_body(plan_export_archive(sources, "r", None, crcs))) == {
-        "render/r/big.wav": b"c" * 300_000
+        "render/r/big.wav": b"a" * 300_000
     }
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from export_service.byte_ranges import date_is_strong, http_date, requested_range
+from export_service.byte_ranges import http_date, requested_range
 from export_service.errors import RangeNotSatisfiable
 
 SIZE = 10_240
@@ -145,12 +145,3 @@ def test_a_date_that_is_no_strong_validator_never_validates_a_range() -> None:
         assert got == expected
     # a strong ETag validates either way
     assert requested_range("bytes=0-9", ETAG, SIZE, ETAG, MODIFIED, strong_date=False) == (0, 9)
-
-
-def test_a_files_date_is_strong_a_second_after_its_mtime() -> None:
-    second = 1_000_000_000
-    mtime = 1_700_000_000 * second + 300_000_000  # .3 s into its second
-    assert not date_is_strong(mtime, mtime)
-    assert not date_is_strong(mtime, mtime + second - 1)  # rewritable under the same date
-    assert date_is_strong(mtime, mtime + second)
-    assert not date_is_strong(mtime + 5 * second, mtime)  # from the future: never

@@ -76,7 +76,14 @@ def test_listed_files_carry_what_the_scan_saw_and_no_url(tmp_path: Path) -> None
     stat = path.stat()
     assert list(step.listed_files(step.scan.records)) == [
         ListedFile(
-            "render", "r/sub/a.wav", str(path), 3, stat.st_mtime_ns, stat.st_dev, stat.st_ino
+            "render",
+            "r/sub/a.wav",
+            str(path),
+            3,
+            stat.st_mtime_ns,
+            stat.st_ctime_ns,
+            stat.st_dev,
+            stat.st_ino,
         )
     ]
 

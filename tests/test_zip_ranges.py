@@ -293,15 +293,17 @@ def test_more_than_65535_entries_for_real(tree: AirTree, tmp_path: Path) -> None
     unzip_test(full, tmp_path)
 
 
-@pytest.mark.parametrize("change", ["rename", "delete", "none"])
+@pytest.mark.parametrize("change", ["rename", "delete", "rewrite", "none"])
 async def test_a_resume_by_date_never_splices(
     tree: AirTree, client: Any, tmp_path: Path, change: str
 ) -> None:
     """Half a ZIP, then a file of the run that is not the newest is renamed
     or deleted (the newest mtime, the Last-Modified, stays), then a resume
     with If-Range: <Last-Modified>: the whole new ZIP (200), never its second
-    half after the first half of the old one. With the ETag and nothing
-    changed, the resume is a 206 that completes the archive."""
+    half after the first half of the old one. A file rewritten in place at
+    the same size with its exact mtime restored (issue 22: it kept the ETag)
+    gets the whole new ZIP by date and by the old ETag too. With the ETag and
+    nothing changed, the resume is a 206 that completes the archive."""
     _populate(tree)
     url = "/api/air/export/zip/r"
     status, headers, full = await _get(client, url)
@@ -310,14 +312,23 @@ async def test_a_resume_by_date_never_splices(
         (tree.render / "r" / "a.wav").rename(tree.render / "r" / "b.wav")
     elif change == "delete":
         (tree.render / "r" / "empty.txt").unlink()
-    validators = [headers["Last-Modified"]] + ([headers["ETag"]] if change == "none" else [])
+    elif change == "rewrite":
+        path = tree.render / "r" / "a.wav"
+        before = path.stat()
+        with path.open("r+b") as handle:  # same inode, same size
+            handle.write(os.urandom(before.st_size))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert path.stat().st_mtime_ns == before.st_mtime_ns
+    validators = [headers["Last-Modified"]]
+    if change in ("rewrite", "none"):
+        validators.append(headers["ETag"])
     for validator in validators:
         status, resumed_headers, rest = await _get(
             client, url, **{"Range": f"bytes={half}-", "If-Range": validator}
         )
         assert resumed_headers["Last-Modified"] == headers["Last-Modified"]
         if status == 206:  # what curl -C - does: append
-            assert validator == headers["ETag"]
+            assert validator == headers["ETag"] and change == "none"
             unzip_test(full[:half] + rest, tmp_path)
         else:  # a 200 replaces what it held
             assert status == 200
