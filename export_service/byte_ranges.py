@@ -45,24 +45,22 @@ def requested_range(
     if_range: str | None,
     size: int,
     etag: str,
-    last_modified: datetime | None,
     what: str = "the ZIP",
-    *,
-    strong_date: bool,
 ) -> tuple[int, int] | None:
     """The (first, last) byte to send, inclusive, or None for the whole body.
 
-    ``strong_date``: whether ``last_modified`` is a strong validator, one
-    that no other version of the body can share (RFC 9110 8.8.2.2); only
-    then may an ``If-Range`` date validate the range (13.1.5). A date that a
-    rename, or a rewrite that restores the mtime, leaves unchanged would
-    splice two versions into one resumed download. (Every route passes
-    False today: the ZIP's and the file URLs' dates can be kept so.)
+    ``If-Range`` validates the range only with the current strong ETag. A
+    date never does: RFC 9110 13.1.5 allows one only where Last-Modified is a
+    strong validator (8.8.2.2), and none of this service's is. The ZIP's (its
+    newest file's mtime) stays as it was when a file of the run is renamed or
+    deleted, and a file's mtime can be restored after a rewrite (``cp -p``,
+    ``rsync -t``, ``touch -d``): either would splice two versions into one
+    resumed download. The ETags hold each file's ctime, which no one can set.
 
     :class:`RangeNotSatisfiable` when the one range asked for lies outside it
     (``what`` names the body in its message).
     """
-    if range_header is None or not _if_range_holds(if_range, etag, last_modified, strong_date):
+    if range_header is None or not _if_range_holds(if_range, etag):
         return None
     match = _SINGLE_RANGE.fullmatch(range_header.strip())
     if match is None:
@@ -84,18 +82,10 @@ def requested_range(
     return start, end
 
 
-def _if_range_holds(
-    if_range: str | None, etag: str, last_modified: datetime | None, strong_date: bool
-) -> bool:
-    """No If-Range, or one that names the current version (strong ETag, or
-    the date when it is a strong validator)."""
-    if if_range is None:
-        return True
-    value = if_range.strip()
-    if value.startswith(('"', "W/")):
-        return value == etag  # weak tags never match for ranges
-    date = http_date(value)
-    return strong_date and date is not None and last_modified is not None and date == last_modified
+def _if_range_holds(if_range: str | None, etag: str) -> bool:
+    """No If-Range, or one that names the current version by its strong ETag
+    (weak tags never match for ranges; a date never validates, see above)."""
+    return if_range is None or if_range.strip() == etag
 
 
 def _unsatisfiable(size: int, what: str) -> RangeNotSatisfiable:

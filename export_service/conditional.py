@@ -45,53 +45,42 @@ def not_modified(
     if_unmodified_since: str | None,
     etag: str,
     last_modified: datetime | None,
-    *,
-    strong_date: bool,
 ) -> bool:
     """True when a GET or HEAD is to be answered 304 Not Modified.
 
     :class:`PreconditionFailed` (412) when ``If-Match`` or
     ``If-Unmodified-Since`` fails, or ``If-None-Match`` matches another method.
-    ``last_modified`` has whole seconds, as HTTP dates do; None when the
-    resource has no date (the date conditions are then ignored).
-    ``strong_date``: whether no other version can share that date (RFC 9110
-    8.8.2.2). A date that is not cannot show that nothing changed: then
-    ``If-Modified-Since`` never gives a 304 and ``If-Unmodified-Since``
-    fails (a resume guarded by it must not splice two versions).
+    ``last_modified``: None when the resource has no date (the manifest);
+    the date conditions are then ignored (RFC 9110 13.1.3-4). Where it has
+    one, the date is no strong validator (see :func:`.byte_ranges.requested_range`:
+    a rename, or a rewrite that restores the mtime, keeps it), so it cannot
+    show that nothing changed: ``If-Modified-Since`` never gives a 304 (the
+    ETag does), and ``If-Unmodified-Since`` fails (a resume guarded by it
+    must not splice two versions).
     """
     safe = method in (hdrs.METH_GET, hdrs.METH_HEAD)
     if if_match is not None:
         if not _matches(if_match, etag, weak=False):
             raise PreconditionFailed(f"If-Match names no current version (the ETag is {etag})")
-    elif (date := http_date(if_unmodified_since)) is not None and last_modified is not None:
-        if not strong_date:
-            raise PreconditionFailed(
-                "the date cannot tell whether this changed since If-Unmodified-Since "
-                f"(a rename, or a rewrite that restores the mtime, keeps it); use If-Match: {etag}"
-            )
-        if last_modified > date:
-            raise PreconditionFailed("modified since the If-Unmodified-Since date")
+    elif http_date(if_unmodified_since) is not None and last_modified is not None:
+        raise PreconditionFailed(
+            "the date cannot tell whether this changed since If-Unmodified-Since "
+            f"(a rename, or a rewrite that restores the mtime, keeps it); use If-Match: {etag}"
+        )
     if if_none_match is not None:
         if not _matches(if_none_match, etag, weak=True):
             return False
         if safe:
             return True
         raise PreconditionFailed(f"If-None-Match names the current version ({etag})")
-    date = http_date(if_modified_since)
-    return (
-        safe
-        and strong_date
-        and date is not None
-        and last_modified is not None
-        and last_modified <= date
-    )
+    return False  # If-Modified-Since: no date here shows that nothing changed
 
 
 def not_modified_response(
-    request: web.BaseRequest, etag: str, last_modified: datetime | None, *, strong_date: bool
+    request: web.BaseRequest, etag: str, last_modified: datetime | None
 ) -> web.Response | None:
     """The 304 to answer ``request`` with, or None to answer it in full
-    (``strong_date``: as for :func:`not_modified`).
+    (``last_modified``: as for :func:`not_modified`).
 
     Raises :class:`PreconditionFailed` for a failed precondition (412).
     """
@@ -104,7 +93,6 @@ def not_modified_response(
         headers.get(hdrs.IF_UNMODIFIED_SINCE),
         etag,
         last_modified,
-        strong_date=strong_date,
     ):
         return None
     response = web.Response(status=304, headers={hdrs.ETAG: etag})

@@ -101,7 +101,7 @@ async def _send(request: web.Request, opened: RootFile, name: str) -> web.Stream
     etag = _etag(opened)
     last_modified = datetime.fromtimestamp(opened.info.st_mtime_ns // 1_000_000_000, UTC)
     # The date never validates (see the module's docstring): the mtime can be restored.
-    cached = not_modified_response(request, etag, last_modified, strong_date=False)
+    cached = not_modified_response(request, etag, last_modified)
     if cached is not None:
         return cached
     byte_range = requested_range(
@@ -109,9 +109,7 @@ async def _send(request: web.Request, opened: RootFile, name: str) -> web.Stream
         request.headers.get(hdrs.IF_RANGE),
         size,
         etag,
-        last_modified,
         what="the file",
-        strong_date=False,
     )
     first, last = byte_range or (0, size - 1)
     response = web.StreamResponse(

@@ -115,7 +115,7 @@ async def export_manifest(request: web.Request) -> web.Response:
         param_run_id,
     )
     request.app[METRICS].count_unlisted(unlisted)
-    cached = not_modified_response(request, etag, None, strong_date=False)
+    cached = not_modified_response(request, etag, None)
     if cached is not None:
         return cached
     return web.Response(
@@ -181,9 +181,7 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
         )
         # The ZIP's Last-Modified (its newest file's) is never a strong
         # validator: a rename or a deletion in a run changes the ZIP, not it.
-        cached = not_modified_response(
-            request, archive.etag, archive.last_modified, strong_date=False
-        )
+        cached = not_modified_response(request, archive.etag, archive.last_modified)
         if cached is not None:
             return cached
         return await ZipResponse(request, archive, render_run_id).send()

@@ -79,8 +79,6 @@ class ZipResponse:
             request.headers.get(hdrs.IF_RANGE),
             archive.size,
             archive.etag,
-            archive.last_modified,
-            strong_date=False,  # see export_zip: a rename keeps the date
         )
         first, last = byte_range or (0, archive.size - 1)
         self._set_headers(first, last, partial=byte_range is not None)
