@@ -553,10 +553,20 @@ def resolve_settings(config_path: Path | None, environ: Mapping[str, str]) -> Se
     """The settings to run with: the file (``--config`` or
     ``EXPORT_SERVICE_CONFIG``) with environment overrides; or, with no file,
     the environment alone when it names a root or the links file; else None
-    (then ``serve`` runs the sample tree, other overrides applied)."""
-    path = config_path or Path(environ.get(CONFIG_ENV_VAR, "").strip() or ".")
-    if path != Path("."):
-        return load_settings(path, environ)
+    (then ``serve`` runs the sample tree, other overrides applied). An
+    ``EXPORT_SERVICE_CONFIG`` that is set but blank is a :class:`ConfigError`."""
+    if config_path is not None:
+        return load_settings(config_path, environ)
+    from_env = environ.get(CONFIG_ENV_VAR)
+    if from_env is not None:
+        if not from_env.strip():
+            # Set but empty (a compose file's ${VAR} left unset): not taken as
+            # "no config", which would run the sample tree instead of the data.
+            raise ConfigError(
+                f"{CONFIG_ENV_VAR} is set but empty; name the TOML config file, "
+                "or unset the variable"
+            )
+        return load_settings(Path(from_env), environ)
     overrides = env_overrides(environ)
     if "roots" in overrides or "links" in overrides:
         return settings_from_mapping({}, environ)

@@ -8,6 +8,7 @@ from export_service.config import (
     load_settings,
     resolve_settings,
     settings_from_mapping,
+    unknown_env_vars,
 )
 from export_service.errors import ConfigError
 from tests.conftest import AirTree
@@ -164,9 +165,20 @@ def test_a_typo_in_a_variable_is_named_with_the_nearest_key(tree: AirTree, tmp_p
 def test_the_services_other_variables_are_no_typo(tree: AirTree) -> None:
     """The config file's path, and the backend's address of the service
     (fastapi_proxy), which one shell may hand both programs."""
-    environ = _env(tree, EXPORT_SERVICE_CONFIG="", EXPORT_SERVICE_URL="http://127.0.0.1:8080")
+    environ = _env(tree, EXPORT_SERVICE_URL="http://127.0.0.1:8080")
     settings = resolve_settings(None, environ)
     assert settings is not None and settings.roots.render == tree.render
+    assert unknown_env_vars({"EXPORT_SERVICE_CONFIG": "/etc/x.toml", **environ}) == []
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_a_config_variable_set_but_empty_is_refused(tree: AirTree, value: str) -> None:
+    """It counted as unset: serve ran the sample tree instead of the data."""
+    with pytest.raises(ConfigError) as error:
+        resolve_settings(None, _env(tree, EXPORT_SERVICE_CONFIG=value))
+    assert str(error.value) == (
+        "EXPORT_SERVICE_CONFIG is set but empty; name the TOML config file, or unset the variable"
+    )
 
 
 def test_an_env_only_config_names_the_variables_it_lacks(tree: AirTree) -> None:
