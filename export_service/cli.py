@@ -173,12 +173,14 @@ def _parser() -> argparse.ArgumentParser:
         "check-links",
         "check a links file (before and after switching its writers)",
         "Read step_links.json (PATH, else the configured links.file) as the service "
-        "reads it and print, as JSON, how many links it holds, how many it ignores "
-        "(param_run_id not a valid run id), whether it is unusable (corrupt, not a "
+        "reads it and print, as JSON, how many links it holds, how many records it ignores "
+        "(not an object, no string param_run_id, or not a valid run id; up to 10 named "
+        "with why), whether it is unusable (corrupt, not a "
         "regular file) and whether this user could write it. With --since COPY (a copy "
         "taken before a change, e.g. before the backend's switch), also the links of "
         "COPY that are gone from PATH (lost) or point elsewhere now (changed). Exit 0 "
-        "when the file is usable, writable and has lost nothing, 1 otherwise.",
+        "when the file is usable, writable and has lost nothing (ignored records, which "
+        "no reader uses and every writer keeps, do not fail it), 1 otherwise.",
     )
     check_links.add_argument("path", nargs="?", type=Path, help="the links file")
     check_links.add_argument("--since", type=Path, help="an earlier copy of the file")
@@ -420,12 +422,18 @@ def _run_check_links(arguments: argparse.Namespace) -> int:
     path = arguments.path or _required_settings(arguments.config).links.file
     store = LinkStore(Path(os.path.abspath(path)))
     links = store.all_stored()
-    ignored = sum(1 for link in links.values() if run_id_problem(link.param_run_id))
+    ignored = store.ignored()
+    invalid = sum(1 for link in links.values() if run_id_problem(link.param_run_id))
     report: dict[str, object] = {
         "path": str(store.path),
         "exists": store.path.exists() or store.path.is_symlink(),
-        "links": len(links) - ignored,
-        "ignored": ignored,
+        "links": len(links) - invalid,
+        # Records no reader uses (the service and the backend's helper pass
+        # over them; writers keep them as they are): named, but no failure.
+        "ignored": len(ignored),
+        "ignored_examples": [
+            {"render_run_id": render_run_id, "why": why} for render_run_id, why in ignored[:10]
+        ],
         "problem": store.problem(),
         "write_problem": store.write_problem(),
     }
