@@ -525,7 +525,9 @@ def test_zip_names_why_each_file_was_left_out(tree: AirTree, tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     assert read_zip(result.stdout) == {"render/r/mix.wav": b"mix"}
     (line,) = [
-        line for line in result.stderr.decode().splitlines() if line.startswith("export-service:")
+        line
+        for line in result.stderr.decode().splitlines()
+        if line.startswith("export-service: left out")
     ]
     assert line.startswith("export-service: left out (its name is too long for a ZIP): render/r/")
 
