@@ -359,6 +359,8 @@ class ExportArchive:
         self.entries = entries
         self.skipped = skipped
         self.unlisted: Counter[str] = Counter()  # paths the scan could not list, by reason
+        self.missing: list[str] = []  # the steps of the export with no file
+        self.param_run_id: str | None = None  # the param run the export looked for
         self._chunk_bytes = chunk_bytes
         self._crcs = crcs
         self._central_offset = entries[-1].data_offset + entries[-1].size if entries else 0

@@ -31,7 +31,7 @@ from .config import (
     unknown_env_vars,
 )
 from .errors import ConfigError, ExportServiceError
-from .exports import ExportSources, export_manifest_json, plan_export_archive
+from .exports import ExportSources, build_export, plan_export_archive
 from .links import LinkStore
 from .logs import setup_logging
 from .run_ids import run_id_problem
@@ -68,6 +68,15 @@ def _port(value: str) -> int:
     return port
 
 
+def _config(value: str) -> Path:
+    if not value.strip():
+        raise argparse.ArgumentTypeError(
+            "must not be empty (the TOML config file; leave --config out to use "
+            f"${CONFIG_ENV_VAR} or, for serve, the sample tree)"
+        )
+    return Path(value)
+
+
 def _host(value: str) -> str:
     if not value.strip():
         raise argparse.ArgumentTypeError("must not be empty (an address or host name)")
@@ -75,10 +84,19 @@ def _host(value: str) -> str:
 
 
 def _run_id(value: str) -> str:
-    problem = run_id_problem(value)
+    """A run id argument, taken as the HTTP API takes one: surrounding
+    whitespace stripped (``' r1'`` is ``r1``), then checked."""
+    stripped = value.strip()
+    problem = run_id_problem(stripped)
     if problem is not None:
         raise argparse.ArgumentTypeError(f"{value!r}: a run id {problem}")
-    return value
+    return stripped
+
+
+def _optional_run_id(value: str) -> str | None:
+    """``--param-run-id``, as the API's ``?param_run_id=``: stripped, and
+    absent (the link is used) when empty or blank."""
+    return _run_id(value) if value.strip() else None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=description)
         sub.add_argument(
-            "--config", type=Path, help=f"TOML config file (default: ${CONFIG_ENV_VAR})"
+            "--config", type=_config, help=f"TOML config file (default: ${CONFIG_ENV_VAR})"
         )
         return sub
 
@@ -113,7 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     manifest.add_argument("render_run_id", type=_run_id)
     manifest.add_argument(
-        "--param-run-id", type=_run_id, help="param run to include (default: the link)"
+        "--param-run-id",
+        type=_optional_run_id,
+        help="param run to include (default, or when blank: the link)",
     )
 
     archive = command(
@@ -123,7 +143,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     archive.add_argument("render_run_id", type=_run_id)
     archive.add_argument(
-        "--param-run-id", type=_run_id, help="param run to include (default: the link)"
+        "--param-run-id",
+        type=_optional_run_id,
+        help="param run to include (default, or when blank: the link)",
     )
     archive.add_argument(
         "-o", "--output", type=Path, required=True, help="file to write ('-' for standard output)"
@@ -151,12 +173,14 @@ def _parser() -> argparse.ArgumentParser:
         "check-links",
         "check a links file (before and after switching its writers)",
         "Read step_links.json (PATH, else the configured links.file) as the service "
-        "reads it and print, as JSON, how many links it holds, how many it ignores "
-        "(param_run_id not a valid run id), whether it is unusable (corrupt, not a "
+        "reads it and print, as JSON, how many links it holds, how many records it ignores "
+        "(not an object, no string param_run_id, or not a valid run id; up to 10 named "
+        "with why), whether it is unusable (corrupt, not a "
         "regular file) and whether this user could write it. With --since COPY (a copy "
         "taken before a change, e.g. before the backend's switch), also the links of "
         "COPY that are gone from PATH (lost) or point elsewhere now (changed). Exit 0 "
-        "when the file is usable, writable and has lost nothing, 1 otherwise.",
+        "when the file is usable, writable and has lost nothing (ignored records, which "
+        "no reader uses and every writer keeps, do not fail it), 1 otherwise.",
     )
     check_links.add_argument("path", nargs="?", type=Path, help="the links file")
     check_links.add_argument("--since", type=Path, help="an earlier copy of the file")
@@ -336,7 +360,9 @@ def _run_offline(arguments: argparse.Namespace) -> int:
         return 0
     param_run_id = arguments.param_run_id
     if arguments.command == "manifest":
-        print(export_manifest_json(sources, render_run_id, param_run_id).json.decode())
+        export = build_export(sources, render_run_id, param_run_id)
+        print(export.manifest_json().decode())
+        _say_missing(render_run_id, export.param_run_id, export.missing, "the manifest")
         return 0
     with _output(arguments.output) as handle:
         archive = plan_export_archive(sources, render_run_id, param_run_id)
@@ -344,7 +370,30 @@ def _run_offline(arguments: argparse.Namespace) -> int:
             handle.write(chunk)
     for skipped, why in archive.skipped.items():
         print(f"export-service: left out ({why}): {skipped}", file=sys.stderr)
+    _say_missing(render_run_id, archive.param_run_id, archive.missing, "the ZIP")
     return 0
+
+
+def _say_missing(
+    render_run_id: str, param_run_id: str | None, missing: Sequence[str], output: str
+) -> None:
+    """One line on stderr naming the steps with no file. The exit code stays
+    0, as the API answers 200 with whatever was found, but an export of a
+    mistyped id no longer looks like a success with nothing in it."""
+    if not missing:
+        return
+    named = [
+        f"{step} (no param run linked to {render_run_id!r})"
+        if step == "param_generation" and param_run_id is None
+        else f"{step} (no run {param_run_id if step == 'param_generation' else render_run_id!r})"
+        for step in missing
+    ]
+    found = "nothing was found, so it is empty" if len(missing) == 3 else "the rest is in it"
+    print(
+        f"export-service: {output} of {render_run_id!r} has no files of {', '.join(named)}: "
+        f"{found}",
+        file=sys.stderr,
+    )
 
 
 def _run_healthcheck(arguments: argparse.Namespace) -> int:
@@ -373,12 +422,18 @@ def _run_check_links(arguments: argparse.Namespace) -> int:
     path = arguments.path or _required_settings(arguments.config).links.file
     store = LinkStore(Path(os.path.abspath(path)))
     links = store.all_stored()
-    ignored = sum(1 for link in links.values() if run_id_problem(link.param_run_id))
+    ignored = store.ignored()
+    invalid = sum(1 for link in links.values() if run_id_problem(link.param_run_id))
     report: dict[str, object] = {
         "path": str(store.path),
         "exists": store.path.exists() or store.path.is_symlink(),
-        "links": len(links) - ignored,
-        "ignored": ignored,
+        "links": len(links) - invalid,
+        # Records no reader uses (the service and the backend's helper pass
+        # over them; writers keep them as they are): named, but no failure.
+        "ignored": len(ignored),
+        "ignored_examples": [
+            {"render_run_id": render_run_id, "why": why} for render_run_id, why in ignored[:10]
+        ],
         "problem": store.problem(),
         "write_problem": store.write_problem(),
     }

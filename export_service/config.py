@@ -9,6 +9,7 @@ wins over the file.
 from __future__ import annotations
 
 import difflib
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,11 +22,9 @@ from pydantic import (
     ConfigDict,
     Field,
     IPvAnyNetwork,
+    TypeAdapter,
     ValidationError,
-    ValidationInfo,
-    field_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .cpus import usable_cpus
 from .errors import ConfigError
@@ -331,36 +330,6 @@ class Settings(_Section):
     auth: AuthSettings = AuthSettings()
     logging: LoggingSettings = LoggingSettings()
 
-    @field_validator("roots")
-    @classmethod
-    def _roots_exist_when_required(
-        cls, roots: RootsSettings, info: ValidationInfo
-    ) -> RootsSettings:
-        """Every root that does not exist, each under its own key (not the
-        first alone); not checked when ``server`` itself is invalid."""
-        server = info.data.get("server")
-        if server is None or not server.require_roots:
-            return roots
-        missing = [(key, path) for key, path in roots if not path.is_dir()]
-        if missing:
-            hint = " (set server.require_roots = false to start without it)"
-            raise ValidationError.from_exception_data(
-                "roots",
-                [
-                    InitErrorDetails(
-                        type=PydanticCustomError(
-                            "root_missing",
-                            "{path} does not exist" + (hint if index == len(missing) - 1 else ""),
-                            {"path": repr(str(path))},
-                        ),
-                        loc=(key,),
-                        input=str(path),
-                    )
-                    for index, (key, path) in enumerate(missing)
-                ],
-            )
-        return roots
-
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     """``EXPORT_SERVICE_<SECTION>_<KEY>`` values, as a config mapping."""
@@ -395,13 +364,18 @@ def unknown_env_vars(environ: Mapping[str, str]) -> list[str]:
     """A problem for each ``EXPORT_SERVICE_*`` variable that is no config key
     (nor another variable of the service), naming the nearest known one: a
     typo (``EXPORT_SERVICE_SERVER_PROT``) would otherwise change nothing,
-    silently."""
+    silently. Names are matched as the environment spells them (upper case):
+    ``EXPORT_SERVICE_server_port`` is refused, naming
+    ``EXPORT_SERVICE_SERVER_PORT``."""
     known = sorted({*_config_env_vars(), *OTHER_ENV_VARS})
     problems = []
     for name in sorted(environ):
-        if name.startswith(ENV_PREFIX) and name not in known:
-            nearest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-            hint = f"did you mean {nearest[0]}?" if nearest else f"the keys are {ENV_PREFIX}..."
+        if name.upper().startswith(ENV_PREFIX) and name not in known:
+            if name.upper() in known:
+                hint = f"variable names are upper case: {name.upper()}"
+            else:
+                nearest = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
+                hint = f"did you mean {nearest[0]}?" if nearest else f"the keys are {ENV_PREFIX}..."
             problems.append(f"{name}: unknown variable ({hint})")
     return problems
 
@@ -412,11 +386,26 @@ def _section_keys(section: str) -> list[str]:
     return [key for key, field in model.model_fields.items() if field.is_required()]
 
 
-def _describe(error: ValidationError, from_env: set[tuple[str, str]], source: str) -> list[str]:
-    """One problem per line, naming where the bad value came from: the
-    variable for an environment override, else the key (after ``source``);
-    a missing key is named as the variable when the environment is the
-    whole config (no ``source``), else as the key and its variable."""
+def _order(location: tuple[str, ...]) -> tuple[int, int]:
+    """Where a problem at ``location`` comes in the message: by section, then
+    key, as the settings declare them (the file's own order)."""
+    sections = list(Settings.model_fields)
+    if not location or location[0] not in sections:
+        return (len(sections), 0)
+    model = Settings.model_fields[location[0]].annotation
+    assert isinstance(model, type) and issubclass(model, BaseModel)
+    keys = list(model.model_fields)
+    key = location[1] if len(location) > 1 else ""
+    return (sections.index(location[0]), keys.index(key) if key in keys else len(keys))
+
+
+def _described(
+    error: ValidationError, from_env: set[tuple[str, str]], source: str
+) -> list[tuple[tuple[str, ...], str]]:
+    """One problem per line, with its location, naming where the bad value
+    came from: the variable for an environment override, else the key (after
+    ``source``); a missing key is named as the variable when the environment
+    is the whole config (no ``source``), else as the key and its variable."""
     lines = []
     for item in error.errors():
         location = tuple(str(part) for part in item["loc"])
@@ -428,23 +417,58 @@ def _describe(error: ValidationError, from_env: set[tuple[str, str]], source: st
             )
             for key in keys:
                 if source:
-                    lines.append(
+                    line = (
                         f"{source}: {'.'.join(key)}: is required but missing "
                         f"(or set {env_var(*key)})"
                     )
                 else:
-                    lines.append(f"{env_var(*key)}: is required but missing")
+                    line = f"{env_var(*key)}: is required but missing"
+                lines.append((key, line))
             continue
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         else:
             message = str(item["msg"]).removeprefix("Value error, ")
-        if location[:2] in from_env:
-            lines.append(f"{env_var(*location[:2])}: {message}")
-            continue
-        line = f"{'.'.join(location)}: {message}" if location else message
-        lines.append(f"{source}: {line}" if source else line)
+        lines.append((location, _named(location, message, from_env, source)))
     return lines
+
+
+def _named(
+    location: tuple[str, ...], message: str, from_env: set[tuple[str, str]], source: str
+) -> str:
+    if location[:2] in from_env:
+        return f"{env_var(*location[:2])}: {message}"
+    line = f"{'.'.join(location)}: {message}" if location else message
+    return f"{source}: {line}" if source else line
+
+
+def _describe(error: ValidationError, from_env: set[tuple[str, str]], source: str) -> list[str]:
+    return [line for _, line in _described(error, from_env, source)]
+
+
+def _missing_roots(merged: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The roots (key, path) that do not exist, when ``server.require_roots``
+    asks for them. Checked on the values as given, apart from the model, so
+    that they are named whatever else is wrong (a bad port, another root
+    that is relative); a ``require_roots`` that is itself invalid counts as
+    its default (true)."""
+    server = merged.get("server")
+    require: Any = server.get("require_roots", True) if isinstance(server, dict) else True
+    try:
+        require = TypeAdapter(bool).validate_python(require)
+    except ValidationError:
+        require = True
+    roots = merged.get("roots")
+    if not require or not isinstance(roots, dict):
+        return []
+    missing = []
+    for key in RootsSettings.model_fields:
+        value = roots.get(key)
+        if isinstance(value, str | os.PathLike):
+            path = os.fspath(value)
+            if isinstance(path, str) and os.path.isabs(path) and not os.path.lexists(path):
+                missing.append((key, path))
+    return missing
 
 
 def settings_from_mapping(
@@ -452,21 +476,42 @@ def settings_from_mapping(
 ) -> Settings:
     """Validate a config mapping, with the environment's overrides on top.
     ``source`` (such as ``config file '/etc/x.toml'``) starts the errors about
-    the mapping's own keys."""
-    merged = {section: dict(values) for section, values in data.items()}
+    the mapping's own keys. Every problem is in the one :class:`ConfigError`:
+    unknown variables, then bad values, missing keys and roots that do not
+    exist, in the order of the settings."""
+    merged: dict[str, Any] = {
+        section: dict(values) if isinstance(values, dict) else values
+        for section, values in data.items()
+    }
     overrides = env_overrides(environ or {})
+    found: list[tuple[tuple[str, ...], str]] = []
     for section, values in overrides.items():
         if not isinstance(merged.get(section, {}), dict):
-            raise ConfigError(f"{source + ': ' if source else ''}{section}: must be a table")
+            found.append(
+                ((section,), f"{source + ': ' if source else ''}{section}: must be a table")
+            )
+            continue
         merged.setdefault(section, {}).update(values)
     from_env = {(section, key) for section, values in overrides.items() for key in values}
-    # Every problem at once: a typo in a variable's name and each bad value.
-    problems = unknown_env_vars(environ or {})
+    settings = None
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as error:
-        problems += _describe(error, from_env, source)
-    if problems:
+        found += _described(error, from_env, source)
+    missing = _missing_roots(merged)
+    for index, (key, path) in enumerate(missing):
+        hint = (
+            " (set server.require_roots = false to start without it)"
+            if index == len(missing) - 1
+            else ""
+        )
+        location = ("roots", key)
+        found.append(
+            (location, _named(location, f"{path!r} does not exist{hint}", from_env, source))
+        )
+    problems = unknown_env_vars(environ or {})
+    problems += [line for _, line in sorted(found, key=lambda item: _order(item[0]))]
+    if problems or settings is None:
         raise ConfigError("; ".join(problems))
     return settings
 
@@ -508,10 +553,20 @@ def resolve_settings(config_path: Path | None, environ: Mapping[str, str]) -> Se
     """The settings to run with: the file (``--config`` or
     ``EXPORT_SERVICE_CONFIG``) with environment overrides; or, with no file,
     the environment alone when it names a root or the links file; else None
-    (then ``serve`` runs the sample tree, other overrides applied)."""
-    path = config_path or Path(environ.get(CONFIG_ENV_VAR, "").strip() or ".")
-    if path != Path("."):
-        return load_settings(path, environ)
+    (then ``serve`` runs the sample tree, other overrides applied). An
+    ``EXPORT_SERVICE_CONFIG`` that is set but blank is a :class:`ConfigError`."""
+    if config_path is not None:
+        return load_settings(config_path, environ)
+    from_env = environ.get(CONFIG_ENV_VAR)
+    if from_env is not None:
+        if not from_env.strip():
+            # Set but empty (a compose file's ${VAR} left unset): not taken as
+            # "no config", which would run the sample tree instead of the data.
+            raise ConfigError(
+                f"{CONFIG_ENV_VAR} is set but empty; name the TOML config file, "
+                "or unset the variable"
+            )
+        return load_settings(Path(from_env), environ)
     overrides = env_overrides(environ)
     if "roots" in overrides or "links" in overrides:
         return settings_from_mapping({}, environ)

@@ -193,4 +193,6 @@ def plan_export_archive(
         export.take_files(), root_reals, sources.settings.limits.read_chunk_bytes, crcs
     )
     archive.unlisted = export.unlisted
+    archive.missing = list(export.missing)
+    archive.param_run_id = export.param_run_id
     return archive

@@ -97,6 +97,9 @@ class _Snapshot:
     key: _FileKey | None  # None: the file does not exist
     links: Links
     problem: str | None  # why the file is unusable, or None
+    # The records that hold no link at all (not an object, no string
+    # param_run_id), each with why: passed over, as the backend's helper does.
+    unusable: tuple[tuple[str, str], ...] = ()
 
 
 _ABSENT = _Snapshot(None, {}, None)
@@ -167,21 +170,40 @@ def _decode(raw: bytes) -> tuple[Any, str | None]:
         return None, f"not valid JSON ({error})"
 
 
-def _parse(raw: bytes) -> tuple[Links, str | None]:
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return "a string" if isinstance(value, str) else "a number"
+
+
+def _parse(raw: bytes) -> tuple[Links, str | None, tuple[tuple[str, str], ...]]:
     data, problem = _decode(raw)
     if problem:
-        return {}, problem
+        return {}, problem, ()
     if not isinstance(data, dict):
-        return {}, f"top level is a JSON {type(data).__name__}, not an object"
+        return {}, f"top level is a JSON {type(data).__name__}, not an object", ()
     links = {}
+    unusable = []
     for render_run_id, record in data.items():
-        if isinstance(record, dict):
-            param_run_id = record.get("param_run_id")
-            if isinstance(param_run_id, str):
-                links[render_run_id] = StoredLink(
-                    param_run_id, _finite_time(record.get("updated_at"))
-                )
-    return links, None
+        if not isinstance(record, dict):
+            unusable.append((render_run_id, f"the record is {_json_kind(record)}, not an object"))
+            continue
+        param_run_id = record.get("param_run_id")
+        if isinstance(param_run_id, str):
+            links[render_run_id] = StoredLink(param_run_id, _finite_time(record.get("updated_at")))
+        elif "param_run_id" not in record:
+            unusable.append((render_run_id, "the record has no param_run_id"))
+        else:
+            unusable.append(
+                (render_run_id, f"its param_run_id is {_json_kind(param_run_id)}, not a string")
+            )
+    return links, None, tuple(unusable)
 
 
 # -- writing one record back into the file's own text ------------------------
@@ -303,34 +325,45 @@ class LinkStore:
         return snapshot
 
     def _remember(self, key: _FileKey, raw: bytes) -> _Snapshot:
-        links, problem = _parse(raw)
-        snapshot = self._snapshot = _Snapshot(key, links, problem)
+        links, problem, unusable = _parse(raw)
+        snapshot = self._snapshot = _Snapshot(key, links, problem, unusable)
         if self._reported_key != key:
             self._reported_key = key
             if problem:
                 log.error("links file %s is unusable: %s; no links are used", self.path, problem)
             else:
-                self._report_unusable_links(links)
+                self._report_ignored(snapshot)
         return snapshot
 
-    def _report_unusable_links(self, links: Links) -> None:
-        """One warning per change of the file for the records whose param run
-        id is not a valid run id (they are ignored): how many, and a few
-        examples, cut short (a value may be megabytes long)."""
-        unusable = [
-            (render_run_id, link.param_run_id)
-            for render_run_id, link in links.items()
-            if run_id_problem(link.param_run_id) is not None
+    @staticmethod
+    def _ignored(snapshot: _Snapshot) -> list[tuple[str, str]]:
+        invalid = [
+            (render_run_id, f"its param_run_id {_excerpt(link.param_run_id)} {problem}")
+            for render_run_id, link in snapshot.links.items()
+            if (problem := run_id_problem(link.param_run_id)) is not None
         ]
-        if unusable:
-            examples = ", ".join(f"{_excerpt(r)} -> {_excerpt(p)}" for r, p in unusable[:3])
+        return [*snapshot.unusable, *invalid]
+
+    def _report_ignored(self, snapshot: _Snapshot) -> None:
+        """One warning per change of the file for the records it ignores (no
+        object, no string param_run_id, or one that is not a valid run id):
+        how many, and a few examples, cut short (a value may be megabytes
+        long)."""
+        ignored = self._ignored(snapshot)
+        if ignored:
+            examples = "; ".join(f"{_excerpt(r)}: {why}" for r, why in ignored[:3])
             log.warning(
-                "links file %s: ignoring %d link(s) whose param_run_id is not a valid run id"
-                " (e.g. %s)",
+                "links file %s: ignoring %d record(s) that hold no usable link (e.g. %s)",
                 self.path,
-                len(unusable),
+                len(ignored),
                 examples,
             )
+
+    def ignored(self) -> list[tuple[str, str]]:
+        """Every record the service passes over, as (render_run_id, why): not
+        an object, no string ``param_run_id``, or one that is not a valid run
+        id. Empty when the file is missing or unusable."""
+        return self._ignored(self._current())
 
     def problem(self) -> str | None:
         """Why the links file cannot be used (for readiness), or None."""

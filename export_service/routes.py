@@ -23,7 +23,11 @@ from .exports import ExportSources, export_manifest_json, plan_export_archive
 from .keys import CRC_CACHE, IO_EXECUTOR, METRICS, SCAN_EXECUTOR, SETTINGS, SOURCES, ZIP_SLOTS
 from .links import StoredLink
 from .offload import run_blocking, run_stoppable
-from .run_ids import check_param_run_id, param_run_id_as_sent, render_run_id_as_sent
+from .run_ids import (
+    linked_param_run_id_as_sent,
+    param_run_id_as_sent,
+    render_run_id_as_sent,
+)
 from .schemas import EXPORT_PREFIX, Link, LinkUpdate
 from .zip_response import UNLISTED_HEADER, ZipResponse
 
@@ -234,7 +238,7 @@ async def put_link(request: web.Request) -> web.Response:
         raise InvalidRequestBody(
             'the body must be JSON {"param_run_id": "<id>"}; ' + problems
         ) from None
-    param_run_id = check_param_run_id(update.param_run_id)
+    param_run_id = linked_param_run_id_as_sent(update.param_run_id)
     links = request.app[SOURCES].links
     stored = await run_blocking(request.app[IO_EXECUTOR], links.link, render_run_id, param_run_id)
     return _link(render_run_id, stored)

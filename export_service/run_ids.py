@@ -76,3 +76,9 @@ def param_run_id_as_sent(value: str | None) -> str | None:
     stripped, and absent when empty or blank (the link is used then)."""
     stripped = (value or "").strip()
     return check_param_run_id(stripped) if stripped else None
+
+
+def linked_param_run_id_as_sent(value: str) -> str:
+    """The ``param_run_id`` of a link to store (a PUT's body): stripped as
+    everywhere else, then checked; here it is required, so blank is refused."""
+    return check_param_run_id(value.strip())

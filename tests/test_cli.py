@@ -161,9 +161,14 @@ def test_zip_to_a_named_pipe_writes_through_it(tree: AirTree, tmp_path: Path) ->
             "export-service serve: argument --host: must not be empty (an address or host name)",
         ),
         (
-            ["manifest", "r", "--param-run-id", ""],
-            "export-service manifest: argument --param-run-id: '': a run id must not be empty "
-            "or blank",
+            ["manifest", " \t"],
+            "export-service manifest: argument render_run_id: ' \\t': a run id must not be "
+            "empty or blank",
+        ),
+        (
+            ["serve", "--config", ""],
+            "export-service serve: argument --config: must not be empty (the TOML config file; "
+            "leave --config out to use $EXPORT_SERVICE_CONFIG or, for serve, the sample tree)",
         ),
         (
             ["link", "r", "a/b"],
@@ -520,6 +525,70 @@ def test_zip_names_why_each_file_was_left_out(tree: AirTree, tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     assert read_zip(result.stdout) == {"render/r/mix.wav": b"mix"}
     (line,) = [
-        line for line in result.stderr.decode().splitlines() if line.startswith("export-service:")
+        line
+        for line in result.stderr.decode().splitlines()
+        if line.startswith("export-service: left out")
     ]
     assert line.startswith("export-service: left out (its name is too long for a ZIP): render/r/")
+
+
+def test_ids_on_the_command_line_are_stripped_as_the_api_strips_them(
+    tree: AirTree, tmp_path: Path
+) -> None:
+    """' r1' gave an empty ZIP and a manifest of nothing; ' r1 ' was linked
+    under a key no request could reach; a blank --param-run-id, absent in
+    the API, was refused."""
+    write(tree.render / "r1" / "mix.wav", b"mix")
+    write(tree.param / "20261101_101200_p1" / "params.json", b"{}")
+    config = _config(tree, tmp_path / "config.toml")
+    link = _cli("link", " r1 ", "\tp1 ", "--config", str(config))
+    assert link.returncode == 0, link.stderr
+    assert json.loads(tree.links.read_text())["r1"]["param_run_id"] == "p1"
+    manifest = _cli("manifest", " r1", "--param-run-id", " ", "--config", str(config))
+    assert manifest.returncode == 0, manifest.stderr
+    assert json.loads(manifest.stdout)["render_run_id"] == "r1"
+    assert json.loads(manifest.stdout)["missing"] == ["midi_generation"]  # the link was used
+    output = tmp_path / "r1.zip"
+    archive = _cli("zip", " r1\n", "-o", str(output), "--config", str(config))
+    assert archive.returncode == 0, archive.stderr
+    assert read_zip(output.read_bytes()) == {
+        "render/r1/mix.wav": b"mix",
+        "param_generation/20261101_101200_p1/params.json": b"{}",
+    }
+
+
+def test_an_export_of_nothing_says_so_on_stderr(tree: AirTree, tmp_path: Path) -> None:
+    """Exit 0, as the API answers 200 with what it found, but no longer a
+    silent 22-byte ZIP for a mistyped id."""
+    config = _config(tree, tmp_path / "config.toml")
+    output = tmp_path / "n.zip"
+    archive = _cli("zip", "nosuch", "-o", str(output), "--config", str(config))
+    assert (archive.returncode, archive.stderr) == (
+        0,
+        "export-service: the ZIP of 'nosuch' has no files of render (no run 'nosuch'), "
+        "midi_generation (no run 'nosuch'), param_generation (no param run linked to "
+        "'nosuch'): nothing was found, so it is empty\n",
+    )
+    assert read_zip(output.read_bytes()) == {}
+    write(tree.render / "r1" / "mix.wav", b"mix")
+    manifest = _cli("manifest", "r1", "--param-run-id", "p9", "--config", str(config))
+    assert (manifest.returncode, manifest.stderr) == (
+        0,
+        "export-service: the manifest of 'r1' has no files of midi_generation (no run 'r1'), "
+        "param_generation (no run 'p9'): the rest is in it\n",
+    )
+    write(tree.midi / "20261101_101200_r1" / "t.mid", b"MThd")
+    full = _cli("zip", "r1", "--param-run-id", "p9", "-o", str(output), "--config", str(config))
+    assert "midi_generation" not in full.stderr
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_config_variable_is_refused(tree: AirTree, value: str) -> None:
+    """Taken as "no config", it served the sample tree instead of the data."""
+    for command in (["serve"], ["check-config"]):
+        result = _cli(*command, env={"EXPORT_SERVICE_CONFIG": value})
+        assert (result.returncode, result.stderr) == (
+            2,
+            "export-service: config error: EXPORT_SERVICE_CONFIG is set but empty; name the "
+            "TOML config file, or unset the variable\n",
+        )

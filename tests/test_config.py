@@ -8,6 +8,7 @@ from export_service.config import (
     load_settings,
     resolve_settings,
     settings_from_mapping,
+    unknown_env_vars,
 )
 from export_service.errors import ConfigError
 from tests.conftest import AirTree
@@ -164,9 +165,20 @@ def test_a_typo_in_a_variable_is_named_with_the_nearest_key(tree: AirTree, tmp_p
 def test_the_services_other_variables_are_no_typo(tree: AirTree) -> None:
     """The config file's path, and the backend's address of the service
     (fastapi_proxy), which one shell may hand both programs."""
-    environ = _env(tree, EXPORT_SERVICE_CONFIG="", EXPORT_SERVICE_URL="http://127.0.0.1:8080")
+    environ = _env(tree, EXPORT_SERVICE_URL="http://127.0.0.1:8080")
     settings = resolve_settings(None, environ)
     assert settings is not None and settings.roots.render == tree.render
+    assert unknown_env_vars({"EXPORT_SERVICE_CONFIG": "/etc/x.toml", **environ}) == []
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_a_config_variable_set_but_empty_is_refused(tree: AirTree, value: str) -> None:
+    """It counted as unset: serve ran the sample tree instead of the data."""
+    with pytest.raises(ConfigError) as error:
+        resolve_settings(None, _env(tree, EXPORT_SERVICE_CONFIG=value))
+    assert str(error.value) == (
+        "EXPORT_SERVICE_CONFIG is set but empty; name the TOML config file, or unset the variable"
+    )
 
 
 def test_an_env_only_config_names_the_variables_it_lacks(tree: AirTree) -> None:
@@ -207,3 +219,80 @@ def test_every_problem_is_in_one_message(tree: AirTree) -> None:
 def test_level_names_in_any_case(tree: AirTree, level: str) -> None:
     settings = settings_from_mapping({}, _env(tree, EXPORT_SERVICE_LOGGING_LEVEL=level))
     assert settings.logging.level == level.upper()
+
+
+def test_missing_roots_are_named_beside_any_other_bad_value(tree: AirTree) -> None:
+    """A bad port (the server section invalid) or a relative root used to
+    hide every root that does not exist."""
+    environ = {
+        "EXPORT_SERVICE_ROOTS_RENDER": "/nonexistent/1",
+        "EXPORT_SERVICE_ROOTS_MIDI_GENERATION": "/nonexistent/2",
+        "EXPORT_SERVICE_ROOTS_PARAM_GENERATION": "/nonexistent/3",
+        "EXPORT_SERVICE_LINKS_FILE": str(tree.links),
+        "EXPORT_SERVICE_SERVER_PORT": "abc",
+    }
+    with pytest.raises(ConfigError) as error:
+        resolve_settings(None, environ)
+    assert str(error.value).split("; ") == [
+        "EXPORT_SERVICE_SERVER_PORT: Input should be a valid integer, "
+        "unable to parse string as an integer",
+        "EXPORT_SERVICE_ROOTS_RENDER: '/nonexistent/1' does not exist",
+        "EXPORT_SERVICE_ROOTS_MIDI_GENERATION: '/nonexistent/2' does not exist",
+        "EXPORT_SERVICE_ROOTS_PARAM_GENERATION: '/nonexistent/3' does not exist "
+        "(set server.require_roots = false to start without it)",
+    ]
+    environ |= {
+        "EXPORT_SERVICE_SERVER_PORT": "1",
+        "EXPORT_SERVICE_ROOTS_RENDER": "relative",
+        "EXPORT_SERVICE_ROOTS_PARAM_GENERATION": str(tree.param),
+    }
+    with pytest.raises(ConfigError) as error:
+        resolve_settings(None, environ)
+    assert str(error.value).split("; ") == [
+        "EXPORT_SERVICE_ROOTS_RENDER: must be an absolute path, got 'relative'",
+        "EXPORT_SERVICE_ROOTS_MIDI_GENERATION: '/nonexistent/2' does not exist "
+        "(set server.require_roots = false to start without it)",
+    ]
+    environ["EXPORT_SERVICE_SERVER_REQUIRE_ROOTS"] = "false"
+    with pytest.raises(ConfigError) as error:
+        resolve_settings(None, environ)
+    assert str(error.value) == (
+        "EXPORT_SERVICE_ROOTS_RENDER: must be an absolute path, got 'relative'"
+    )
+
+
+def test_a_file_and_the_environment_in_one_message(tree: AirTree, tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[server]\nport = "x"\n[roots]\nrender = "/nonexistent/1"\n')
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, {"EXPORT_SERVICE_ROOTS_MIDI_GENERATION": "/nonexistent/2"})
+    source = f"config file {str(path)!r}"
+    assert str(error.value).split("; ") == [
+        f"{source}: server.port: Input should be a valid integer, "
+        "unable to parse string as an integer",
+        f"{source}: roots.render: '/nonexistent/1' does not exist",
+        "EXPORT_SERVICE_ROOTS_MIDI_GENERATION: '/nonexistent/2' does not exist "
+        "(set server.require_roots = false to start without it)",
+        f"{source}: roots.param_generation: is required but missing "
+        "(or set EXPORT_SERVICE_ROOTS_PARAM_GENERATION)",
+        f"{source}: links.file: is required but missing (or set EXPORT_SERVICE_LINKS_FILE)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("EXPORT_SERVICE_server_port", "variable names are upper case: EXPORT_SERVICE_SERVER_PORT"),
+        ("export_service_server_port", "variable names are upper case: EXPORT_SERVICE_SERVER_PORT"),
+        ("EXPORT_SERVICE_Server_Prot", "did you mean EXPORT_SERVICE_SERVER_PORT?"),
+    ],
+)
+def test_a_variable_in_another_case_is_refused_naming_its_key(
+    tree: AirTree, name: str, hint: str
+) -> None:
+    """Variables are read as spelled in upper case; another case is refused
+    (it would change nothing), naming the key it meant, not the nearest
+    upper-case string (EXPORT_SERVICE_URL)."""
+    with pytest.raises(ConfigError) as error:
+        resolve_settings(None, _env(tree, **{name: "1"}))
+    assert str(error.value) == f"{name}: unknown variable ({hint})"

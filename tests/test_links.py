@@ -984,12 +984,12 @@ async def test_unusable_link_values_are_reported_once_per_change_and_cut_short(
     (record,) = caplog.records
     message = record.getMessage()
     assert record.levelno == logging.WARNING
-    assert "ignoring 7 link(s) whose param_run_id is not a valid run id" in message
-    assert "'r' -> 'pppp" in message and "(1000000 characters)" in message
+    assert "ignoring 7 record(s) that hold no usable link" in message
+    assert "'r': its param_run_id 'pppp" in message and "(1000000 characters)" in message
     assert len(message) < 1000
     tree.link({**records, "u": {"param_run_id": "../x"}})  # a change: reported again
     assert (await client.get("/api/air/export/list/r")).status == 200
-    assert len(caplog.records) == 2 and "ignoring 8 link(s)" in caplog.records[1].getMessage()
+    assert len(caplog.records) == 2 and "ignoring 8 record(s)" in caplog.records[1].getMessage()
 
 
 # -- the helpers refuse what the service would refuse --------------------------

@@ -160,3 +160,23 @@ def test_check_links_fails_on_a_lost_link_and_a_corrupt_file(tree: AirTree, tmp_
     tree.links.write_text('{"a": ')  # cut short by a writer that crashed mid-write
     status, report = check_links(tree.links)
     assert status == 1 and str(report["problem"]).startswith("not valid JSON")
+
+
+def test_check_links_counts_and_names_every_record_it_ignores(tree: AirTree) -> None:
+    """A record that is no object was neither counted nor named (links 0,
+    ignored 0, problem null). Ignored records do not fail the check: no
+    reader uses them (the backend's helper passes over them too) and every
+    writer keeps them as they are."""
+    tree.links.parent.mkdir(parents=True)
+    tree.links.write_text(
+        '{"r1": "20260101_000000_p1", "r2": {"updated_at": 1}, "r3": {"param_run_id": 5},'
+        ' "r4": {"param_run_id": "../x"}, "r5": {"param_run_id": "p5"}}'
+    )
+    status, report = check_links(tree.links)
+    assert (status, report["links"], report["ignored"], report["problem"]) == (0, 1, 4, None)
+    assert report["ignored_examples"] == [
+        {"render_run_id": "r1", "why": "the record is a string, not an object"},
+        {"render_run_id": "r2", "why": "the record has no param_run_id"},
+        {"render_run_id": "r3", "why": "its param_run_id is a number, not a string"},
+        {"render_run_id": "r4", "why": "its param_run_id '../x' must not contain '/' or '\\'"},
+    ]

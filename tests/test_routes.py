@@ -371,6 +371,19 @@ async def test_link_endpoints(tree: AirTree, client: TestClient[Any, Any]) -> No
     assert manifest["missing"] == ["midi_generation"]
 
 
+async def test_a_put_strips_the_ids_as_every_read_does(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    """Stored as sent (" p1 "), no manifest or GET could find the link again."""
+    write(tree.param / "20261101_101200_p1" / "params.json", b"{}")
+    put = await client.put("/api/air/export/links/%20r1%20", json={"param_run_id": " p1\t"})
+    assert put.status == 200
+    assert (await put.json())["param_run_id"] == "p1"
+    assert json.loads(tree.links.read_text())["r1"]["param_run_id"] == "p1"
+    manifest = await (await client.get("/api/air/export/list/r1")).json()
+    assert manifest["param_run_id"] == "p1" and "param_generation" not in manifest["missing"]
+
+
 @pytest.mark.parametrize(
     ("body", "code"),
     [
@@ -381,6 +394,7 @@ async def test_link_endpoints(tree: AirTree, client: TestClient[Any, Any]) -> No
         (b'{"param_run_id": "p", "extra": 1}', "invalid_body"),
         (b'{"param_run_id": ".."}', "invalid_param_run_id"),
         (b'{"param_run_id": "a/b"}', "invalid_param_run_id"),
+        (b'{"param_run_id": " \\t"}', "invalid_param_run_id"),
     ],
 )
 async def test_bad_link_bodies_are_422(

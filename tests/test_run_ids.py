@@ -4,6 +4,7 @@ from export_service.errors import InvalidParamRunId, InvalidRunId
 from export_service.run_ids import (
     check_param_run_id,
     check_render_run_id,
+    linked_param_run_id_as_sent,
     param_run_id_as_sent,
     render_run_id_as_sent,
     run_id_problem,
@@ -66,3 +67,6 @@ def test_ids_as_sent_are_stripped_and_a_blank_param_run_id_is_absent() -> None:
         render_run_id_as_sent(" .. ")
     with pytest.raises(InvalidParamRunId):
         param_run_id_as_sent(" a/b ")
+    assert linked_param_run_id_as_sent(" prm\n") == "prm"
+    with pytest.raises(InvalidParamRunId):  # a link needs one
+        linked_param_run_id_as_sent(" ")
