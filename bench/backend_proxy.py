@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,14 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import (
     MIB,
     RssSampler,
-    free_port,
+    backend_app,
     machine,
     median,
     reference_workload,
     rss_kib,
     service,
     table,
-    wait_until_ready,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,38 +55,11 @@ HEALTH_EVERY = 0.02
 def backend(service_url: str, module: Path | None, python: str) -> Iterator[tuple[str, int]]:
     """bench/backend_app.py under uvicorn (one worker), run by ``python``:
     its URL and pid."""
-    port = free_port()
-    env = {**os.environ, "EXPORT_SERVICE_URL": service_url, "EXPORT_SERVICE_AUTH_TOKEN": TOKEN}
+    env = {"EXPORT_SERVICE_URL": service_url, "EXPORT_SERVICE_AUTH_TOKEN": TOKEN}
     if module is not None:
         env["EXPORT_PROXY_MODULE"] = str(module)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.backend_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        cwd=REPO,
-        env=env,
-    )
-    try:
-        wait_until_ready(
-            lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close(),
-            process,
-            f"backend on port {port}",
-            seconds=30,
-        )
-        yield f"http://127.0.0.1:{port}", process.pid
-    finally:
-        process.terminate()
-        process.wait(10)
+    with backend_app(env, python) as (port, pid):
+        yield f"http://127.0.0.1:{port}", pid
 
 
 @dataclass

@@ -132,6 +132,42 @@ def wait_until_ready(
 
 
 @contextmanager
+def backend_app(env: dict[str, str], python: str = sys.executable) -> Iterator[tuple[int, int]]:
+    """bench/backend_app.py (a stand-in for the AIR backend) under uvicorn,
+    one worker, run by ``python`` with ``env`` added to the environment: its
+    port and pid until the block ends."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            python,
+            "-m",
+            "uvicorn",
+            "bench.backend_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, **env},
+    )
+    try:
+        wait_until_ready(
+            lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close(),
+            process,
+            f"backend on port {port}",
+            seconds=30,
+        )
+        yield port, process.pid
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@contextmanager
 def python_server(
     arguments: Sequence[str], port: int, env: dict[str, str], cwd: Path | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], str]]:

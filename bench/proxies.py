@@ -17,9 +17,7 @@ supply (the browser sends none).
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,16 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import (
     MIB,
     RssSampler,
+    backend_app,
     curl,
     ensure_nginx,
-    free_port,
     machine,
     median,
     nginx_server,
     reference_workload,
     service,
     table,
-    wait_until_ready,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,47 +65,16 @@ def without_buffer_sizes(block: str) -> str:
     )
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    wait_until_ready(
-        lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close(),
-        process,
-        f"port {port}",
-        seconds=20,
-    )
-
-
 @contextmanager
 def backend(service_url: str, mode: str) -> Iterator[tuple[str, int]]:
     """bench/backend_app.py under uvicorn (one worker), as the AIR backend runs."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.backend_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        cwd=REPO,
-        env={
-            **os.environ,
-            "EXPORT_SERVICE_URL": service_url,
-            "EXPORT_SERVICE_AUTH_TOKEN": TOKEN,
-            "BACKEND_EXPORTS": mode,
-        },
-    )
-    try:
-        _wait_for_port(port, process)
-        yield f"127.0.0.1:{port}", process.pid
-    finally:
-        process.terminate()
-        process.wait(10)
+    env = {
+        "EXPORT_SERVICE_URL": service_url,
+        "EXPORT_SERVICE_AUTH_TOKEN": TOKEN,
+        "BACKEND_EXPORTS": mode,
+    }
+    with backend_app(env) as (port, pid):
+        yield f"127.0.0.1:{port}", pid
 
 
 def _curl_answer(url: str, *arguments: str) -> tuple[int, bytes]:

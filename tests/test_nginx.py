@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,17 +80,18 @@ class Paths:
     backend: str  # the backend itself, as a front end in development calls it
 
 
-@pytest.fixture
-def paths(tree: AirTree) -> Iterator[Paths]:
+@contextmanager
+def _paths(tree: AirTree, **settings: str) -> Iterator[Paths]:
+    """The service configured as an ops person sets it in a container (the
+    environment, plus ``settings``), the backend, and an nginx per recipe."""
     binary = _nginx()
-    write(tree.render / "r" / "mix.wav", os.urandom(2 * 1024 * 1024 + 5))
-    write(tree.render / "r" / "stems" / "a b.wav", os.urandom(40_000))
-    env = {  # the config as an ops person sets it in a container: the environment
+    env = {
         "EXPORT_SERVICE_ROOTS_RENDER": str(tree.render),
         "EXPORT_SERVICE_ROOTS_MIDI_GENERATION": str(tree.midi),
         "EXPORT_SERVICE_ROOTS_PARAM_GENERATION": str(tree.param),
         "EXPORT_SERVICE_LINKS_FILE": str(tree.links),
         "EXPORT_SERVICE_AUTH_TOKEN": TOKEN,
+        **settings,
     }
     with (
         live_service(env=env) as service,
@@ -98,6 +100,14 @@ def paths(tree: AirTree) -> Iterator[Paths]:
         nginx_server(binary, recipe("x-accel.conf", service.base_url, backend)) as accel,
     ):
         yield Paths(service, plain, accel, backend)
+
+
+@pytest.fixture
+def paths(tree: AirTree) -> Iterator[Paths]:
+    write(tree.render / "r" / "mix.wav", os.urandom(2 * 1024 * 1024 + 5))
+    write(tree.render / "r" / "stems" / "a b.wav", os.urandom(40_000))
+    with _paths(tree) as paths:
+        yield paths
 
 
 ZIP = "/api/air/export/zip/r"
@@ -206,24 +216,13 @@ def shared_paths(tree: AirTree) -> Iterator[Paths]:
     """As ``paths``, but the service trusts nginx (127.0.0.1) as a proxy and
     gives each client one ZIP at a time: what the recipes' X-Forwarded-For
     is for."""
-    binary = _nginx()
     write(tree.render / "r" / "big.wav", os.urandom(32 * 1024 * 1024))
-    env = {
-        "EXPORT_SERVICE_ROOTS_RENDER": str(tree.render),
-        "EXPORT_SERVICE_ROOTS_MIDI_GENERATION": str(tree.midi),
-        "EXPORT_SERVICE_ROOTS_PARAM_GENERATION": str(tree.param),
-        "EXPORT_SERVICE_LINKS_FILE": str(tree.links),
-        "EXPORT_SERVICE_AUTH_TOKEN": TOKEN,
-        "EXPORT_SERVICE_SERVER_TRUSTED_PROXIES": "127.0.0.1",
-        "EXPORT_SERVICE_LIMITS_MAX_ZIPS_PER_CLIENT": "1",
-    }
-    with (
-        live_service(env=env) as service,
-        uvicorn_app(accel_backend(service.base_url)) as backend,
-        nginx_server(binary, recipe("export-service.conf", service.base_url)) as plain,
-        nginx_server(binary, recipe("x-accel.conf", service.base_url, backend)) as accel,
-    ):
-        yield Paths(service, plain, accel, backend)
+    with _paths(
+        tree,
+        EXPORT_SERVICE_SERVER_TRUSTED_PROXIES="127.0.0.1",
+        EXPORT_SERVICE_LIMITS_MAX_ZIPS_PER_CLIENT="1",
+    ) as paths:
+        yield paths
 
 
 def _held_download(base_url: str, browser: str) -> socket.socket:
