@@ -25,6 +25,7 @@ from .config import (
     CONFIG_ENV_VAR,
     ENV_PREFIX,
     Settings,
+    env_var,
     environment_server_settings,
     resolve_settings,
     settings_from_mapping,
@@ -397,9 +398,13 @@ def _say_missing(
 
 
 def _run_healthcheck(arguments: argparse.Namespace) -> int:
-    settings = resolve_settings(arguments.config, os.environ)
+    # A probe asks the running service; a root that has gone is for /readyz to
+    # report (503), not a config error of the probe's own (exit 2, no request
+    # made), which failed a liveness probe of a service that was alive.
+    environ = {**os.environ, env_var("server", "require_roots"): "false"}
+    settings = resolve_settings(arguments.config, environ)
     # Without a config, serve runs the sample tree with the environment's server keys.
-    server = settings.server if settings else environment_server_settings(os.environ)
+    server = settings.server if settings else environment_server_settings(environ)
     host, port = server.host, server.port
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"

@@ -497,6 +497,27 @@ def test_healthcheck_asks_the_port_the_config_names(tree: AirTree, tmp_path: Pat
         process.wait(30)
 
 
+def test_healthcheck_of_a_service_whose_root_has_gone_asks_the_service(
+    tree: AirTree, tmp_path: Path
+) -> None:
+    """With the default server.require_roots, a root that goes away while
+    the service runs failed the probe's own config check (exit 2, no request
+    made): a liveness probe restarted a live service, which then could not
+    start. The probe asks the service: alive, and not ready (503)."""
+    with live_service(["--config", str(_config(tree, tmp_path / "c.toml"))]) as service:
+        port = service.base_url.rsplit(":", 1)[1]
+        config = _config(
+            tree, tmp_path / "probe.toml", f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
+        )
+        tree.render.rename(tmp_path / "render-gone")
+        live = _cli("healthcheck", "--live", "--config", str(config))
+        ready = _cli("healthcheck", "--config", str(config))
+        (tmp_path / "render-gone").rename(tree.render)
+    assert live.returncode == 0, live.stderr
+    assert ready.returncode == 1, ready.stderr
+    assert "/readyz: 503" in ready.stdout
+
+
 def test_zip_names_why_each_file_was_left_out(tree: AirTree, tmp_path: Path) -> None:
     """A file whose entry name no ZIP can hold (260 folders of 255-byte
     names) is left out when the ZIP is planned; the command says that is
