@@ -326,13 +326,12 @@ class LinkStore:
 
     def _remember(self, key: _FileKey, raw: bytes) -> _Snapshot:
         links, problem, unusable = _parse(raw)
-        snapshot = self._snapshot = _Snapshot(key, links, problem, unusable)
+        if problem:
+            return self._remember_problem(key, problem)
+        snapshot = self._snapshot = _Snapshot(key, links, None, unusable)
         if self._reported_key != key:
             self._reported_key = key
-            if problem:
-                log.error("links file %s is unusable: %s; no links are used", self.path, problem)
-            else:
-                self._report_ignored(snapshot)
+            self._report_ignored(snapshot)
         return snapshot
 
     @staticmethod
