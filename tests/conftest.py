@@ -242,6 +242,22 @@ def make_deep(folder: Path, levels: int, name: str = "") -> Path:
     return folder
 
 
+def rewrite_in_place(path: Path, content: bytes) -> None:
+    """New content, same inode, size and mtime (as ``cp -p``, ``rsync -t`` or
+    ``touch -d`` leave it): only the ctime, which no one can set, tells."""
+    before = path.stat()
+    with path.open("r+b") as handle:
+        handle.write(content)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    assert after.st_ctime_ns != before.st_ctime_ns
+
+
 def remove_deep(folder: Path) -> None:
     """Remove what :func:`make_deep` made (shutil.rmtree would need the long paths)."""
     subprocess.run(["rm", "-rf", "--", str(folder)], check=True)

@@ -17,7 +17,7 @@ from export_service.archive import CrcCache, ExportArchive
 from export_service.errors import SourceChanged
 from export_service.exports import ExportSources, build_export, plan_export_archive
 from export_service.names import ArcnameAllocator, sanitize_arcname
-from tests.conftest import AirTree, open_paths_under, write
+from tests.conftest import AirTree, open_paths_under, rewrite_in_place, write
 from tests.zips import java_read_zip, read_zip, require, unzip_test
 
 
@@ -266,22 +266,6 @@ def test_the_bytes_do_not_depend_on_what_the_crc_cache_holds(tree: AirTree) -> N
     assert cold == warm == none
 
 
-def _rewrite_in_place(path: Path, content: bytes) -> None:
-    """New content, same inode, size and mtime (as ``cp -p``, ``rsync -t`` or
-    ``touch -d`` leave it): only the ctime, which no one can set, tells."""
-    before = path.stat()
-    with path.open("r+b") as handle:
-        handle.write(content)
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    after = path.stat()
-    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
-        before.st_ino,
-        before.st_size,
-        before.st_mtime_ns,
-    )
-    assert after.st_ctime_ns != before.st_ctime_ns
-
-
 def test_a_rewrite_that_restores_the_mtime_is_another_version(tree: AirTree) -> None:
     """Issue 22: a file rewritten in place at the same size with its exact
     mtime restored kept the ZIP's ETag and its CRC cache key, so a resume
@@ -295,7 +279,7 @@ def test_a_rewrite_that_restores_the_mtime_is_another_version(tree: AirTree) -> 
     chunks = first.chunks()
     header = next(chunks)  # the CRC pass is over: the header says CRC("a" * 300000)
     assert struct.unpack_from("<I", header, 14)[0] == zlib.crc32(b"a" * 300_000)
-    _rewrite_in_place(path, b"b" * 300_000)
+    rewrite_in_place(path, b"b" * 300_000)
     with pytest.raises(SourceChanged, match="modified"):  # by its stat, not by the CRC
         for _ in chunks:
             pass
@@ -304,7 +288,7 @@ def test_a_rewrite_that_restores_the_mtime_is_another_version(tree: AirTree) -> 
     assert read_zip(_body(second)) == {"render/r/big.wav": b"b" * 300_000}
     # The cache holds the CRC of b now; a rewrite keyed the same but for the
     # ctime misses it: the next ZIP learns the new CRC, it is not cut.
-    _rewrite_in_place(path, b"c" * 300_000)
+    rewrite_in_place(path, b"c" * 300_000)
     third = plan_export_archive(sources, "r", None, crcs)
     assert third.etag not in (first.etag, second.etag)
     assert read_zip(_body(third)) == {"render/r/big.wav": b"c" * 300_000}
