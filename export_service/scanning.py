@@ -124,10 +124,6 @@ class RunFolderIndex:
         self._names: frozenset[str] = frozenset()
         self._reversed: list[str] = []
 
-    @property
-    def _mtime_ns(self) -> int | None:
-        return None if self._key is None else self._key[2]
-
     def _refresh(self) -> None:
         try:
             info = os.stat(self.root)

@@ -186,8 +186,9 @@ def test_the_index_does_not_list_a_settled_root_again(
 def test_a_root_changed_within_the_last_second_is_listed_again(tree: AirTree) -> None:
     index = RunFolderIndex(str(tree.midi))  # the root was just created: not settled
     assert index.newest("run_3") is None
+    seen = os.stat(tree.midi).st_mtime_ns  # the mtime that listing was taken at
     (tree.midi / "run_3").mkdir()
-    os.utime(tree.midi, ns=(index._mtime_ns or 0, index._mtime_ns or 0))  # same tick
+    os.utime(tree.midi, ns=(seen, seen))  # same tick
     assert index.newest("run_3") == "run_3"
 
 
