@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from .errors import ExportServiceError, Unauthorized
 from .exports import ExportSources
 from .file_responses import file_route
 from .keys import (
+    CLOCK,
     CRC_CACHE,
     IN_FLIGHT,
     IO_EXECUTOR,
@@ -39,7 +41,7 @@ from .keys import (
 from .logs import request_id
 from .metrics import Metrics
 from .openapi import openapi_route
-from .routes import MAX_BODY_BYTES, bearer_token_matches, routes
+from .routes import MAX_BODY_BYTES, bearer_token_matches, routes, signed_url_request
 from .shutdown import RequestsInFlight, tracking_middleware
 
 log = logging.getLogger(__name__)
@@ -116,13 +118,21 @@ def _error_answer(request: web.Request, error: Exception) -> web.Response:
     return error_response(500, "internal_error", "internal error; see the service log")
 
 
-def bearer_auth(token: str) -> Middleware:
-    """Every request but health and metrics needs ``Authorization: Bearer <token>``."""
+def signed_or_bearer_auth(token: str) -> Middleware:
+    """A request whose query has ``expires`` or ``signature`` is a signed-URL
+    request: let in when its signature is good (in place of the token, for
+    that URL only), else 403 or 410 (``signed_urls.verify``). Any other
+    request but health and metrics needs ``Authorization: Bearer <token>``
+    when a token is set."""
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in ops.OPEN_PATHS and not bearer_token_matches(
-            request.headers.get("Authorization", ""), token
+        if signed_url_request(request):
+            return await handler(request)
+        if (
+            token
+            and request.path not in ops.OPEN_PATHS
+            and not bearer_token_matches(request.headers.get("Authorization", ""), token)
         ):
             raise Unauthorized(
                 "a valid 'Authorization: Bearer <token>' header is required",
@@ -153,11 +163,12 @@ async def _measure_loop_lag(metrics: Metrics) -> None:
         metrics.loop_lag.observe(max(0.0, loop.time() - planned))
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
     """The service for ``settings`` as an aiohttp application: the export API,
     the file URLs, the OpenAPI document and the ops endpoints, behind the
     middlewares (in-flight tracking, request id, access log and request
-    metrics, JSON errors, then the bearer token when one is set).
+    metrics, JSON errors, then a signed URL's signature or the bearer token
+    when one is set). ``clock`` gives the unix time signed URLs expire by.
 
     Building it does no I/O and starts nothing. Starting it (a runner's
     setup) starts the two thread pools, logs what keeps it from being ready
@@ -174,9 +185,9 @@ def create_app(settings: Settings) -> web.Application:
         track_exchange,
         json_errors,
     ]
-    if settings.auth.token:
-        middlewares.append(bearer_auth(settings.auth.token))
+    middlewares.append(signed_or_bearer_auth(settings.auth.token))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
+    app[CLOCK] = clock
     app[IN_FLIGHT] = in_flight
     app[SETTINGS] = settings
     app[SOURCES] = ExportSources.from_settings(settings)

@@ -474,8 +474,9 @@ def _run_check_config(arguments: argparse.Namespace) -> int:
     # What zip_threads = 0 becomes here (the CPUs usable, a container's quota
     # included): not a key of the file, printed so the quota can be seen taking effect.
     resolved["limits"]["zip_thread_count"] = settings.limits.zip_thread_count
-    if resolved["auth"]["token"]:
-        resolved["auth"]["token"] = "<redacted>"
+    for secret in ("token", "signing_secret", "previous_signing_secret"):
+        if resolved["auth"][secret]:
+            resolved["auth"][secret] = "<redacted>"
     print(json.dumps(resolved, indent=2))
     return 0
 

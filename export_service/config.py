@@ -28,6 +28,7 @@ from pydantic import (
 
 from .cpus import usable_cpus
 from .errors import ConfigError
+from .signed_urls import MIN_SECRET_LENGTH
 
 ENV_PREFIX = "EXPORT_SERVICE_"
 CONFIG_ENV_VAR = ENV_PREFIX + "CONFIG"
@@ -77,6 +78,15 @@ def _comma_separated(value: object) -> object:
     if isinstance(value, str):
         return tuple(item.strip() for item in value.split(",") if item.strip())
     return value
+
+
+def _signing_secret(secret: str) -> str:
+    if secret and len(secret) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"must be empty or at least {MIN_SECRET_LENGTH} characters, got {len(secret)}"
+            " (make one with: openssl rand -base64 32)"
+        )
+    return secret
 
 
 Folder = Annotated[Path, AfterValidator(_folder)]
@@ -290,6 +300,34 @@ class AuthSettings(_Section):
         description="When set, every request but /healthz, /readyz and /metrics needs "
         "`Authorization: Bearer <token>`. Best given as EXPORT_SERVICE_AUTH_TOKEN.",
     )
+    signing_secret: Annotated[str, AfterValidator(_signing_secret)] = Field(
+        default="",
+        repr=False,
+        description="When set (32 characters or more), a GET or HEAD URL carrying a valid "
+        "`expires` and `signature` (made with this secret: `export-service sign-url`, or "
+        "`export_service.signed_urls.sign_url` in the backend) is let in without the bearer "
+        "token, until it expires. Empty: signed URLs are refused (403). Best given as "
+        "EXPORT_SERVICE_AUTH_SIGNING_SECRET.",
+    )
+    previous_signing_secret: Annotated[str, AfterValidator(_signing_secret)] = Field(
+        default="",
+        repr=False,
+        description="During a rotation, the secret being replaced: URLs signed with it are "
+        "still accepted (never signed with it). Empty once the old URLs have expired.",
+    )
+    max_signed_url_seconds: int = Field(
+        default=7 * 24 * 3600,
+        ge=1,
+        le=366 * 24 * 3600,
+        description="A signed URL whose expiry lies further ahead than this (seconds; 7 days, "
+        "as S3) is refused with 403, so that a leaked URL is good for this long at most.",
+    )
+
+    @property
+    def signing_secrets(self) -> tuple[str, ...]:
+        """The secrets a signed URL may be made with: the current one, then
+        the previous one (blanks left out)."""
+        return tuple(s for s in (self.signing_secret, self.previous_signing_secret) if s)
 
 
 def _upper(value: object) -> object:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -24,3 +25,5 @@ ZIP_SLOTS = web.AppKey("zip_slots", DownloadSlots)
 CRC_CACHE = web.AppKey("crc_cache", CrcCache)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 IN_FLIGHT = web.AppKey("in_flight", RequestsInFlight)
+# Unix seconds now: what signed URLs' expiries are compared with (time.time).
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")

@@ -10,17 +10,28 @@ from collections import Counter
 from aiohttp import HttpVersion11, hdrs, web
 from pydantic import ValidationError
 
+from . import signed_urls
 from .archive import CrcCache, ExportArchive
 from .conditional import not_modified_response
 from .download_slots import client_address
 from .errors import (
+    ExportServiceError,
     InvalidRequestBody,
     LinkNotFound,
     TooManyDownloads,
     TooManyDownloadsPerClient,
 )
 from .exports import ExportSources, export_manifest_json, plan_export_archive
-from .keys import CRC_CACHE, IO_EXECUTOR, METRICS, SCAN_EXECUTOR, SETTINGS, SOURCES, ZIP_SLOTS
+from .keys import (
+    CLOCK,
+    CRC_CACHE,
+    IO_EXECUTOR,
+    METRICS,
+    SCAN_EXECUTOR,
+    SETTINGS,
+    SOURCES,
+    ZIP_SLOTS,
+)
 from .links import StoredLink
 from .offload import run_blocking, run_stoppable
 from .run_ids import (
@@ -47,10 +58,31 @@ def bearer_token_matches(authorization: str, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, token.encode())
 
 
+def signed_url_request(request: web.Request) -> bool:
+    """Whether ``request`` is a signed-URL request (its query has ``expires``
+    or ``signature``), and then only if its signature is good: else
+    :class:`~export_service.errors.InvalidSignature` (403) or
+    :class:`~export_service.errors.UrlExpired` (410)."""
+    url = request.rel_url
+    if not signed_urls.is_signed(url.raw_query_string):
+        return False
+    auth = request.app[SETTINGS].auth
+    signed_urls.verify(
+        request.method,
+        url.raw_path,
+        url.raw_query_string,
+        auth.signing_secrets,
+        now=request.app[CLOCK](),
+        max_seconds=auth.max_signed_url_seconds,
+    )
+    return True
+
+
 async def continue_if_acceptable(request: web.Request) -> None:
     """``Expect: 100-continue``: "100 Continue" only for a request that would
     be let in, so that a client does not send a body only to have it
-    refused. Without the bearer token (when one is set), or with a
+    refused. Without the bearer token (when one is set) or a good
+    signature (a signed URL, which needs no token), or with a
     ``Content-Length`` over the body limit, no 100 is sent: the handler's
     middlewares answer 401, or the handler 413, without reading the body.
     Any other expectation is 417, as aiohttp answers it."""
@@ -59,8 +91,13 @@ async def continue_if_acceptable(request: web.Request) -> None:
         return
     if expect.lower() != "100-continue":
         raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+    try:
+        signed = signed_url_request(request)
+    except ExportServiceError:
+        return  # the middleware answers 403 or 410
     token = request.app[SETTINGS].auth.token
-    if token and not bearer_token_matches(request.headers.get(hdrs.AUTHORIZATION, ""), token):
+    authorization = request.headers.get(hdrs.AUTHORIZATION, "")
+    if not signed and token and not bearer_token_matches(authorization, token):
         return
     if (request.content_length or 0) > MAX_BODY_BYTES:
         return
