@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import BinaryIO, NoReturn
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from .access import runner_options
 from .app import create_app
 from .config import (
     CONFIG_ENV_VAR,
     ENV_PREFIX,
+    AuthSettings,
     Settings,
+    env_overrides,
     env_var,
     environment_server_settings,
     resolve_settings,
@@ -38,6 +41,7 @@ from .logs import setup_logging
 from .run_ids import run_id_problem
 from .sample import SAMPLE_RENDER_RUN_ID, create_sample_tree
 from .shutdown import CANCEL_WAIT_SECONDS, stop_on_hangup
+from .signed_urls import sign_url
 
 log = logging.getLogger("export_service")
 
@@ -98,6 +102,26 @@ def _optional_run_id(value: str) -> str | None:
     """``--param-run-id``, as the API's ``?param_run_id=``: stripped, and
     absent (the link is used) when empty or blank."""
     return _run_id(value) if value.strip() else None
+
+
+def _signable_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: a path of the service starting with '/' (use --base for the host)"
+        )
+    return value
+
+
+def _seconds(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of seconds >= 1")
+    return int(value)
+
+
+def _url_base(value: str) -> str:
+    if not value.startswith(("http://", "https://")) or "?" in value or "#" in value:
+        raise argparse.ArgumentTypeError(f"{value!r}: an http(s) URL such as https://host:port")
+    return value.rstrip("/")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -186,11 +210,31 @@ def _parser() -> argparse.ArgumentParser:
     check_links.add_argument("path", nargs="?", type=Path, help="the links file")
     check_links.add_argument("--since", type=Path, help="an earlier copy of the file")
 
+    sign = command(
+        "sign-url",
+        "print a signed, expiring URL of the service",
+        "Print PATH (a path of the service, with its query: quote it in the shell) with "
+        "expires= and signature= appended, good for GET and HEAD without the bearer token "
+        "for SECONDS. The secret is auth.signing_secret from the config or "
+        f"{env_var('auth', 'signing_secret')} (no config file needed then). Exit code 2 when "
+        "no secret is set or SECONDS is over auth.max_signed_url_seconds.",
+    )
+    sign.add_argument("path", metavar="PATH", type=_signable_path)
+    sign.add_argument(
+        "--expires-in", metavar="SECONDS", type=_seconds, required=True, help="how long it is good"
+    )
+    sign.add_argument(
+        "--base",
+        metavar="URL",
+        type=_url_base,
+        help="print an absolute URL: the service's address as the browser reaches it "
+        "(https://export.example.com)",
+    )
     command(
         "check-config",
         "validate a config and print the resolved settings",
         "Validate the config (file plus environment overrides) and print the settings "
-        "it resolves to, as JSON (the auth token redacted; limits.zip_thread_count is "
+        "it resolves to, as JSON (the secrets redacted; limits.zip_thread_count is "
         "the thread count zip_threads resolves to). Exit code 2 when invalid.",
     )
     return parser
@@ -481,6 +525,48 @@ def _run_check_config(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _auth_settings(config_path: Path | None) -> AuthSettings:
+    """``[auth]`` of the config, or, with no config file, of the environment
+    alone (sign-url needs only the secret)."""
+    settings = resolve_settings(config_path, os.environ)
+    if settings is not None:
+        return settings.auth
+    problems = unknown_env_vars(os.environ)
+    overrides = env_overrides(os.environ).get("auth", {})
+    try:
+        auth = AuthSettings.model_validate(overrides)
+    except ValidationError as error:
+        for item in error.errors():
+            message = str(item["msg"]).removeprefix("Value error, ")
+            problems.append(f"{env_var('auth', str(item['loc'][0]))}: {message}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return auth
+
+
+def _run_sign_url(arguments: argparse.Namespace) -> int:
+    auth = _auth_settings(arguments.config)
+    if not auth.signing_secret:
+        raise StartupError(
+            "sign-url: no signing secret: set auth.signing_secret in the config or "
+            f"{env_var('auth', 'signing_secret')}"
+        )
+    if arguments.expires_in > auth.max_signed_url_seconds:
+        raise StartupError(
+            f"sign-url: --expires-in {arguments.expires_in} is over "
+            f"auth.max_signed_url_seconds ({auth.max_signed_url_seconds}): the service "
+            "would refuse the URL"
+        )
+    try:
+        url = sign_url(
+            (arguments.base or "") + arguments.path, arguments.expires_in, auth.signing_secret
+        )
+    except ValueError as error:  # PATH already signed
+        raise StartupError(f"sign-url: {error}") from None
+    print(url)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     try:
@@ -492,6 +578,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_healthcheck(arguments)
         if arguments.command == "check-links":
             return _run_check_links(arguments)
+        if arguments.command == "sign-url":
+            return _run_sign_url(arguments)
         return _run_offline(arguments)
     except ConfigError as error:
         print(f"export-service: config error: {error}", file=sys.stderr)

@@ -40,16 +40,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlencode
 
 import aiohttp
 import anyio
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.params import Depends
+from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
@@ -58,6 +60,7 @@ from .errors import ExportServiceError
 from .manifest import ExportManifest
 from .run_ids import render_run_id_as_sent
 from .schemas import ErrorBody, Link, LinkUpdate
+from .signed_urls import sign_url
 
 log = logging.getLogger(__name__)
 
@@ -527,3 +530,97 @@ def _add_links_routes(router: APIRouter, upstream: _Upstream, guards: list[Depen
             },
         },
     )
+
+
+class SignedExportUrl(BaseModel):
+    """A direct link to the service, good until ``expires_at``."""
+
+    url: str = Field(description="The signed URL of the service's ZIP or manifest.")
+    expires_at: int = Field(description="When it stops working: unix seconds (UTC).")
+
+
+SIGNED_URL_KINDS = ("zip", "list")
+# The query pairs a signed link may carry (the rest of the backend's query is
+# not the service's business and is left out).
+SIGNED_URL_PASSED = ("param_run_id", "steps", "prefix")
+
+
+def signed_url_router(
+    signing_secret: str,
+    signed_url_base: str = "",
+    *,
+    expires_in: int = 900,
+    dependencies: Sequence[Depends] = (),
+) -> APIRouter:
+    """``GET /air/export/signed/{render_run_id}?kind=zip|list``: a signed,
+    expiring URL of the service's ZIP (default) or manifest for that run, as
+    ``{"url": ..., "expires_at": <unix seconds>}``, so that the front end
+    downloads from the service directly and the backend stays out of the
+    data path. ``param_run_id``, ``steps`` and ``prefix`` (repeatable) of the
+    request are carried into the URL, and covered by its signature.
+
+    ``signing_secret``: the service's ``auth.signing_secret``;
+    ``signed_url_base``: the service's address as the browser reaches it
+    (``https://export.example.com``; ``""``: a path on the backend's own
+    origin, for an nginx that routes it to the service); ``expires_in``:
+    seconds each URL is good (at most the service's
+    ``auth.max_signed_url_seconds``); ``dependencies``: the backend's login
+    check. Without one, anyone who can reach the backend gets links.
+
+    A bad run id or ``kind`` is a 422 in the service's error shape. Mount it
+    beside the proxy router: ``app.include_router(router, prefix="/api")``.
+    """
+    sign_url("/", expires_in, signing_secret, now=0)  # a short secret fails now
+    if signed_url_base and not signed_url_base.startswith(("http://", "https://")):
+        raise ValueError(f"signed_url_base must be '' or an http(s) URL, got {signed_url_base!r}")
+    base = signed_url_base.rstrip("/")
+    router = APIRouter(dependencies=list(dependencies), tags=["air:export"])
+
+    async def signed_export_url(request: Request) -> Response:
+        """A signed, expiring URL of the export's ZIP or manifest on export-service."""
+        try:
+            render_run_id = render_run_id_as_sent(request.path_params["render_run_id"])
+        except ExportServiceError as error:
+            return error_response(error.status, error.code, error.message)
+        kind = request.query_params.get("kind", "zip")
+        if kind not in SIGNED_URL_KINDS:
+            return error_response(422, "invalid_kind", f"kind must be zip or list, not {kind!r}")
+        pairs = [(k, v) for k, v in request.query_params.multi_items() if k in SIGNED_URL_PASSED]
+        path = f"{SERVICE_PREFIX}{EXPORT_PATH}{kind}/{quote(render_run_id, safe='')}"
+        if pairs:
+            path += "?" + urlencode(pairs, quote_via=quote)
+        now = int(time.time())
+        url = sign_url(base + path, expires_in, signing_secret, now=now)
+        body = SignedExportUrl(url=url, expires_at=now + expires_in)
+        return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
+
+    query = [
+        {
+            "name": "kind",
+            "in": "query",
+            "required": False,
+            "description": "zip (default): the ZIP's URL; list: the manifest's.",
+            "schema": {"type": "string", "enum": list(SIGNED_URL_KINDS), "default": "zip"},
+        },
+        PARAM_RUN_ID,
+        *(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "description": f"Carried into the signed URL as the service's `{name}`.",
+                "schema": {"type": "string"},
+            }
+            for name in SIGNED_URL_PASSED[1:]
+        ),
+    ]
+    router.add_api_route(
+        EXPORT_PATH + "signed/{render_run_id:path}",
+        signed_export_url,
+        methods=["GET"],
+        operation_id="air_export_signed_url",
+        response_class=JSONResponse,
+        responses={200: {"model": SignedExportUrl, "description": "the URL"}, **_errors(422)},
+        openapi_extra={"parameters": [RUN_ID, *query]},
+    )
+    return router

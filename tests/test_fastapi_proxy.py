@@ -29,11 +29,18 @@ pytest.importorskip("uvicorn", reason="uvicorn (dev extra) is not installed")
 import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException
 
-from export_service.fastapi_proxy import TIMED_OUT, UNAVAILABLE, _raw_id, export_proxy_router
+from export_service.fastapi_proxy import (
+    TIMED_OUT,
+    UNAVAILABLE,
+    _raw_id,
+    export_proxy_router,
+    signed_url_router,
+)
 from tests.conftest import AirTree, write
 from tests.live import LiveService, free_port, live_service
 
 TOKEN = "s3cret-token"
+SIGNING_SECRET = "signing-secret-of-32-characters!"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -112,7 +119,7 @@ def setup(tree: AirTree, tmp_path: Path) -> Iterator[Setup]:
     config.write_text(
         f'[roots]\nrender = "{tree.render}"\nmidi_generation = "{tree.midi}"\n'
         f'param_generation = "{tree.param}"\n[links]\nfile = "{tree.links}"\n'
-        f'[auth]\ntoken = "{TOKEN}"\n'
+        f'[auth]\ntoken = "{TOKEN}"\nsigning_secret = "{SIGNING_SECRET}"\n'
     )
     with (
         live_service(["--config", str(config)]) as service,
@@ -552,9 +559,11 @@ for server_only in ("zipstream", "isal", "prometheus_client"):
 from fastapi import FastAPI
 from export_service.fastapi_proxy import export_proxy_router
 from export_service.links import get_param_for_render, link_param_to_render
+from export_service.signed_urls import sign_url
 
 link_param_to_render("r", "p")
 assert get_param_for_render(" r ") == "p"
+signed = sign_url("/api/air/export/zip/r?param_run_id=p", 60, sys.argv[3])
 
 app = FastAPI()
 app.include_router(export_proxy_router(sys.argv[1], token=sys.argv[2]), prefix="/api")
@@ -592,6 +601,7 @@ async def main():
         body = b"".join(m.get("body", b"") for m in sent[1:])
         answers[kind] = [status, len(body), json.loads(body) if kind == "list" else None]
     await call(dict(lifespan), [{"type": "lifespan.shutdown"}])
+    answers["signed"] = signed
     print(json.dumps(answers))
 
 asyncio.run(main())
@@ -626,7 +636,14 @@ def test_the_light_install_runs_the_router_and_the_helpers_without_the_server(
     env = {**os.environ, "EXPORT_SERVICE_LINKS_FILE": str(setup.tree.links)}
     env.pop("PYTHONPATH", None)
     ran = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", LIGHT_SCRIPT, setup.service.base_url, TOKEN],
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            LIGHT_SCRIPT,
+            setup.service.base_url,
+            TOKEN,
+            SIGNING_SECRET,
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -640,3 +657,71 @@ def test_the_light_install_runs_the_router_and_the_helpers_without_the_server(
     status, _, manifest = answers["list"]
     assert status == 200
     assert manifest["param_run_id"] == "p"  # the link the helper wrote, read by the service
+    # A URL signed in the light install is taken by the service without the token.
+    signed = request(setup.service.base_url, "GET", answers["signed"])
+    assert signed.status == 200
+    assert signed.body == direct.body
+
+
+def test_the_signed_url_route_mints_links_the_service_takes_without_the_token(
+    setup: Setup,
+) -> None:
+    """The backend's optional route: guarded by its dependencies, it answers a
+    signed URL of the service carrying the selection, which a client then
+    fetches from the service directly."""
+
+    def logged_in(x_user: str = Header("")) -> None:
+        if not x_user:
+            raise HTTPException(401, "log in")
+
+    app = FastAPI()
+    app.include_router(
+        signed_url_router(
+            SIGNING_SECRET,
+            setup.service.base_url + "/",
+            expires_in=120,
+            dependencies=[Depends(logged_in)],
+        ),
+        prefix="/api",
+    )
+    with uvicorn_app(app) as backend_url:
+        path = "/api/air/export/signed/r?param_run_id=p&steps=render&prefix=stems/a&other=1"
+        assert request(backend_url, "GET", path).status == 401
+        before = int(time.time())
+        minted = request(backend_url, "GET", path, {"X-User": "u"})
+        assert minted.status == 200
+        assert minted.headers["Cache-Control"] == "no-store"
+        answer = minted.json()
+        assert isinstance(answer, dict)
+        url, expires_at = answer["url"], answer["expires_at"]
+        assert before + 120 <= expires_at <= int(time.time()) + 120
+        target = url.removeprefix(setup.service.base_url)
+        assert target.startswith(
+            "/api/air/export/zip/r?param_run_id=p&steps=render&prefix=stems%2Fa&expires="
+        )
+        assert "other" not in target
+        direct = request(
+            setup.service.base_url, "GET", "/api/air/export/zip/r?param_run_id=p", AUTH
+        )
+        fetched = request(setup.service.base_url, "GET", target)
+        assert fetched.status == 200
+        assert fetched.body == direct.body
+        changed = request(
+            setup.service.base_url, "GET", target.replace("param_run_id=p", "param_run_id=q")
+        )
+        assert changed.status == 403
+        listed = request(backend_url, "GET", "/api/air/export/signed/r?kind=list", {"X-User": "u"})
+        manifest_url = listed.json()["url"]  # type: ignore[index]
+        manifest = request(
+            setup.service.base_url, "GET", manifest_url.removeprefix(setup.service.base_url)
+        )
+        assert manifest.status == 200
+        assert manifest.json()["render_run_id"] == "r"  # type: ignore[index]
+        for bad, code in (("r?kind=tar", "invalid_kind"), ("..", "invalid_run_id")):
+            refused = request(backend_url, "GET", "/api/air/export/signed/" + bad, {"X-User": "u"})
+            assert refused.status == 422
+            assert refused.json()["detail"]["error"] == code  # type: ignore[index]
+    with pytest.raises(ValueError, match="at least 32"):
+        signed_url_router("short", "")
+    with pytest.raises(ValueError, match="expires_in"):
+        signed_url_router(SIGNING_SECRET, "", expires_in=0)

@@ -3,14 +3,35 @@ URL fails to verify (a 403, never anything else, however malformed)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from unittest.mock import patch
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
+from yarl import URL
 
-from export_service.errors import InvalidSignature, UrlExpired
+from export_service.access import runner_options
+from export_service.app import create_app
+from export_service.cli import main
+from export_service.config import settings_from_mapping
+from export_service.errors import ConfigError, InvalidSignature, UrlExpired
+from export_service.logs import JsonFormatter
 from export_service.signed_urls import canonical_request, is_signed, sign_url, verify
+from tests.conftest import AirTree, error_detail, wait_until, write
+from tests.live import live_service
 
 SECRET = "s" * 32
 OLD_SECRET = "o" * 40
@@ -150,10 +171,8 @@ def test_malformed_values_are_invalid_signatures(query: str) -> None:
 
 @given(st.text(max_size=60), st.text(max_size=60))
 def test_any_query_is_a_403_or_verifies_never_another_error(path: str, query: str) -> None:
-    try:
+    with contextlib.suppress(InvalidSignature):
         verify("GET", "/" + path, query, (SECRET,), now=NOW)
-    except InvalidSignature:
-        pass
 
 
 def test_is_signed_sees_either_parameter_decoded() -> None:
@@ -176,3 +195,318 @@ def test_sign_url_refuses_a_short_secret_and_a_url_already_signed() -> None:
         sign_url("/a?expires=5", 60, SECRET)
     with pytest.raises(ValueError, match="'signature'"):
         sign_url("/a?x=1&signature=5", 60, SECRET)
+
+
+# -- The service: signed-URL requests over HTTP -------------------------------
+
+
+class Clock:
+    """The app's clock, set by the test (``create_app(clock=...)``)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def signed_client(
+    tree: AirTree, aiohttp_client: Any
+) -> Callable[..., Awaitable[tuple[TestClient[Any, Any], Clock]]]:
+    async def factory(**auth: Any) -> tuple[TestClient[Any, Any], Clock]:
+        write(tree.render / "r1" / "mix.wav", bytes(range(256)) * 40)
+        write(tree.render / "r1" / "stems" / "kick.wav", b"kick" * 100)
+        write(tree.midi / "20261101_100000_r1" / "track.mid", b"MThd")
+        write(tree.render / "r2" / "mix.wav", b"other run")
+        clock = Clock(NOW)
+        settings = tree.settings(auth={"token": TOKEN, "signing_secret": SECRET, **auth})
+        server = TestServer(create_app(settings, clock=clock))
+        await server.start_server(**runner_options(server.app))
+        client: TestClient[Any, Any] = await aiohttp_client(server)
+        return client, clock
+
+    return factory
+
+
+TOKEN = "t0ken"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+SignedClient = Callable[..., Awaitable[tuple[TestClient[Any, Any], Clock]]]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/air/export/zip/r1",
+        "/api/air/export/list/r1?param_run_id=",
+        "/api/audio/r1/mix.wav",
+        "/api/midi-generation/output/20261101_100000_r1/track.mid",
+    ],
+)
+async def test_a_signed_url_is_let_in_without_the_token_get_and_head(
+    signed_client: SignedClient, path: str
+) -> None:
+    client, _ = await signed_client()
+    with_token = await client.get(path, headers=BEARER)
+    assert with_token.status == 200
+    url = sign_url(path, 300, SECRET, now=NOW)
+    signed = await client.get(url)
+    assert signed.status == 200
+    assert await signed.read() == await with_token.read()
+    assert signed.headers.get("ETag") == with_token.headers.get("ETag")
+    head = await client.head(url)
+    assert head.status == 200
+    assert (await client.get(path)).status == 401  # the same URL unsigned still needs it
+
+
+async def test_the_403_410_401_matrix(signed_client: SignedClient) -> None:
+    client, clock = await signed_client()
+    path = "/api/air/export/zip/r1"
+    url = sign_url(path, 300, SECRET, now=NOW)
+    cases = [
+        (url.replace("/r1", "/r2"), 403, "invalid_signature"),  # another run
+        (url + "&param_run_id=p9", 403, "invalid_signature"),  # another selection
+        (url.split("&signature=")[0], 403, "invalid_signature"),  # no signature
+        (path + "?signature=" + "A" * 43, 403, "invalid_signature"),  # no expiry
+        (path + "?expires=x&signature=%%", 403, "invalid_signature"),
+        (path, 401, "unauthorized"),
+    ]
+    for target, status, code in cases:
+        detail = await error_detail(client, "GET", target, status)
+        assert detail["error"] == code
+    assert (
+        await client.put(url.replace("/zip/", "/links/"), json={"param_run_id": "p"})
+    ).status == 403
+    clock.now = NOW + 301
+    detail = await error_detail(client, "GET", url, 410)
+    assert detail["error"] == "url_expired"
+    head = await client.head(url)
+    assert head.status == 410
+    # Signature first: a tampered URL past its expiry is still a 403.
+    assert (await client.get(url.replace("/r1", "/r2"))).status == 403
+    # A bearer token does not rescue a bad signature: the URL is a signed one.
+    assert (await client.get(url, headers=BEARER)).status == 410
+
+
+async def test_without_a_secret_signed_urls_are_refused_and_tokens_still_work(
+    signed_client: SignedClient,
+) -> None:
+    client, _ = await signed_client(signing_secret="")
+    url = sign_url("/api/air/export/zip/r1", 300, SECRET, now=NOW)
+    detail = await error_detail(client, "GET", url, 403)
+    assert "not enabled" in detail["message"]
+    assert (await client.get("/api/air/export/zip/r1", headers=BEARER)).status == 200
+
+
+async def test_the_previous_secret_is_accepted_during_a_rotation(
+    signed_client: SignedClient,
+) -> None:
+    client, _ = await signed_client(signing_secret="n" * 32, previous_signing_secret=SECRET)
+    old = sign_url("/api/audio/r1/mix.wav", 300, SECRET, now=NOW)
+    new = sign_url("/api/audio/r1/mix.wav", 300, "n" * 32, now=NOW)
+    assert (await client.get(old)).status == 200
+    assert (await client.get(new)).status == 200
+    assert (
+        await client.get(sign_url("/api/audio/r1/mix.wav", 300, "x" * 32, now=NOW))
+    ).status == 403
+
+
+async def test_an_expiry_beyond_the_configured_maximum_is_refused(
+    signed_client: SignedClient,
+) -> None:
+    client, _ = await signed_client(max_signed_url_seconds=600)
+    detail = await error_detail(
+        client, "GET", sign_url("/api/audio/r1/mix.wav", 601, SECRET, now=NOW), 403
+    )
+    assert "auth.max_signed_url_seconds" in detail["message"]
+    assert (await client.get(sign_url("/api/audio/r1/mix.wav", 600, SECRET, now=NOW))).status == 200
+
+
+@pytest.mark.parametrize("path", ["/api/air/export/zip/r1", "/api/audio/r1/mix.wav"])
+async def test_a_range_and_its_resume_work_until_expiry_then_410(
+    signed_client: SignedClient, path: str
+) -> None:
+    client, clock = await signed_client()
+    url = sign_url(path, 300, SECRET, now=NOW)
+    whole = await client.get(url)
+    body, etag = await whole.read(), whole.headers["ETag"]
+    clock.now = NOW + 300  # the last second it is good
+    part = await client.get(url, headers={"Range": "bytes=100-", "If-Range": etag})
+    assert part.status == 206
+    assert await part.read() == body[100:]
+    assert part.headers["Content-Range"] == f"bytes 100-{len(body) - 1}/{len(body)}"
+    clock.now = NOW + 301
+    late = await client.get(url, headers={"Range": "bytes=100-", "If-Range": etag})
+    assert late.status == 410
+
+
+async def test_a_reencoded_and_reordered_signed_url_is_still_good(
+    signed_client: SignedClient,
+) -> None:
+    client, _ = await signed_client()
+    url = sign_url("/api/air/export/list/r1?param_run_id=&x=%7E", 300, SECRET, now=NOW)
+    path, _, query = url.partition("?")
+    reordered = path.replace("r1", "%72%31") + "?" + "&".join(reversed(query.split("&")))
+    answer = await client.get(URL(reordered, encoded=True))
+    assert answer.status == 200, await answer.text()
+
+
+async def test_the_signature_is_never_logged_nor_echoed(
+    signed_client: SignedClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    client, clock = await signed_client()
+    url = sign_url("/api/air/export/zip/r1", 300, SECRET, now=NOW)
+    signature = url.rpartition("=")[2]
+    answers = [await client.get(url), await client.get(url.replace("/r1", "/r2"))]
+    clock.now = NOW + 301
+    answers.append(await client.get(url))
+    assert [answer.status for answer in answers] == [200, 403, 410]
+    for answer in answers[1:]:
+        assert signature not in await answer.text()
+    for answer in answers:
+        assert signature not in str(answer.headers)
+    await wait_until(lambda: sum(r.name == "export_service.access" for r in caplog.records) >= 3)
+    lines = [JsonFormatter().format(record) for record in caplog.records]
+    assert any("/api/air/export/zip/r1" in line for line in lines)
+    assert not any(signature in line for line in lines)
+
+
+async def test_100_continue_for_a_good_signature_not_for_a_bad_one(
+    signed_client: SignedClient,
+) -> None:
+    client, _ = await signed_client()
+    url = sign_url("/api/air/export/list/r1", 300, SECRET, now=NOW)
+
+    def head(target: str) -> bytes:
+        return (
+            f"GET {target} HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+        ).encode()
+
+    assert await _first_answer(client, head(url)) == b"HTTP/1.1 100 Continue\r\n"
+    bad = url.replace("/r1", "/r2")
+    assert await _first_answer(client, head(bad)) == b"HTTP/1.1 403 Forbidden\r\n"
+    unsigned = "/api/air/export/list/r1"
+    assert await _first_answer(client, head(unsigned)) == b"HTTP/1.1 401 Unauthorized\r\n"
+
+
+async def _first_answer(client: TestClient[Any, Any], head: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+# -- Config and the command line ----------------------------------------------
+
+
+def test_a_short_secret_is_a_config_error_naming_the_key(tree: AirTree) -> None:
+    with pytest.raises(ConfigError, match=r"auth\.signing_secret: must be empty or at least 32"):
+        tree.settings(auth={"signing_secret": "s" * 31})
+    with pytest.raises(ConfigError, match=r"auth\.previous_signing_secret: must be empty or"):
+        tree.settings(auth={"signing_secret": SECRET, "previous_signing_secret": "short"})
+    env = {"EXPORT_SERVICE_AUTH_SIGNING_SECRET": "x"}
+    with pytest.raises(ConfigError, match="EXPORT_SERVICE_AUTH_SIGNING_SECRET: must be empty"):
+        settings_from_mapping(tree.settings().model_dump(mode="json"), env)
+
+
+def test_the_secrets_are_redacted_in_repr_and_check_config(
+    tree: AirTree, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = tree.settings(auth={"signing_secret": SECRET, "previous_signing_secret": OLD_SECRET})
+    assert SECRET not in repr(settings) and OLD_SECRET not in repr(settings)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[roots]\nrender = "{tree.render}"\nmidi_generation = "{tree.midi}"\n'
+        f'param_generation = "{tree.param}"\n[links]\nfile = "{tree.links}"\n'
+        f'[auth]\nprevious_signing_secret = "{OLD_SECRET}"\n'
+    )
+    env = {"EXPORT_SERVICE_AUTH_SIGNING_SECRET": SECRET}
+    with patch.dict(os.environ, env):
+        assert main(["check-config", "--config", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert SECRET not in printed and OLD_SECRET not in printed
+    auth = json.loads(printed)["auth"]
+    assert auth["signing_secret"] == auth["previous_signing_secret"] == "<redacted>"
+
+
+ENV_SECRET = "EXPORT_SERVICE_AUTH_SIGNING_SECRET"
+
+
+def _sign(*arguments: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("EXPORT_SERVICE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "export_service", "sign-url", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**environ, **env},
+    )
+
+
+def test_sign_url_prints_a_url_the_service_takes_without_the_token(tree: AirTree) -> None:
+    """The CLI's URL, fetched with curl from a real ``serve``; the secret from
+    the environment (no config file for sign-url), the service's from its file."""
+    write(tree.render / "r1" / "mix.wav", b"RIFF" * 1000)
+    env = {"EXPORT_SERVICE_AUTH_SIGNING_SECRET": SECRET}
+    signed = _sign("/api/audio/r1/mix.wav", "--expires-in", "60", env=env)
+    assert signed.returncode == 0, signed.stderr
+    path = signed.stdout.strip()
+    assert path.startswith("/api/audio/r1/mix.wav?expires=")
+    assert _verify(path, now=time.time()) <= time.time() + 60
+    absolute = _sign(
+        "/api/audio/r1/mix.wav", "--expires-in", "60", "--base", "https://e.x/", env=env
+    )
+    assert absolute.stdout.startswith("https://e.x/api/audio/r1/mix.wav?expires=")
+    service_env = {
+        "EXPORT_SERVICE_ROOTS_RENDER": str(tree.render),
+        "EXPORT_SERVICE_ROOTS_MIDI_GENERATION": str(tree.midi),
+        "EXPORT_SERVICE_ROOTS_PARAM_GENERATION": str(tree.param),
+        "EXPORT_SERVICE_LINKS_FILE": str(tree.links),
+        "EXPORT_SERVICE_AUTH_TOKEN": TOKEN,
+        "EXPORT_SERVICE_AUTH_SIGNING_SECRET": SECRET,
+    }
+    with live_service(env=service_env) as service:
+        curl = ["curl", "-sS", "-o", "-", "-w", "%{http_code}"]
+        fetched = subprocess.run([*curl, service.base_url + path], capture_output=True, timeout=30)
+        assert fetched.stdout == b"RIFF" * 1000 + b"200"
+        unsigned = subprocess.run(
+            [*curl, service.base_url + "/api/audio/r1/mix.wav"], capture_output=True, timeout=30
+        )
+        assert unsigned.stdout.endswith(b"401")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "env", "message"),
+    [
+        (["/a", "--expires-in", "60"], {}, "no signing secret"),
+        (["/a", "--expires-in", "60"], {"EXPORT_SERVICE_AUTH_SIGNING_SECRET": "x"}, "at least 32"),
+        (
+            ["/a", "--expires-in", "700"],
+            {
+                "EXPORT_SERVICE_AUTH_SIGNING_SECRET": SECRET,
+                "EXPORT_SERVICE_AUTH_MAX_SIGNED_URL_SECONDS": "600",
+            },
+            "over auth.max_signed_url_seconds (600)",
+        ),
+        (["/a", "--expires-in", "0"], {"EXPORT_SERVICE_AUTH_SIGNING_SECRET": SECRET}, ">= 1"),
+        (["a", "--expires-in", "5"], {"EXPORT_SERVICE_AUTH_SIGNING_SECRET": SECRET}, "with '/'"),
+        (
+            ["/a?expires=1", "--expires-in", "5"],
+            {"EXPORT_SERVICE_AUTH_SIGNING_SECRET": SECRET},
+            "already has",
+        ),
+    ],
+)
+def test_sign_url_fails_on_one_line_with_exit_2(
+    arguments: list[str], env: dict[str, str], message: str
+) -> None:
+    failed = _sign(*arguments, env=env)
+    assert failed.returncode == 2
+    assert failed.stdout == ""
+    assert message in failed.stderr
+    assert failed.stderr.count("\n") == 1
