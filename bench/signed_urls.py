@@ -67,7 +67,7 @@ def throughput(rounds: int) -> list[list[object]]:
         [
             name,
             f"{median(values):.0f} MiB/s",
-            f"{min(values):.0f}–{max(values):.0f} MiB/s",
+            f"{min(values):.0f}-{max(values):.0f} MiB/s",
             f"{median(values) / reference:.2f}",
         ]
         for name, values in speeds.items()
@@ -115,7 +115,7 @@ def main() -> None:
             f"Signed direct download vs token vs open (~210 MiB ZIP, curl, median of"
             f" {arguments.rounds} alternated rounds; {machine()})",
             rows,
-            ["download", "median", "min–max", "median vs open service"],
+            ["download", "median", "min-max", "median vs open service"],
         )
     )
     print(table("Checking a signature, per request (timeit)", check_costs(), ["check", "cost"]))
