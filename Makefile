@@ -52,8 +52,9 @@ fmt: $(DEV_STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## bench: every benchmark under bench/, each printing a Markdown table (about 13
-## minutes: 750 s measured on 2 cores, plus 33 s for backend_proxy and crc_passes;
+## bench: every benchmark under bench/, each printing a Markdown table (about 14
+## minutes: 750 s measured on 2 cores, plus 33 s for backend_proxy and crc_passes
+## and ~40 s for signed_urls;
 ## the throughput benchmark installs Debian's nginx-light when it is missing and it can)
 bench: $(DEV_STAMP)
 	@for name in $(BENCHMARKS); do $(BIN)/python bench/$$name.py || exit 1; done
