@@ -143,6 +143,7 @@ def test_the_cli_reference_has_every_command() -> None:
         "check-links",
         "healthcheck",
         "check-config",
+        "sign-url",
     }
     for name, sub in commands.items():
         assert f"### `export-service {name}`" in text
