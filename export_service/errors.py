@@ -72,6 +72,22 @@ class Unauthorized(ExportServiceError):
     code = "unauthorized"
 
 
+class InvalidSignature(ExportServiceError):
+    """A signed-URL request (its query has ``expires`` or ``signature``)
+    whose signature is missing, malformed or wrong, whose expiry lies beyond
+    ``auth.max_signed_url_seconds``, or made while no signing secret is set."""
+
+    status = 403
+    code = "invalid_signature"
+
+
+class UrlExpired(ExportServiceError):
+    """A signed URL whose signature is good but whose expiry has passed."""
+
+    status = 410
+    code = "url_expired"
+
+
 class ExportTooLarge(ExportServiceError):
     """More files than ``limits.max_files_per_export``: refused while the run
     is scanned, before its listing could use up the memory."""
@@ -141,18 +157,3 @@ class SourceChanged(ExportServiceError):
 class ConfigError(Exception):
     """The configuration file is missing or invalid; the message names the key."""
 
-
-class InvalidSignature(ExportServiceError):
-    """A signed-URL request (its query has ``expires`` or ``signature``)
-    whose signature is missing, malformed or wrong, whose expiry lies beyond
-    ``auth.max_signed_url_seconds``, or made while no signing secret is set."""
-
-    status = 403
-    code = "invalid_signature"
-
-
-class UrlExpired(ExportServiceError):
-    """A signed URL whose signature is good but whose expiry has passed."""
-
-    status = 410
-    code = "url_expired"

@@ -28,6 +28,8 @@ STATUS_AND_CODE = {
     "LinksFileUnwritable": (503, "links_file_unwritable"),
     "LinksFileTooLarge": (503, "links_file_too_large"),
     "Unauthorized": (401, "unauthorized"),
+    "InvalidSignature": (403, "invalid_signature"),
+    "UrlExpired": (410, "url_expired"),
     "ExportTooLarge": (422, "export_too_large"),
     "TooManyDownloads": (503, "too_many_downloads"),
     "TooManyDownloadsPerClient": (429, "too_many_downloads_per_client"),
