@@ -156,4 +156,3 @@ class SourceChanged(ExportServiceError):
 
 class ConfigError(Exception):
     """The configuration file is missing or invalid; the message names the key."""
-
