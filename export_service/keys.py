@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 from aiohttp import web
 
@@ -26,4 +27,4 @@ CRC_CACHE = web.AppKey("crc_cache", CrcCache)
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)
 IN_FLIGHT = web.AppKey("in_flight", RequestsInFlight)
 # Unix seconds now: what signed URLs' expiries are compared with (time.time).
-CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+CLOCK = web.AppKey("clock", cast("type[Callable[[], float]]", Callable))
