@@ -14,7 +14,7 @@ The path is percent-decoded and re-encoded with one fixed rule (every byte
 but ``A-Z a-z 0-9 - . _ ~ /`` as ``%XX``); the query is split into decoded
 ``(key, value)`` pairs (blank values kept, ``+`` read as a space, as the
 service reads it), every pair but ``signature`` kept, sorted and re-encoded
-the same way. So a client or proxy that re-encodes ``%7E`` as ``~`` or
+the same way (``/`` encoded too). So a client or proxy that re-encodes ``%7E`` as ``~`` or
 reorders the query still verifies, while a changed path, a changed, added or
 removed query pair (``param_run_id``, a step, a prefix) or a changed expiry
 does not. The host is not signed: the service may be reached under several

@@ -259,6 +259,30 @@ async def test_a_signed_url_is_let_in_without_the_token_get_and_head(
     assert (await client.get(path)).status == 401  # the same URL unsigned still needs it
 
 
+async def test_a_link_can_be_read_with_a_signed_url_never_written(
+    tree: AirTree, signed_client: SignedClient
+) -> None:
+    client, _ = await signed_client()
+    tree.link({"r1": {"param_run_id": "p1", "updated_at": 1.0}})
+    url = sign_url("/api/air/export/links/r1", 300, SECRET, now=NOW)
+    read = await client.get(url)
+    assert read.status == 200
+    assert (await read.json())["param_run_id"] == "p1"
+    written = await client.put(url, json={"param_run_id": "p2"})
+    assert written.status == 403
+    assert json.loads(tree.links.read_text())["r1"]["param_run_id"] == "p1"
+
+
+async def test_an_open_service_with_a_secret_checks_signed_urls_only(
+    signed_client: SignedClient,
+) -> None:
+    client, _ = await signed_client(token="")
+    assert (await client.get("/api/audio/r1/mix.wav")).status == 200
+    assert (await client.get("/api/audio/r1/mix.wav?expires=1&signature=x")).status == 403
+    url = sign_url("/api/audio/r1/mix.wav", 300, SECRET, now=NOW)
+    assert (await client.get(url)).status == 200
+
+
 async def test_the_403_410_401_matrix(signed_client: SignedClient) -> None:
     client, clock = await signed_client()
     path = "/api/air/export/zip/r1"
