@@ -20,6 +20,7 @@ from . import ops
 from .access import abort_after_headers, remember_response, sent_response, track_exchange
 from .archive import CrcCache
 from .config import Settings
+from .cors import Cors
 from .download_slots import DownloadSlots
 from .errors import ExportServiceError, Unauthorized
 from .exports import ExportSources
@@ -157,7 +158,8 @@ def create_app(settings: Settings) -> web.Application:
     """The service for ``settings`` as an aiohttp application: the export API,
     the file URLs, the OpenAPI document and the ops endpoints, behind the
     middlewares (in-flight tracking, request id, access log and request
-    metrics, JSON errors, then the bearer token when one is set).
+    metrics, JSON errors, then CORS preflights and the bearer token when
+    each is configured).
 
     Building it does no I/O and starts nothing. Starting it (a runner's
     setup) starts the two thread pools, logs what keeps it from being ready
@@ -174,6 +176,9 @@ def create_app(settings: Settings) -> web.Application:
         track_exchange,
         json_errors,
     ]
+    cors = Cors(settings.cors) if settings.cors.allowed_origins else None
+    if cors is not None:  # preflights carry no token: answered before it is checked
+        middlewares.append(cors.middleware())
     if settings.auth.token:
         middlewares.append(bearer_auth(settings.auth.token))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
@@ -234,6 +239,8 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(mark_shutting_down)
     app.on_shutdown.append(drain_requests)
     app.on_response_prepare.append(_echo_request_id)
+    if cors is not None:
+        app.on_response_prepare.append(cors.on_response_prepare)
     app.on_response_prepare.append(remember_response)
     app.add_routes(routes)
     app.add_routes(ops.routes)

@@ -28,6 +28,7 @@ STATUS_AND_CODE = {
     "LinksFileUnwritable": (503, "links_file_unwritable"),
     "LinksFileTooLarge": (503, "links_file_too_large"),
     "Unauthorized": (401, "unauthorized"),
+    "CorsPreflightRefused": (403, "cors_preflight_refused"),
     "ExportTooLarge": (422, "export_too_large"),
     "TooManyDownloads": (503, "too_many_downloads"),
     "TooManyDownloadsPerClient": (429, "too_many_downloads_per_client"),
