@@ -41,7 +41,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EXPOSED_HEADERS = (
     hdrs.CONTENT_DISPOSITION,
     hdrs.CONTENT_LENGTH,
-    hdrs.ETAG,
+    "ETag",  # as the service spells it (hdrs.ETAG is "Etag")
     hdrs.ACCEPT_RANGES,
     hdrs.CONTENT_RANGE,
     hdrs.LAST_MODIFIED,

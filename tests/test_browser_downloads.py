@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -211,3 +213,67 @@ async def test_a_page_of_another_origin_cannot_read(
         await page.run(browser, DOWNLOAD, {"url": base + ZIP})
     with pytest.raises(PageError, match="TypeError: Failed to fetch"):
         await page.run(browser, ERROR, {"url": base + "/nope"})
+
+
+# The page snippet of docs/how-to/cors.md, as printed, with the page's fetch
+# wrapped so that the first answer's body fails after args.cut bytes, as a
+# dropped connection does.
+DOCS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "how-to" / "cors.md"
+CUT_FIRST_ANSWER = """
+const realFetch = window.fetch.bind(window);
+const asked = [];
+window.fetch = async (url, init) => {
+  asked.push(init.headers);
+  const response = await realFetch(url, init);
+  if (asked.length > 1) return response;
+  const reader = response.body.getReader();
+  let passed = 0;
+  const cut = new ReadableStream({async pull(controller) {
+    if (passed >= args.cut) {
+      await reader.cancel();
+      controller.error(new TypeError("network error"));
+      return;
+    }
+    const {done, value} = await reader.read();
+    if (done) { controller.close(); return; }
+    const piece = value.slice(0, args.cut - passed);
+    passed += piece.length;
+    controller.enqueue(piece);
+  }});
+  return new Response(cut, {status: response.status, headers: response.headers});
+};
+const progress = [];
+const {name, blob} = await download(args.url, args.token, (done, total) => progress.push([done, total]));
+return {
+  name,
+  size: blob.size,
+  sha256: await sha256(await blob.arrayBuffer()),
+  asked,
+  last: progress[progress.length - 1],
+};
+"""
+
+
+def _docs_snippet() -> str:
+    text = DOCS_PAGE.read_text()
+    (snippet,) = re.findall(r"```js\n(.*?)```", text, re.DOTALL)
+    return snippet
+
+
+async def test_the_docs_download_snippet_resumes_a_cut_download(
+    browser: Chromium, page: PageOrigin, service: ServiceFactory
+) -> None:
+    base = await service(cors={"allowed_origins": [page.origin]}, auth={"token": TOKEN})
+    expected, headers = await _direct(base, TOKEN)
+    cut = 700_000
+    script = _docs_snippet() + CUT_FIRST_ANSWER
+    result = await page.run(browser, script, {"url": base + ZIP, "token": TOKEN, "cut": cut})
+    assert result["name"] == "export_r.zip"
+    assert result["size"] == len(expected)
+    assert result["sha256"] == hashlib.sha256(expected).hexdigest()
+    assert result["last"] == [len(expected), len(expected)]
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert result["asked"] == [
+        bearer,
+        {**bearer, "Range": f"bytes={cut}-", "If-Range": headers["ETag"]},
+    ]
