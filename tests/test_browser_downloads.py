@@ -243,7 +243,8 @@ window.fetch = async (url, init) => {
   return new Response(cut, {status: response.status, headers: response.headers});
 };
 const progress = [];
-const {name, blob} = await download(args.url, args.token, (done, total) => progress.push([done, total]));
+const onProgress = (done, total) => progress.push([done, total]);
+const {name, blob} = await download(args.url, args.token, onProgress);
 return {
   name,
   size: blob.size,
