@@ -258,7 +258,7 @@ return {
 def _docs_snippet() -> str:
     text = DOCS_PAGE.read_text()
     (snippet,) = re.findall(r"```js\n(.*?)```", text, re.DOTALL)
-    return snippet
+    return str(snippet)
 
 
 async def test_the_docs_download_snippet_resumes_a_cut_download(
