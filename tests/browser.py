@@ -40,6 +40,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.live import wait_or_kill
+
 _CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
 _STARTUP_GUARD = 60.0
 _LISTENING = "DevTools listening on ws://"
@@ -132,11 +134,7 @@ def chromium(profile: Path) -> Iterator[Chromium]:
         yield Chromium(process, listening[0], output)
     finally:
         process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        wait_or_kill(process)
         reader.join(timeout=10)
         assert process.stderr is not None
         process.stderr.close()
