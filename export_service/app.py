@@ -21,6 +21,7 @@ from . import ops
 from .access import abort_after_headers, remember_response, sent_response, track_exchange
 from .archive import CrcCache
 from .config import Settings
+from .cors import Cors
 from .download_slots import DownloadSlots
 from .errors import ExportServiceError, Unauthorized
 from .exports import ExportSources
@@ -167,8 +168,9 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     """The service for ``settings`` as an aiohttp application: the export API,
     the file URLs, the OpenAPI document and the ops endpoints, behind the
     middlewares (in-flight tracking, request id, access log and request
-    metrics, JSON errors, then a signed URL's signature or the bearer token
-    when one is set). ``clock`` gives the unix time signed URLs expire by.
+    metrics, JSON errors, then CORS preflights when ``[cors]`` is set, then
+    a signed URL's signature or the bearer token when one is set). ``clock``
+    gives the unix time signed URLs expire by.
 
     Building it does no I/O and starts nothing. Starting it (a runner's
     setup) starts the two thread pools, logs what keeps it from being ready
@@ -185,6 +187,9 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         track_exchange,
         json_errors,
     ]
+    cors = Cors(settings.cors) if settings.cors.allowed_origins else None
+    if cors is not None:  # preflights carry no token: answered before it is checked
+        middlewares.append(cors.middleware())
     middlewares.append(signed_or_bearer_auth(settings.auth.token))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[CLOCK] = clock
@@ -245,6 +250,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     app.on_shutdown.append(mark_shutting_down)
     app.on_shutdown.append(drain_requests)
     app.on_response_prepare.append(_echo_request_id)
+    if cors is not None:
+        app.on_response_prepare.append(cors.on_response_prepare)
     app.on_response_prepare.append(remember_response)
     app.add_routes(routes)
     app.add_routes(ops.routes)

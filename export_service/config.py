@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -330,6 +331,69 @@ class AuthSettings(_Section):
         return tuple(s for s in (self.signing_secret, self.previous_signing_secret) if s)
 
 
+def _origin(origin: str) -> str:
+    """An origin as browsers send it in ``Origin``: ``scheme://host[:port]``,
+    scheme and host in lower case (taken in any case), no default port, no
+    path; or ``*``."""
+    if origin == "*":
+        return origin
+    found = _ORIGIN.fullmatch(origin)
+    if found is None:
+        raise ValueError(
+            f"must be an origin, scheme://host[:port] (no path, no trailing '/'), or '*';"
+            f" got {origin!r}"
+        )
+    scheme, host, port = found["scheme"].lower(), found["host"].lower(), found["port"]
+    if port is not None and not 0 < int(port) <= 65535:
+        raise ValueError(f"the port must be 1 to 65535; got {origin!r}")
+    if port is not None and int(port) == {"http": 80, "https": 443}[scheme]:
+        raise ValueError(
+            f"browsers send {scheme}://{host} without its default port :{port}; got {origin!r}"
+        )
+    return f"{scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+_ORIGIN = re.compile(
+    r"(?P<scheme>https?)://(?P<host>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?",
+    re.IGNORECASE | re.ASCII,
+)
+
+
+def _origins(origins: tuple[str, ...]) -> tuple[str, ...]:
+    if "*" in origins and len(origins) > 1:
+        raise ValueError("'*' allows every origin and must then be the only item")
+    return tuple(dict.fromkeys(origins))
+
+
+class CorsSettings(_Section):
+    """Cross-origin downloads: which pages (origins) may read the service's answers."""
+
+    allowed_origins: Annotated[
+        tuple[Annotated[str, AfterValidator(_origin)], ...],
+        BeforeValidator(_comma_separated),
+        AfterValidator(_origins),
+    ] = Field(
+        default=(),
+        description=(
+            "Origins (`scheme://host[:port]`, exactly as a browser sends them in Origin:"
+            " no path, no trailing '/', no default port; scheme and host are compared in"
+            ' lower case) whose pages may read the export API and file URLs: "*" alone'
+            " allows any. Empty (the default): no CORS at all, every answer as without"
+            " this section. /healthz, /readyz and /metrics never answer CORS. In the"
+            " environment: comma-separated."
+        ),
+    )
+    max_age_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=86400,
+        description=(
+            "How long a browser may cache a preflight's answer (Access-Control-Max-Age);"
+            " browsers cap it (Chromium: 7200)."
+        ),
+    )
+
+
 def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
@@ -366,6 +430,7 @@ class Settings(_Section):
     urls: UrlSettings = UrlSettings()
     limits: LimitsSettings = LimitsSettings()
     auth: AuthSettings = AuthSettings()
+    cors: CorsSettings = CorsSettings()
     logging: LoggingSettings = LoggingSettings()
 
 

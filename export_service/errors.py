@@ -88,6 +88,14 @@ class UrlExpired(ExportServiceError):
     code = "url_expired"
 
 
+class CorsPreflightRefused(ExportServiceError):
+    """A CORS preflight from an origin not in ``cors.allowed_origins``, or
+    asking for a method or header a cross-origin page may not use."""
+
+    status = 403
+    code = "cors_preflight_refused"
+
+
 class ExportTooLarge(ExportServiceError):
     """More files than ``limits.max_files_per_export``: refused while the run
     is scanned, before its listing could use up the memory."""

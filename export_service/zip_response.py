@@ -48,6 +48,11 @@ log = logging.getLogger("export_service.routes")
 # Paths below the run folders that could not be listed (their files are in
 # neither the manifest nor the ZIP); the log names them.
 UNLISTED_HEADER = "X-Export-Unlisted-Paths"
+FILES_HEADER = "X-Export-Files"
+SKIPPED_HEADER = "X-Export-Skipped-Files"
+# Every X-Export-* header the service sends (a page on another origin can read
+# them: cors.py exposes this tuple).
+EXPORT_HEADERS = (FILES_HEADER, SKIPPED_HEADER, UNLISTED_HEADER)
 
 
 def content_disposition(render_run_id: str) -> str:
@@ -96,8 +101,8 @@ class ZipResponse:
                 hdrs.CONTENT_DISPOSITION: content_disposition(self._render_run_id),
                 hdrs.ETAG: archive.etag,
                 hdrs.ACCEPT_RANGES: "bytes",
-                "X-Export-Files": str(len(archive.entries)),
-                "X-Export-Skipped-Files": str(len(archive.skipped)),
+                FILES_HEADER: str(len(archive.entries)),
+                SKIPPED_HEADER: str(len(archive.skipped)),
                 UNLISTED_HEADER: str(archive.unlisted.total()),
                 # Proxies (nginx) must pass the stream on as it comes, not buffer it.
                 "X-Accel-Buffering": "no",

@@ -95,8 +95,13 @@ def _run(
         yield service
     finally:
         service.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        wait_or_kill(process)
+
+
+def wait_or_kill(process: subprocess.Popen[str], seconds: float = 10) -> None:
+    """Wait for a process told to stop; SIGKILL it if it has not exited ``seconds`` later."""
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

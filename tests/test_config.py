@@ -296,3 +296,51 @@ def test_a_variable_in_another_case_is_refused_naming_its_key(
     with pytest.raises(ConfigError) as error:
         resolve_settings(None, _env(tree, **{name: "1"}))
     assert str(error.value) == f"{name}: unknown variable ({hint})"
+
+
+def test_cors_origins_from_the_file_and_the_environment(tree: AirTree, tmp_path: Path) -> None:
+    """Taken in any case, kept as browsers send them (lower case), once each."""
+    path = tmp_path / "config.toml"
+    extra = '[cors]\nallowed_origins = ["https://AIR.example.com", "https://air.example.com"]\n'
+    path.write_text(_toml(tree) + extra)
+    assert load_settings(path).cors.allowed_origins == ("https://air.example.com",)
+    assert load_settings(path).cors.max_age_seconds == 600
+    environ = {"EXPORT_SERVICE_CORS_ALLOWED_ORIGINS": "http://localhost:5173, http://[::1]:8080"}
+    assert load_settings(path, environ).cors.allowed_origins == (
+        "http://localhost:5173",
+        "http://[::1]:8080",
+    )
+    assert load_settings(
+        path, {"EXPORT_SERVICE_CORS_ALLOWED_ORIGINS": "*"}
+    ).cors.allowed_origins == ("*",)
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("https://air.example.com/", "no trailing '/'"),
+        ("https://air.example.com/app", "no path"),
+        ("air.example.com", "scheme://host[:port]"),
+        ("null", "scheme://host[:port]"),
+        ("ftp://air.example.com", "scheme://host[:port]"),
+        ("https://air.example.com:443", "without its default port :443"),
+        ("http://air.example.com:0", "the port must be 1 to 65535"),
+        ("*,https://air.example.com", "'*' allows every origin and must then be the only item"),
+    ],
+)
+def test_a_bad_cors_origin_is_named(tree: AirTree, value: str, said: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        tree_settings = {"EXPORT_SERVICE_CORS_ALLOWED_ORIGINS": value}
+        settings_from_mapping(
+            {
+                "roots": {
+                    "render": str(tree.render),
+                    "midi_generation": str(tree.midi),
+                    "param_generation": str(tree.param),
+                },
+                "links": {"file": str(tree.links)},
+            },
+            tree_settings,
+        )
+    assert str(error.value).startswith("EXPORT_SERVICE_CORS_ALLOWED_ORIGINS: ")
+    assert said in str(error.value)

@@ -30,6 +30,7 @@ STATUS_AND_CODE = {
     "Unauthorized": (401, "unauthorized"),
     "InvalidSignature": (403, "invalid_signature"),
     "UrlExpired": (410, "url_expired"),
+    "CorsPreflightRefused": (403, "cors_preflight_refused"),
     "ExportTooLarge": (422, "export_too_large"),
     "TooManyDownloads": (503, "too_many_downloads"),
     "TooManyDownloadsPerClient": (429, "too_many_downloads_per_client"),

@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from bench.harness import nginx_server
+from export_service.cors import EXPOSED_HEADERS
 from export_service.fastapi_proxy import export_proxy_router
 from tests.conftest import AirTree, write
 from tests.live import LiveService, live_service
@@ -258,3 +259,43 @@ def test_each_browser_behind_nginx_has_its_own_download_share(
         assert _status_from(base, "127.0.0.3") == 200  # another browser's is free
     finally:
         held.close()
+
+
+@pytest.fixture
+def service_cors_paths(tree: AirTree) -> Iterator[Paths]:
+    """As ``paths``, with the service's own CORS on too, for the page's origin
+    and another: nginx (or the backend) must still be the one place that
+    decides."""
+    write(tree.render / "r" / "mix.wav", os.urandom(200_000))
+    with _paths(tree, EXPORT_SERVICE_CORS_ALLOWED_ORIGINS=f"{ALLOWED},{OTHER}") as paths:
+        yield paths
+
+
+@pytest.mark.parametrize("path", ["plain", "accel"])
+def test_the_service_answering_cors_too_still_gives_one_header(
+    service_cors_paths: Paths, path: str
+) -> None:
+    """Two Access-Control-Allow-Origin headers and the browser refuses the
+    answer: the recipes drop the service's, whatever its [cors] says."""
+    direct = _direct(service_cors_paths, {"Origin": OTHER})
+    assert direct.headers["Access-Control-Allow-Origin"] == OTHER  # the service's own CORS is on
+    base = getattr(service_cors_paths, path)
+    for target in (ZIP, ZIP + "?param_run_id=a%2Fb"):
+        answer = request(base, "GET", target, {"Origin": ALLOWED})
+        assert answer.headers.get_all("Access-Control-Allow-Origin") == [ALLOWED]
+        assert len(answer.headers.get_all("Access-Control-Expose-Headers", [])) == 1
+    refused = request(base, "GET", ZIP, {"Origin": OTHER})
+    assert refused.status == 200
+    assert (
+        "Access-Control-Allow-Origin" not in refused.headers
+    )  # nginx's decision, not the service's
+
+
+@pytest.mark.parametrize("name", ["export-service.conf", "x-accel.conf"])
+def test_the_recipes_expose_what_the_service_exposes(name: str) -> None:
+    """One list: the headers a page may read are the same however CORS is
+    answered (by nginx here, by the service with [cors])."""
+    lines = (RECIPES / name).read_text().splitlines()
+    (line,) = [line for line in lines if "add_header Access-Control-Expose-Headers" in line]
+    listed = line.split('"')[1].split(", ")
+    assert listed == list(EXPOSED_HEADERS)
