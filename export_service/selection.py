@@ -21,6 +21,7 @@ anything that could name a path outside the run folder (a leading ``/``,
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -153,8 +154,7 @@ class Selection:
     @property
     def key(self) -> str:
         """The canonical selection as text, for the ZIP's ETag."""
-        prefixes = "\0".join("/".join(prefix) for prefix in self.prefixes)
-        return f"steps={','.join(self.steps)}\nprefix={prefixes}"
+        return json.dumps({"steps": self.steps, "prefixes": self.prefixes}, ensure_ascii=False)
 
     def file_name_suffix(self) -> str:
         """What the ZIP's file name gets after ``export_<id>``: the steps
