@@ -123,8 +123,7 @@ def test_a_folders_choice_is_all_inside_a_prefix_else_the_names_a_prefix_ends_wi
 def test_the_zip_file_name_names_the_steps_and_the_first_prefix() -> None:
     assert Selection(("render",), ()).file_name_suffix() == "_render"
     assert (
-        Selection(("render", "midi_generation"), ()).file_name_suffix()
-        == "_render+midi_generation"
+        Selection(("render", "midi_generation"), ()).file_name_suffix() == "_render+midi_generation"
     )
     assert Selection(("render",), (("stems",),)).file_name_suffix() == "_render_stems"
     assert Selection(STEPS, (("stems", "drums"), ("z",))).file_name_suffix() == "_stems-drums+1"
