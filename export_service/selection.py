@@ -42,6 +42,18 @@ MAX_PREFIXES = 64
 # In a ZIP's file name, the prefixes' part is cut to this many characters.
 _NAME_PREFIX_CHARS = 40
 
+# What the OpenAPI document says of one value (tests/test_selection.py checks
+# that they accept exactly what parse_steps and parse_prefix accept).
+_ONE_STEP = "(" + "|".join(STEPS) + ")"
+STEPS_JSON_SCHEMA = {"type": "string", "pattern": f"^{_ONE_STEP}(,{_ONE_STEP})*$"}
+_SEGMENT = r"[^/\\\x00-\x1f\x7f-\x9f]+"
+PREFIX_JSON_SCHEMA = {
+    "type": "string",
+    "maxLength": MAX_PREFIX_CHARS,
+    "pattern": f"^{_SEGMENT}(/{_SEGMENT})*/*$",
+    "not": {"pattern": r"(^|/)\.\.?(/|$)"},
+}
+
 
 def parse_steps(values: Iterable[str]) -> tuple[Step, ...]:
     """The steps named by ``steps`` values (each comma-separated), in the

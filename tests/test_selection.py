@@ -6,7 +6,9 @@ a selection: test_routes.py; the exports: test_exports.py."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,15 @@ from hypothesis import strategies as st
 
 from export_service.errors import ExportTooLarge, InvalidPrefix, InvalidSteps
 from export_service.scanning import display_name, scan_run_folder
-from export_service.selection import MAX_PREFIXES, STEPS, Selection, parse_prefix
+from export_service.selection import (
+    MAX_PREFIXES,
+    PREFIX_JSON_SCHEMA,
+    STEPS,
+    STEPS_JSON_SCHEMA,
+    Selection,
+    parse_prefix,
+    parse_steps,
+)
 from tests.conftest import write
 
 
@@ -241,3 +251,53 @@ def test_a_selective_scan_counts_only_the_files_it_takes(tmp_path: Path) -> None
     assert [file.parts for file in scan.files()] == [("stems", "a.wav")]
     with pytest.raises(ExportTooLarge):
         scan_run_folder(str(root), "run", max_files=1)
+
+
+# -- the OpenAPI document's schemas accept exactly what the parser accepts ---
+
+_TRICKY_PATHS = st.text(
+    alphabet=st.one_of(
+        st.sampled_from(list("/\\.\x00\n\x1f\x7f\x85\x9f\xa0 a_é")), st.characters()
+    ),
+    max_size=12,
+)
+
+
+def _schema_accepts(schema: dict[str, object], value: str) -> bool:
+    """As a JSON Schema validator reads it: an ECMA-262 ``$`` ends the text
+    (Python's also matches before a final newline)."""
+    pattern = schema["pattern"]
+    assert isinstance(pattern, str) and pattern.endswith("$")
+    accepted = re.search(pattern[:-1] + r"\Z", value) is not None
+    maximum = schema.get("maxLength")
+    if isinstance(maximum, int):
+        accepted = accepted and len(value) <= maximum
+    refused = schema.get("not")
+    if isinstance(refused, dict):
+        accepted = accepted and re.search(refused["pattern"], value) is None
+    return accepted
+
+
+def _parser_accepts(parse: Callable[[str], object], value: str) -> bool:
+    try:
+        parse(value)
+    except (InvalidPrefix, InvalidSteps):
+        return False
+    return True
+
+
+@given(_TRICKY_PATHS)
+@settings(max_examples=1000)
+def test_the_prefix_schema_is_the_parser(value: str) -> None:
+    assert _schema_accepts(PREFIX_JSON_SCHEMA, value) == _parser_accepts(parse_prefix, value)
+
+
+@given(st.lists(st.sampled_from([*STEPS, "", "Render", "x"]), max_size=4).map(",".join))
+def test_the_steps_schema_is_the_parser(value: str) -> None:
+    accepted = _parser_accepts(lambda one: parse_steps([one]), value)
+    assert _schema_accepts(STEPS_JSON_SCHEMA, value) == accepted
+
+
+@pytest.mark.parametrize("value", ["a/", "a//", "a/b/", "..a", "a..", "a/.b", "x" * 1024])
+def test_the_prefix_schema_and_parser_agree_on_the_edges(value: str) -> None:
+    assert _schema_accepts(PREFIX_JSON_SCHEMA, value) and _parser_accepts(parse_prefix, value)
