@@ -12,8 +12,8 @@ from . import __version__
 from .config import Settings
 from .manifest import ExportManifest
 from .run_ids import RUN_ID_JSON_SCHEMA
-from .selection import MAX_PREFIXES, PREFIX_JSON_SCHEMA, STEPS_JSON_SCHEMA
 from .schemas import EXPORT_PREFIX, ErrorBody, Link, LinkUpdate
+from .selection import MAX_PREFIXES, PREFIX_JSON_SCHEMA, STEPS_JSON_SCHEMA
 
 OPENAPI_PATH = EXPORT_PREFIX + "/openapi.json"
 
