@@ -37,7 +37,7 @@ SELECTIONS: dict[str, Selection | None] = {
 
 def make_project(base: Path, files: int) -> ExportSources:
     roots = {step: base / step for step in ("render", "midi_generation", "param_generation")}
-    layout = {
+    layout: dict[Path, list[tuple[str, ...]]] = {
         roots["render"] / RUN: [
             ("stems" if n % 10 == 0 else "takes", f"{n // 100:03d}", f"f{n}.wav")
             for n in range(files)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -263,7 +263,7 @@ _TRICKY_PATHS = st.text(
 )
 
 
-def _schema_accepts(schema: dict[str, object], value: str) -> bool:
+def _schema_accepts(schema: Mapping[str, object], value: str) -> bool:
     """As a JSON Schema validator reads it: an ECMA-262 ``$`` ends the text
     (Python's also matches before a final newline)."""
     pattern = schema["pattern"]
