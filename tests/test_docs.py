@@ -256,6 +256,7 @@ def test_the_tour_runs_against_the_sample_tree(tmp_path: Path) -> None:
     text = "".join(outputs)
     assert "HTTP/1.1 304 Not Modified" in text
     assert '"error":"invalid_run_id"' in text
+    assert '"error":"invalid_steps"' in text and '"error":"invalid_prefix"' in text
     assert "No errors detected in compressed data of export_rnd_7f3a9c.zip." in text
     assert "No errors detected in compressed data of export.zip." in text
 
