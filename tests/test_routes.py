@@ -711,6 +711,11 @@ async def test_a_prefix_takes_the_files_below_it_in_every_selected_step(
     ]
     assert answer["missing"] == ["param_generation"]
     assert (answer["midi_run_id"], answer["param_run_id"]) == ("run_1", None)
+    get = await client.get("/api/air/export/list/run_1?prefix=stems/")
+    head = await client.head("/api/air/export/list/run_1?prefix=stems")
+    whole = await client.head("/api/air/export/list/run_1")
+    assert head.status == 200 and await head.read() == b""
+    assert head.headers["ETag"] == get.headers["ETag"] != whole.headers["ETag"]
     two = _manifest_of(
         await _manifest(client, "/api/air/export/list/run_1?steps=render&prefix=mix.wav&prefix=a")
     )
