@@ -275,6 +275,8 @@ def test_the_cli_examples_run(tmp_path: Path) -> None:
         outputs.append(done.stdout + done.stderr)
     text = "".join(outputs)
     assert '"param_run_id":"prm_1"' in text and "render/rnd_1/mix.wav" in text
+    assert '"files":[{"step":"render","rel_path":"rnd_1/stems/bass.wav"' in text
+    assert "midi_generation/20261101_100900_rnd_1/track.mid" in text
     assert '"lost": 0' in text and '"write_problem": null' in text
     assert "EXPORT_SERVICE_SERVER_PORT: Input should be a valid integer" in text
     assert "EXPORT_SERVICE_SERVER_PROT: unknown variable (did you mean" in text
