@@ -12,7 +12,7 @@ DEV_STAMP := $(VENV)/.installed
 
 .PHONY: run test lint fmt bench docs
 
-BENCHMARKS := crc32 throughput small_files concurrency big_runs huge_runs per_file_costs crowded_roots memory resume links_reload abandoned_requests proxies backend_proxy crc_passes slow_readers signed_urls cors
+BENCHMARKS := crc32 throughput small_files concurrency big_runs huge_runs per_file_costs crowded_roots memory resume links_reload abandoned_requests proxies backend_proxy crc_passes slow_readers signed_urls cors selective_exports
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -355,8 +355,10 @@ class ExportArchive:
         skipped: dict[str, str],
         chunk_bytes: int,
         crcs: CrcCache | None = None,
+        selection_key: str | None = None,
     ):
         self.entries = entries
+        self.selection_key = selection_key  # a selective export's (selection.py); None: all
         self.skipped = skipped
         self.unlisted: Counter[str] = Counter()  # paths the scan could not list, by reason
         self.missing: list[str] = []  # the steps of the export with no file
@@ -393,8 +395,12 @@ class ExportArchive:
     def _etag(self) -> str:
         """Strong: the same for the same planned files (name, size, mtime,
         ctime, inode) on any replica, different as soon as one of them changes
-        (the ctime: even when a rewrite restored the size and mtime)."""
+        (the ctime: even when a rewrite restored the size and mtime). A
+        selective export's selection is hashed in too: its ETag is never the
+        whole export's, even when both hold the same files."""
         digest = hashlib.sha256(self.FORMAT.encode())
+        if self.selection_key is not None:
+            digest.update(f"\0selection\0{self.selection_key}\0".encode())
         digest.update(
             "".join(
                 f"{entry.arcname}\0{entry.size}\0{entry.mtime_ns}\0{entry.ctime_ns}\0{entry.ino}\n"
@@ -550,6 +556,7 @@ def plan_archive(
     root_reals: Mapping[Step, str],
     chunk_bytes: int,
     crcs: CrcCache | None = None,
+    selection_key: str | None = None,
 ) -> ExportArchive:
     """Name every file of the export and lay out the ZIP (blocking).
 
@@ -609,4 +616,4 @@ def plan_archive(
                 )
             )
             offset = data_offset + size
-    return ExportArchive(entries, skipped, chunk_bytes, crcs)
+    return ExportArchive(entries, skipped, chunk_bytes, crcs, selection_key)

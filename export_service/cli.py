@@ -40,6 +40,7 @@ from .links import LinkStore
 from .logs import setup_logging
 from .run_ids import run_id_problem
 from .sample import SAMPLE_RENDER_RUN_ID, create_sample_tree
+from .selection import STEPS, Selection, parse_prefix, parse_steps
 from .shutdown import CANCEL_WAIT_SECONDS, stop_on_hangup
 from .signed_urls import sign_url
 
@@ -124,6 +125,43 @@ def _url_base(value: str) -> str:
     return value.rstrip("/")
 
 
+def _steps(value: str) -> str:
+    """A ``--steps`` value, checked as the API checks ``?steps=``."""
+    try:
+        parse_steps([value])
+    except ExportServiceError as error:
+        raise argparse.ArgumentTypeError(error.message) from None
+    return value
+
+
+def _prefix(value: str) -> str:
+    """A ``--prefix`` value, checked as the API checks ``?prefix=``."""
+    try:
+        parse_prefix(value)
+    except ExportServiceError as error:
+        raise argparse.ArgumentTypeError(error.message) from None
+    return value
+
+
+def _selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--steps`` and ``--prefix``: the API's ``?steps=`` and ``?prefix=``."""
+    parser.add_argument(
+        "--steps",
+        type=_steps,
+        action="append",
+        default=[],
+        help=f"only these steps, comma-separated or repeated ({', '.join(STEPS)})",
+    )
+    parser.add_argument(
+        "--prefix",
+        type=_prefix,
+        action="append",
+        default=[],
+        help="only files under this path inside the run folder, matched on whole "
+        "segments (repeatable: any of them)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="export-service",
@@ -160,6 +198,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_optional_run_id,
         help="param run to include (default, or when blank: the link)",
     )
+    _selection_arguments(manifest)
 
     archive = command(
         "zip",
@@ -175,6 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     archive.add_argument(
         "-o", "--output", type=Path, required=True, help="file to write ('-' for standard output)"
     )
+    _selection_arguments(archive)
 
     link = command(
         "link",
@@ -404,36 +444,48 @@ def _run_offline(arguments: argparse.Namespace) -> int:
         print(json.dumps(record, ensure_ascii=False))
         return 0
     param_run_id = arguments.param_run_id
+    selection = Selection.parse(arguments.steps, arguments.prefix)
     if arguments.command == "manifest":
-        export = build_export(sources, render_run_id, param_run_id)
+        export = build_export(sources, render_run_id, param_run_id, selection=selection)
         print(export.manifest_json().decode())
-        _say_missing(render_run_id, export.param_run_id, export.missing, "the manifest")
+        _say_missing(render_run_id, export.param_run_id, export.missing, "the manifest", selection)
         return 0
     with _output(arguments.output) as handle:
-        archive = plan_export_archive(sources, render_run_id, param_run_id)
+        archive = plan_export_archive(sources, render_run_id, param_run_id, selection=selection)
         for chunk in archive.chunks():
             handle.write(chunk)
     for skipped, why in archive.skipped.items():
         print(f"export-service: left out ({why}): {skipped}", file=sys.stderr)
-    _say_missing(render_run_id, archive.param_run_id, archive.missing, "the ZIP")
+    _say_missing(render_run_id, archive.param_run_id, archive.missing, "the ZIP", selection)
     return 0
 
 
 def _say_missing(
-    render_run_id: str, param_run_id: str | None, missing: Sequence[str], output: str
+    render_run_id: str,
+    param_run_id: str | None,
+    missing: Sequence[str],
+    output: str,
+    selection: Selection | None = None,
 ) -> None:
-    """One line on stderr naming the steps with no file. The exit code stays
-    0, as the API answers 200 with whatever was found, but an export of a
-    mistyped id no longer looks like a success with nothing in it."""
+    """One line on stderr naming the steps with no file (of those selected).
+    The exit code stays 0, as the API answers 200 with whatever was found, but
+    an export of a mistyped id no longer looks like a success with nothing in it."""
     if not missing:
         return
     named = [
-        f"{step} (no param run linked to {render_run_id!r})"
+        f"{step} (none under --prefix)"
+        if selection is not None and selection.prefixes
+        else f"{step} (no param run linked to {render_run_id!r})"
         if step == "param_generation" and param_run_id is None
         else f"{step} (no run {param_run_id if step == 'param_generation' else render_run_id!r})"
         for step in missing
     ]
-    found = "nothing was found, so it is empty" if len(missing) == 3 else "the rest is in it"
+    selected = selection.steps if selection is not None else STEPS
+    found = (
+        "nothing was found, so it is empty"
+        if len(missing) == len(selected)
+        else "the rest is in it"
+    )
     print(
         f"export-service: {output} of {render_run_id!r} has no files of {', '.join(named)}: "
         f"{found}",

@@ -33,6 +33,20 @@ class InvalidParamRunId(ExportServiceError):
     code = "invalid_param_run_id"
 
 
+class InvalidSteps(ExportServiceError):
+    """A ``steps`` value that is empty or names no step."""
+
+    status = 422
+    code = "invalid_steps"
+
+
+class InvalidPrefix(ExportServiceError):
+    """A ``prefix`` that is not a plain path inside the run folder."""
+
+    status = 422
+    code = "invalid_prefix"
+
+
 class InvalidRequestBody(ExportServiceError):
     status = 422
     code = "invalid_body"

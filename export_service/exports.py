@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, get_args
 
@@ -29,6 +30,7 @@ from .scanning import (
     root_problem,
     scan_run_folder,
 )
+from .selection import Selection
 
 log = logging.getLogger(__name__)
 
@@ -89,41 +91,50 @@ def build_export(
     render_run_id: str,
     param_run_id: str | None,
     stop: threading.Event | None = None,
+    selection: Selection | None = None,
 ) -> Export:
     """Collect one project's files from the three roots (blocking).
 
     Both ids must already be validated. ``param_run_id`` None means: take it
-    from the links file. :class:`ExportTooLarge` past
+    from the links file. With a ``selection``, a step it leaves out is not
+    looked up at all (nor the links file, without param_generation), is
+    neither in the export nor ``missing``, and only the files under its
+    prefixes are taken (the limits count what the selective scan takes:
+    scanning.scan_run_folder). :class:`ExportTooLarge` past
     ``limits.max_files_per_export`` files or ``limits.max_folders_per_export``
     folders (the three steps' together); :class:`ScanStopped` soon after
     ``stop`` is set.
     """
     roots, urls = sources.settings.roots, sources.settings.urls
-    if param_run_id is None:
+    if param_run_id is None and (selection is None or "param_generation" in selection):
         param_run_id = sources.links.param_run_id_for(render_run_id)
+    chosen = selection.folder_choice if selection is not None and selection.prefixes else None
 
     render_root = str(roots.render)
-    lookups: list[tuple[Step, str, str, str | None]] = [
-        ("render", render_root, urls.render, exact_run_folder(render_root, render_run_id)),
+    lookups: list[tuple[Step, str, str, Callable[[], str | None]]] = [
+        ("render", render_root, urls.render, lambda: exact_run_folder(render_root, render_run_id)),
         (
             "midi_generation",
             sources.midi_folders.root,
             urls.midi_generation,
-            sources.midi_folders.newest(render_run_id),
+            lambda: sources.midi_folders.newest(render_run_id),
         ),
         (
             "param_generation",
             sources.param_folders.root,
             urls.param_generation,
-            sources.param_folders.newest(param_run_id) if param_run_id else None,
+            lambda: sources.param_folders.newest(param_run_id) if param_run_id else None,
         ),
     ]
     limits = sources.settings.limits
     limit, folder_limit = limits.max_files_per_export, limits.max_folders_per_export
     steps: list[StepFiles] = []
-    for step, root, prefix, folder in lookups:
+    for step, root, prefix, find_folder in lookups:
+        if selection is not None and step not in selection:
+            continue
         if stop is not None and stop.is_set():
             raise ScanStopped(f"the export of {render_run_id!r} was stopped")
+        folder = find_folder()
         scan = FolderScan()
         # A root the service cannot read is no run without files: it counts
         # as a path that could not be listed (the header, the metric).
@@ -139,6 +150,7 @@ def build_export(
                     limit - sum(len(files.scan) for files in steps),
                     folder_limit - sum(len(files.scan.folders) for files in steps),
                     stop,
+                    chosen,
                 )
             except TooManyFolders:
                 raise ExportTooLarge(
@@ -170,10 +182,11 @@ def export_manifest_json(
     render_run_id: str,
     param_run_id: str | None,
     stop: threading.Event | None = None,
+    selection: Selection | None = None,
 ) -> ManifestBody:
     """The manifest as the API sends it (blocking; its JSON for 10,000 files
     takes milliseconds, so it is made in the same hop as the scan)."""
-    export = build_export(sources, render_run_id, param_run_id, stop)
+    export = build_export(sources, render_run_id, param_run_id, stop, selection)
     return ManifestBody(export.manifest_json(), export.unlisted)
 
 
@@ -183,14 +196,20 @@ def plan_export_archive(
     param_run_id: str | None,
     crcs: CrcCache | None = None,
     stop: threading.Event | None = None,
+    selection: Selection | None = None,
 ) -> ExportArchive:
-    """The manifest's files, planned as one download (blocking, one hop)."""
-    export = build_export(sources, render_run_id, param_run_id, stop)
+    """The manifest's files, planned as one download (blocking, one hop).
+    With a ``selection``, those it takes, and its key in the ETag."""
+    export = build_export(sources, render_run_id, param_run_id, stop, selection)
     root_reals: dict[Step, str] = {
         step: resolved(str(getattr(sources.settings.roots, step))) or "" for step in get_args(Step)
     }
     archive = plan_archive(
-        export.take_files(), root_reals, sources.settings.limits.read_chunk_bytes, crcs
+        export.take_files(),
+        root_reals,
+        sources.settings.limits.read_chunk_bytes,
+        crcs,
+        selection.key if selection is not None else None,
     )
     archive.unlisted = export.unlisted
     archive.missing = list(export.missing)

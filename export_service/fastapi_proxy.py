@@ -385,6 +385,28 @@ PARAM_RUN_ID: dict[str, Any] = {
     "to the render run.",
     "schema": {"type": "string"},
 }
+# A selective export's two parameters, forwarded as sent with the rest of the query.
+STEPS: dict[str, Any] = {
+    "name": "steps",
+    "in": "query",
+    "required": False,
+    "description": "Only these steps: comma-separated or repeated, any of render, "
+    "midi_generation, param_generation. Absent: all three.",
+    "style": "form",
+    "explode": True,
+    "schema": {"type": "array", "items": {"type": "string"}},
+}
+PREFIX: dict[str, Any] = {
+    "name": "prefix",
+    "in": "query",
+    "required": False,
+    "description": "Only the files under this path inside the run folder (repeatable: "
+    "under any of them), matched on whole segments: stems takes stems/kick.wav, "
+    "not stems2/x.wav.",
+    "style": "form",
+    "explode": True,
+    "schema": {"type": "array", "items": {"type": "string"}},
+}
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -478,7 +500,7 @@ def export_proxy_router(
             operation_id="air_export_list" + suffix,
             response_class=JSONResponse,
             responses={200: manifest_200, **_errors(412, 422, 502, 503, 504)},
-            openapi_extra={"parameters": [RUN_ID, PARAM_RUN_ID]},
+            openapi_extra={"parameters": [RUN_ID, PARAM_RUN_ID, STEPS, PREFIX]},
         )
         router.add_api_route(
             EXPORT_PATH + "zip/{render_run_id:path}",
@@ -487,7 +509,7 @@ def export_proxy_router(
             operation_id="air_export_zip" + suffix,
             response_class=Response,
             responses={200: zip_200, **_errors(412, 416, 422, 502, 503, 504)},
-            openapi_extra={"parameters": [RUN_ID, PARAM_RUN_ID]},
+            openapi_extra={"parameters": [RUN_ID, PARAM_RUN_ID, STEPS, PREFIX]},
         )
     if links:
         _add_links_routes(router, upstream, list(links_dependencies))

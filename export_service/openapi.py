@@ -13,6 +13,7 @@ from .config import Settings
 from .manifest import ExportManifest
 from .run_ids import RUN_ID_JSON_SCHEMA
 from .schemas import EXPORT_PREFIX, ErrorBody, Link, LinkUpdate
+from .selection import MAX_PREFIXES, PREFIX_JSON_SCHEMA, STEPS_JSON_SCHEMA
 
 OPENAPI_PATH = EXPORT_PREFIX + "/openapi.json"
 
@@ -56,6 +57,17 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): _json(ErrorBody, texts[status]) for status in statuses}
 
 
+def _selective(errors: dict[str, Any]) -> dict[str, Any]:
+    """The export operations' errors, their 422 naming the selection's two."""
+    unprocessable = _json(
+        ErrorBody,
+        "invalid run id or param run id, invalid_steps or invalid_prefix; or "
+        "export_too_large (more files than limits.max_files_per_export, or folders than "
+        "limits.max_folders_per_export)",
+    )
+    return {**errors, "422": unprocessable}
+
+
 def _path_param(
     name: str, description: str, schema: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -74,6 +86,32 @@ _PARAM_RUN_ID = {
     "required": False,
     "description": "param run to include; empty or absent: the one linked in step_links.json",
     "schema": {"anyOf": [{"const": ""}, RUN_ID_JSON_SCHEMA]},
+}
+# A selective export (selection.py): both repeatable, as ?a=1&a=2.
+_STEPS = {
+    "name": "steps",
+    "in": "query",
+    "required": False,
+    "description": "only these steps: comma-separated, repeatable, any of render, "
+    "midi_generation, param_generation (steps=render,midi_generation). An unselected step "
+    "is not looked up, and is never in missing. Absent: all three. An empty or unknown "
+    "step: 422 invalid_steps",
+    "style": "form",
+    "explode": True,
+    "schema": {"type": "array", "items": STEPS_JSON_SCHEMA},
+}
+_PREFIX = {
+    "name": "prefix",
+    "in": "query",
+    "required": False,
+    "description": "only the files under this path inside the run folder (repeatable: "
+    "under any of them), matched on whole segments and case: prefix=stems takes "
+    "stems/kick.wav and a file named stems, not stems2/x.wav; a trailing / is ignored. "
+    "Absolute, with . or .. or an empty segment, a backslash or a control character: "
+    "422 invalid_prefix",
+    "style": "form",
+    "explode": True,
+    "schema": {"type": "array", "items": PREFIX_JSON_SCHEMA, "maxItems": MAX_PREFIXES},
 }
 _RENDER_RUN_ID = _path_param(
     "render_run_id", "the render run id (the project's id)", RUN_ID_JSON_SCHEMA
@@ -100,6 +138,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "parameters": [
             _RENDER_RUN_ID,
             _PARAM_RUN_ID,
+            _STEPS,
+            _PREFIX,
             {
                 "name": "Range",
                 "in": "header",
@@ -122,7 +162,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             },
             "206": {"description": "one range of that ZIP", "content": zip_body},
             "304": {"description": "not modified (If-None-Match, If-Modified-Since)"},
-            **_errors(*denied, 412, 416, 422, 429, 503),
+            **_selective(_errors(*denied, 412, 416, 422, 429, 503)),
         },
     }
     file_operation = {
@@ -138,11 +178,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         },
     }
     manifest_operation = {
-        "parameters": [_RENDER_RUN_ID, _PARAM_RUN_ID],
+        "parameters": [_RENDER_RUN_ID, _PARAM_RUN_ID, _STEPS, _PREFIX],
         "responses": {
             "200": _json(ExportManifest, "the manifest, with a strong ETag of its bytes"),
             "304": {"description": "not modified (If-None-Match)"},
-            **_errors(*denied, 412, 422, 503),
+            **_selective(_errors(*denied, 412, 422, 503)),
         },
     }
     paths: dict[str, Any] = {

@@ -40,6 +40,7 @@ from .run_ids import (
     render_run_id_as_sent,
 )
 from .schemas import EXPORT_PREFIX, Link, LinkUpdate
+from .selection import Selection
 from .zip_response import UNLISTED_HEADER, ZipResponse
 
 routes = web.RouteTableDef()
@@ -121,12 +122,24 @@ def _run_ids(request: web.Request) -> tuple[str, str | None]:
     return render_run_id, param_run_id_as_sent(request.query.get("param_run_id"))
 
 
+def _selection(request: web.Request) -> Selection | None:
+    """The ``steps`` and ``prefix`` query parameters (each repeatable) as one
+    canonical selection; None without them, or when they select everything.
+    Other query keys are left to whoever reads them."""
+    query = request.query
+    return Selection.parse(query.getall("steps", []), query.getall("prefix", []))
+
+
 def _manifest_and_etag(
-    stop: threading.Event, sources: ExportSources, render_run_id: str, param_run_id: str | None
+    stop: threading.Event,
+    sources: ExportSources,
+    render_run_id: str,
+    param_run_id: str | None,
+    selection: Selection | None,
 ) -> tuple[bytearray, str, Counter[str]]:
     """The manifest's JSON, its strong ETag (a hash of exactly those bytes;
     blocking: hashed in the same hop) and what could not be listed."""
-    body, unlisted = export_manifest_json(sources, render_run_id, param_run_id, stop)
+    body, unlisted = export_manifest_json(sources, render_run_id, param_run_id, stop, selection)
     return body, f'"{hashlib.sha256(body).hexdigest()[:40]}"', unlisted
 
 
@@ -136,8 +149,9 @@ def _planned_archive(
     render_run_id: str,
     param_run_id: str | None,
     crcs: CrcCache,
+    selection: Selection | None,
 ) -> ExportArchive:
-    return plan_export_archive(sources, render_run_id, param_run_id, crcs, stop)
+    return plan_export_archive(sources, render_run_id, param_run_id, crcs, stop, selection)
 
 
 @routes.get(EXPORT_PREFIX + "/list/" + RUN_ID_SEGMENT, expect_handler=continue_if_acceptable)
@@ -145,15 +159,18 @@ async def export_manifest(request: web.Request) -> web.Response:
     """The export's manifest (GET and HEAD): 200 with its JSON, a strong
     ``ETag`` of those bytes and ``X-Export-Unlisted-Paths``; 304 for an
     ``If-None-Match`` naming it, 412 for an ``If-Match`` that does not. 422
-    for a bad run id or an export over ``limits.max_files_per_export``.
+    for a bad run id or an export over ``limits.max_files_per_export``, and
+    for a bad ``steps`` or ``prefix`` (a selective export: selection.py).
     Without ``param_run_id`` the links file names the param run."""
     render_run_id, param_run_id = _run_ids(request)
+    selection = _selection(request)
     body, etag, unlisted = await run_stoppable(
         request.app[SCAN_EXECUTOR],
         _manifest_and_etag,
         request.app[SOURCES],
         render_run_id,
         param_run_id,
+        selection,
     )
     request.app[METRICS].count_unlisted(unlisted)
     cached = not_modified_response(request, etag, None)
@@ -185,9 +202,11 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
     address, or the one a trusted proxy forwarded, ``server.trusted_proxies``),
     503 ``out_of_descriptors`` when a GET could not hold its files open. 422
     for a bad run id or an export over ``limits.max_files_per_export`` or
-    ``limits.max_folders_per_export``.
+    ``limits.max_folders_per_export``, and for a bad ``steps`` or ``prefix``.
+    A selective export's selection is part of its ETag and file name.
     """
     render_run_id, param_run_id = _run_ids(request)
+    selection = _selection(request)
     slots = request.app[ZIP_SLOTS]
     client = client_address(
         request.remote,
@@ -219,13 +238,14 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
             render_run_id,
             param_run_id,
             request.app[CRC_CACHE],
+            selection,
         )
         # The ZIP's Last-Modified (its newest file's) is never a strong
         # validator: a rename or a deletion in a run changes the ZIP, not it.
         cached = not_modified_response(request, archive.etag, archive.last_modified)
         if cached is not None:
             return cached
-        return await ZipResponse(request, archive, render_run_id).send()
+        return await ZipResponse(request, archive, render_run_id, selection).send()
     finally:
         slots.release(client)
 

@@ -20,7 +20,7 @@ import stat
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import NamedTuple
@@ -268,6 +268,10 @@ def _link_target(link_path: str, root_real: str) -> tuple[str, os.stat_result] |
 _FileItem = tuple[str, FileRecord]
 _FolderItem = tuple[str, str, str | None]
 
+# Which files of a folder a selective scan takes, given the folder's display
+# parts inside the run: None for all, else the display names of those it takes.
+FolderChoice = Callable[[tuple[str, ...]], "frozenset[str] | None"]
+
 
 @dataclass(slots=True)
 class _Frame:
@@ -290,8 +294,10 @@ class _Walk:
         max_files: int | None,
         max_folders: int | None = None,
         stop: threading.Event | None = None,
+        choose: FolderChoice | None = None,
     ) -> None:
         self.root_real = root_real
+        self.choose = choose
         self.run_folder = run_folder
         self.max_files = max_files
         self.max_folders = max_folders
@@ -352,6 +358,7 @@ class _Walk:
         :class:`ScanStopped` once the stop flag is set."""
         index = len(self.scan.folders)
         self.scan.folders.append(ScannedFolder(real, parts))
+        takes = None if self.choose is None else self.choose(tuple(map(display_name, parts)))
         frame = _Frame(fd, index, [], 0)
         self.frames.append(frame)
         self.check_stop()
@@ -360,7 +367,7 @@ class _Walk:
                 for count, entry in enumerate(listing, 1):
                     if count % _STOP_CHECK_EVERY == 0:
                         self.check_stop()
-                    item = self.item(entry, index, real, parts)
+                    item = self.item(entry, index, real, parts, takes)
                     if item is not None:
                         frame.items.append(item)
                         frame.folders_left += len(item) == 3
@@ -369,10 +376,18 @@ class _Walk:
         frame.items.sort(key=itemgetter(0), reverse=True)
 
     def item(
-        self, entry: os.DirEntry[str], folder: int, folder_real: str, folder_parts: tuple[str, ...]
+        self,
+        entry: os.DirEntry[str],
+        folder: int,
+        folder_real: str,
+        folder_parts: tuple[str, ...],
+        takes: frozenset[str] | None = None,
     ) -> _FileItem | _FolderItem | None:
         name = entry.name
         target = None
+        taken = takes is None or display_name(name) in takes
+        if not taken and not entry.is_dir(follow_symlinks=False) and not entry.is_symlink():
+            return None  # a file outside the selection: not even stat'ed
         try:
             if entry.is_symlink():
                 linked = _link_target(f"{folder_real}/{name}", self.root_real)
@@ -384,6 +399,8 @@ class _Walk:
         except OSError as error:
             raise_if_out_of_descriptors(error)
             if entry.is_file(follow_symlinks=False):
+                if not taken:
+                    return None
                 self.count_file()  # listed with bytes null, as it always was
                 return (display_name(name), self.record(folder, name, None, None))
             if error.errno not in _GONE:
@@ -396,7 +413,7 @@ class _Walk:
             self.visited.add(key)
             self.count_folder()
             return (display_name(name) + "/", name, target)
-        if stat.S_ISREG(info.st_mode):
+        if stat.S_ISREG(info.st_mode) and taken:
             self.count_file()
             return (display_name(name), self.record(folder, name, info, target))
         return None
@@ -470,9 +487,11 @@ def scan_run_folder(
     max_files: int | None = None,
     max_folders: int | None = None,
     stop: threading.Event | None = None,
+    choose: FolderChoice | None = None,
 ) -> FolderScan:
     """Every regular file below ``<root>/<folder>``, recursively, sorted by
-    their display paths.
+    their display paths; with ``choose`` (a selective export's
+    :meth:`.selection.Selection.folder_choice`), only the files it takes.
 
     Symbolic links (to files or folders) are followed only into the root;
     folder cycles are cut; FIFOs, sockets and devices are left out. The run
@@ -487,6 +506,12 @@ def scan_run_folder(
     ``max_folders`` folders are listed (the run folder counts); :class:`ScanStopped`
     at the next folder (or 1,024 entries) once ``stop`` is set. Whichever
     way it ends, every folder it opened is closed.
+
+    A selective scan still walks every folder (a folder reached by two paths,
+    through a link, is listed under the first one the walk meets, so leaving
+    a folder unwalked could change where another one is listed), but a file
+    it does not take is neither stat'ed nor counted in ``max_files``: the
+    result is the full scan's, filtered, on every tree.
     """
     scan = FolderScan()
     root_real = resolved(root)
@@ -500,14 +525,14 @@ def scan_run_folder(
     except OSError as error:
         if error.errno in _GONE:
             return scan
-        walk = _Walk(root_real, folder, max_files, max_folders, stop)
+        walk = _Walk(root_real, folder, max_files, max_folders, stop, choose)
         walk.unlisted((), error)
         return walk.scan
     if opened is None:
         log.warning("skipping %s: it now resolves outside the root", top)
         return scan
     fd, top_real = opened
-    walk = _Walk(root_real, folder, max_files, max_folders, stop)
+    walk = _Walk(root_real, folder, max_files, max_folders, stop, choose)
     try:
         info = os.fstat(fd)
     except OSError:

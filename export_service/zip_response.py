@@ -38,6 +38,7 @@ from .errors import SourceChanged
 from .keys import IO_EXECUTOR, METRICS, SETTINGS, SHUTTING_DOWN, ZIP_EXECUTOR
 from .offload import run_blocking
 from .safe_files import DESCRIPTORS_PER_DOWNLOAD
+from .selection import Selection
 from .send_progress import SendProgress
 from .streaming import OffloadedChunks
 from .urls import content_disposition as named
@@ -55,20 +56,30 @@ SKIPPED_HEADER = "X-Export-Skipped-Files"
 EXPORT_HEADERS = (FILES_HEADER, SKIPPED_HEADER, UNLISTED_HEADER)
 
 
-def content_disposition(render_run_id: str) -> str:
+def content_disposition(render_run_id: str, selection: Selection | None = None) -> str:
     """``attachment`` with an ASCII ``filename`` and, where that had to change
-    the name, the exact one as RFC 6266 ``filename*``."""
-    return named("attachment", f"export_{render_run_id}.zip")
+    the name, the exact one as RFC 6266 ``filename*``: ``export_<id>.zip``,
+    a selective export's with its selection before ``.zip``
+    (``export_<id>_render.zip``: :meth:`.Selection.file_name_suffix`)."""
+    suffix = selection.file_name_suffix() if selection is not None else ""
+    return named("attachment", f"export_{render_run_id}{suffix}.zip")
 
 
 class ZipResponse:
     """One answer to a GET or HEAD of a planned archive: 200 or 206 (``Range``,
     ``If-Range``), 416 for a range outside it, the body for a GET."""
 
-    def __init__(self, request: web.Request, archive: ExportArchive, render_run_id: str) -> None:
+    def __init__(
+        self,
+        request: web.Request,
+        archive: ExportArchive,
+        render_run_id: str,
+        selection: Selection | None = None,
+    ) -> None:
         self._request = request
         self._archive = archive
         self._render_run_id = render_run_id
+        self._selection = selection
         self._metrics = request.app[METRICS]
         self._response = web.StreamResponse()
 
@@ -98,7 +109,7 @@ class ZipResponse:
         response.set_status(206 if partial else 200)
         response.headers.update(
             {
-                hdrs.CONTENT_DISPOSITION: content_disposition(self._render_run_id),
+                hdrs.CONTENT_DISPOSITION: content_disposition(self._render_run_id, self._selection),
                 hdrs.ETAG: archive.etag,
                 hdrs.ACCEPT_RANGES: "bytes",
                 FILES_HEADER: str(len(archive.entries)),

@@ -96,6 +96,41 @@ def test_manifest_and_zip_commands_give_what_the_endpoints_give(
     assert not (tmp_path / "bad.zip").exists()
 
 
+def test_steps_and_prefix_give_what_the_endpoints_give_with_the_same_query(
+    tree: AirTree, tmp_path: Path
+) -> None:
+    write(tree.render / "r" / "mix.wav", os.urandom(5_000))
+    write(tree.render / "r" / "stems" / "kick.wav", os.urandom(3_000))
+    write(tree.render / "r" / "stems" / "deep" / "snare.wav", os.urandom(2_000))
+    write(tree.midi / "20261101_r" / "t.mid", b"MThd")
+    config = _config(tree, tmp_path / "config.toml")
+    query = "?steps=render&steps=midi_generation&prefix=stems/&prefix=t.mid"
+    with live_service(["--config", str(config)]) as service:
+        endpoint_manifest = _get(f"{service.base_url}/api/air/export/list/r{query}")
+        endpoint_zip = _get(f"{service.base_url}/api/air/export/zip/r{query}")
+    selection = ["--steps", "render", "--steps", "midi_generation"]
+    selection += ["--prefix", "stems/", "--prefix", "t.mid"]
+    manifest = _cli("manifest", "r", *selection, "--config", str(config))
+    assert manifest.returncode == 0, manifest.stderr
+    assert manifest.stdout.encode() == endpoint_manifest + b"\n"
+    assert len(json.loads(manifest.stdout)["files"]) == 3
+    output = tmp_path / "out.zip"
+    archive = _cli("zip", "r", "-o", str(output), *selection, "--config", str(config))
+    assert (archive.returncode, archive.stderr) == (0, "")
+    assert output.read_bytes() == endpoint_zip
+    nothing = _cli("manifest", "r", "--steps", "param_generation", "--config", str(config))
+    assert nothing.stderr == (
+        "export-service: the manifest of 'r' has no files of param_generation (no param run "
+        "linked to 'r'): nothing was found, so it is empty\n"
+    )
+    bad = _cli("zip", "r", "-o", str(tmp_path / "bad.zip"), "--prefix", "../x")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("export-service zip: argument --prefix: prefix '../x' is not")
+    bad = _cli("manifest", "r", "--steps", "midi")
+    assert bad.returncode == 2
+    assert "argument --steps: steps: 'midi' is not a step" in bad.stderr
+
+
 @pytest.mark.parametrize(
     ("output", "says"),
     [

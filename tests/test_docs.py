@@ -257,6 +257,7 @@ def test_the_tour_runs_against_the_sample_tree(tmp_path: Path) -> None:
     text = "".join(outputs)
     assert "HTTP/1.1 304 Not Modified" in text
     assert '"error":"invalid_run_id"' in text
+    assert '"error":"invalid_steps"' in text and '"error":"invalid_prefix"' in text
     assert "No errors detected in compressed data of export_rnd_7f3a9c.zip." in text
     assert "No errors detected in compressed data of export.zip." in text
 
@@ -275,6 +276,8 @@ def test_the_cli_examples_run(tmp_path: Path) -> None:
         outputs.append(done.stdout + done.stderr)
     text = "".join(outputs)
     assert '"param_run_id":"prm_1"' in text and "render/rnd_1/mix.wav" in text
+    assert '"files":[{"step":"render","rel_path":"rnd_1/stems/bass.wav"' in text
+    assert "midi_generation/20261101_100900_rnd_1/track.mid" in text
     assert '"lost": 0' in text and '"write_problem": null' in text
     assert "EXPORT_SERVICE_SERVER_PORT: Input should be a valid integer" in text
     assert "EXPORT_SERVICE_SERVER_PROT: unknown variable (did you mean" in text

@@ -21,6 +21,8 @@ STATUS_AND_CODE = {
     "ExportServiceError": (500, "internal_error"),
     "InvalidRunId": (422, "invalid_run_id"),
     "InvalidParamRunId": (422, "invalid_param_run_id"),
+    "InvalidSteps": (422, "invalid_steps"),
+    "InvalidPrefix": (422, "invalid_prefix"),
     "InvalidRequestBody": (422, "invalid_body"),
     "NotFound": (404, "not_found"),
     "LinkNotFound": (404, "link_not_found"),

@@ -16,6 +16,7 @@ import pytest
 from export_service.errors import ExportTooLarge
 from export_service.exports import ExportSources, export_manifest_json, plan_export_archive
 from export_service.scanning import ScanStopped
+from export_service.selection import Selection
 from tests.conftest import DEEP, AirTree, every_case, make_deep, remove_deep, write
 from tests.zips import read_zip
 
@@ -252,3 +253,27 @@ def test_a_set_stop_flag_ends_the_export_before_its_next_step(tree: AirTree) -> 
     stop.set()
     with pytest.raises(ScanStopped):
         export_manifest_json(sources, "r", None, stop)
+
+
+def test_an_unselected_step_is_neither_looked_up_nor_scanned(
+    tree: AirTree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """steps=render reads no links file and looks in no MIDI or param root;
+    the limits count only what the selection scans."""
+    sources = _project(tree)
+    write(tree.midi / "r" / "a" / "b" / "t.mid", b"MThd")  # 3 folders, beyond the limit below
+    looked: list[str] = []
+    monkeypatch.setattr(sources.links, "param_run_id_for", lambda run: looked.append("links"))
+    monkeypatch.setattr(sources.midi_folders, "newest", lambda run: looked.append("midi"))
+    monkeypatch.setattr(sources.param_folders, "newest", lambda run: looked.append("param"))
+    render = Selection.parse(["render"], [])
+    manifest = json.loads(export_manifest_json(sources, "r", None, None, render).json)
+    assert [item["rel_path"] for item in manifest["files"]] == ["r/mix.wav", "r/stems/kick.wav"]
+    assert manifest["missing"] == [] and looked == []
+    narrow = _sources(tree, limits={"max_folders_per_export": 2, "max_files_per_export": 1})
+    stems = Selection.parse(["render"], ["stems"])
+    archive = plan_export_archive(narrow, "r", None, None, None, stems)
+    assert [entry.arcname for entry in archive.entries] == ["render/r/stems/kick.wav"]
+    assert archive.missing == [] and archive.param_run_id is None
+    with pytest.raises(ExportTooLarge):
+        plan_export_archive(narrow, "r", None)

@@ -511,7 +511,36 @@ def test_the_routes_are_in_the_backends_openapi_with_the_services_schemas(setup:
     assert manifest["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/ExportManifest"
     }
+    for path in ("/api/air/export/list/{render_run_id}", "/api/air/export/zip/{render_run_id}"):
+        for method in ("get", "head"):
+            query = [p["name"] for p in paths[path][method]["parameters"] if p["in"] == "query"]
+            assert query == ["param_run_id", "steps", "prefix"]
     assert request(setup.proxy, "GET", "/docs").status == 200
+
+
+def test_a_selection_passes_through_as_sent(setup: Setup) -> None:
+    """steps and prefix (repeated, with a trailing / and an escaped space)
+    reach the service as the browser sent them: the same manifest, the same
+    selected ZIP, name and ETag; a bad one is the service's 422."""
+    write(setup.tree.render / "r" / "stems2" / "x.wav", b"not selected")
+    query = "?param_run_id=p&steps=render&steps=param_generation&prefix=stems/&prefix=plan.json"
+    query += "&prefix=a%20b"
+    for path in ("/api/air/export/list/r" + query, "/api/air/export/zip/r" + query):
+        direct = request(setup.service.base_url, "GET", path, AUTH)
+        proxied = request(setup.proxy, "GET", path)
+        assert direct.status == 200
+        _same_answer(direct, proxied)
+    manifest = request(setup.proxy, "GET", "/api/air/export/list/r" + query).json()
+    assert [file["rel_path"] for file in manifest["files"]] == [  # type: ignore[index]
+        "20261101_p/plan.json",
+        "r/stems/a b.wav",
+    ]
+    assert proxied.headers["Content-Disposition"] == (
+        'attachment; filename="export_r_render+param_generation_a b+2.zip"'
+    )
+    bad = request(setup.proxy, "GET", "/api/air/export/zip/r?prefix=../r")
+    assert bad.status == 422
+    assert bad.json()["detail"]["error"] == "invalid_prefix"  # type: ignore[index]
 
 
 def test_whitespace_around_the_ids_means_what_it_meant_to_the_original(setup: Setup) -> None:

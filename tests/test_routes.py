@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from export_service import exports, routes, scanning
+from export_service.archive import ExportArchive
 from export_service.keys import ZIP_SLOTS
 from tests.conftest import (
     AirTree,
@@ -594,3 +595,219 @@ async def test_a_body_sent_after_100_continue_is_linked(
         await writer.wait_closed()
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
     assert json.loads(tree.links.read_text())["r"]["param_run_id"] == "p1"
+
+
+# -- selective exports (?steps=, ?prefix=) -----------------------------------
+
+# A fixed tree's answers as they were before selective exports: without the
+# parameters (or with a selection of everything) they must stay these bytes.
+PINNED_MANIFEST_ETAG = '"5ea61270722723ff8e1cb00116b947db3c9ceaf6"'
+PINNED_ZIP_SHA256 = "5db0f2b39bd4178d7a2e38e6cb1facfb136a3b8a8b9f2be314509377fd978094"
+_EVERYTHING = [
+    "",
+    "?steps=render,midi_generation,param_generation",
+    "?steps=param_generation&steps=render,midi_generation,render",
+    "?unknown=1&expires=2&signature=x",  # query keys it does not know are ignored
+]
+
+
+def _pinned_tree(tree: AirTree) -> None:
+    every_case(tree)
+    for folder in (tree.render, tree.midi, tree.param):
+        for path in folder.rglob("*"):
+            if path.is_file():
+                os.utime(path, (1_800_000_000, 1_800_000_000))
+
+
+def _todays_zip_etag(entries: list[tuple[str, str]]) -> str:
+    """The ZIP's ETag as archive.py made it before selections existed, from
+    the entries' names and their files' stat."""
+    digest = hashlib.sha256(ExportArchive.FORMAT.encode())
+    lines = ""
+    for arcname, path in entries:
+        info = os.stat(path)
+        lines += (
+            f"{arcname}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ctime_ns}\0{info.st_ino}\n"
+        )
+    digest.update(lines.encode())
+    return f'"{digest.hexdigest()[:40]}"'
+
+
+@pytest.mark.parametrize("query", _EVERYTHING)
+async def test_without_a_selection_the_answers_are_todays(
+    tree: AirTree, client: TestClient[Any, Any], query: str
+) -> None:
+    _pinned_tree(tree)
+    manifest = await client.get("/api/air/export/list/run_1" + query)
+    assert await manifest.read() == _compact(EXPECTED_RUN_1)
+    assert manifest.headers["ETag"] == PINNED_MANIFEST_ETAG
+    answer = await client.get("/api/air/export/zip/run_1" + query)
+    body = await answer.read()
+    assert hashlib.sha256(body).hexdigest() == PINNED_ZIP_SHA256
+    assert answer.headers["Content-Disposition"] == 'attachment; filename="export_run_1.zip"'
+    run = tree.render / "run_1"
+    assert answer.headers["ETag"] == _todays_zip_etag(
+        [
+            (
+                "midi_generation/20261102_090000_run_1/track.mid",
+                str(tree.midi / "20261102_090000_run_1" / "track.mid"),
+            ),
+            (
+                "param_generation/20261101_101200_prm_a/params.json",
+                str(tree.param / "20261101_101200_prm_a" / "params.json"),
+            ),
+            ("render/run_1/a/b.wav", str(run / "a" / "b.wav")),
+            ("render/run_1/a/b__1.wav", str(run / "a\\b.wav")),
+            ("render/run_1/empty.txt", str(run / "empty.txt")),
+            ("render/run_1/mix.wav", str(run / "mix.wav")),
+            ("render/run_1/naïve #1 100%.wav", str(run / "naïve #1 100%.wav")),
+            ("render/run_1/stems/deep/kick.wav", str(run / "stems" / "deep" / "kick.wav")),
+        ]
+    )
+    head = await client.head("/api/air/export/zip/run_1" + query)
+    assert head.headers["ETag"] == answer.headers["ETag"]
+    assert head.headers["Content-Length"] == str(len(body))
+
+
+def _manifest_of(body: bytes) -> Any:
+    return json.loads(body)
+
+
+async def test_steps_select_whole_steps_and_missing_names_only_selected_ones(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    every_case(tree)
+    full = _manifest_of(await _manifest(client, "/api/air/export/list/run_1"))
+    render = _manifest_of(await _manifest(client, "/api/air/export/list/run_1?steps=render"))
+    assert render == {
+        **full,
+        "midi_run_id": None,
+        "param_run_id": None,
+        "files": [file for file in full["files"] if file["step"] == "render"],
+        "missing": [],
+    }
+    midi = _manifest_of(await _manifest(client, "/api/air/export/list/run_1?steps=midi_generation"))
+    assert [file["rel_path"] for file in midi["files"]] == ["20261102_090000_run_1/track.mid"]
+    assert (midi["midi_run_id"], midi["param_run_id"], midi["missing"]) == ("run_1", None, [])
+    # run_2 has a render run only: a selected step without files is missing.
+    run_2 = _manifest_of(
+        await _manifest(
+            client, "/api/air/export/list/run_2?steps=midi_generation&steps=param_generation"
+        )
+    )
+    assert run_2["files"] == [] and run_2["missing"] == ["midi_generation", "param_generation"]
+
+
+async def test_a_prefix_takes_the_files_below_it_in_every_selected_step(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    every_case(tree)
+    write(tree.render / "run_1" / "stems2" / "x.wav", b"2")
+    write(tree.midi / "20261102_090000_run_1" / "stems", b"file named stems")
+    answer = _manifest_of(await _manifest(client, "/api/air/export/list/run_1?prefix=stems/"))
+    assert [(file["step"], file["rel_path"]) for file in answer["files"]] == [
+        ("midi_generation", "20261102_090000_run_1/stems"),
+        ("render", "run_1/stems/deep/kick.wav"),
+    ]
+    assert answer["missing"] == ["param_generation"]
+    assert (answer["midi_run_id"], answer["param_run_id"]) == ("run_1", None)
+    get = await client.get("/api/air/export/list/run_1?prefix=stems/")
+    head = await client.head("/api/air/export/list/run_1?prefix=stems")
+    whole = await client.head("/api/air/export/list/run_1")
+    assert head.status == 200 and await head.read() == b""
+    assert head.headers["ETag"] == get.headers["ETag"] != whole.headers["ETag"]
+    two = _manifest_of(
+        await _manifest(client, "/api/air/export/list/run_1?steps=render&prefix=mix.wav&prefix=a")
+    )
+    assert [file["rel_path"] for file in two["files"]] == ["run_1/a/b.wav", "run_1/mix.wav"]
+    assert two["missing"] == []
+    nothing = _manifest_of(
+        await _manifest(client, "/api/air/export/list/run_1?steps=render&prefix=Stems")
+    )
+    assert nothing["files"] == [] and nothing["missing"] == ["render"]
+
+
+async def test_a_selected_zip_has_its_own_name_etag_and_entries(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    every_case(tree)
+    full = await client.get("/api/air/export/zip/run_1")
+    full_entries = read_zip(await full.read())
+    cases = {
+        "?steps=render": ("export_run_1_render.zip", "render/"),
+        "?steps=midi_generation,render": ("export_run_1_render+midi_generation.zip", ""),
+        "?steps=render&prefix=stems": ("export_run_1_render_stems.zip", "render/run_1/stems/"),
+    }
+    etags = {full.headers["ETag"]}
+    for query, (name, start) in cases.items():
+        answer = await client.get("/api/air/export/zip/run_1" + query)
+        assert answer.status == 200
+        assert answer.headers["Content-Disposition"] == f'attachment; filename="{name}"'
+        entries = read_zip(await answer.read())
+        expected = {
+            entry: content
+            for entry, content in full_entries.items()
+            if entry.startswith(start) and not entry.startswith("param_generation/")
+        }
+        assert entries == expected and entries
+        etags.add(answer.headers["ETag"])
+        head = await client.head("/api/air/export/zip/run_1" + query)
+        assert head.headers["ETag"] == answer.headers["ETag"]
+        assert head.headers["Content-Disposition"] == answer.headers["Content-Disposition"]
+    assert len(etags) == 4
+    # The same files selected otherwise: the same selection, the same ETag.
+    again = await client.head(
+        "/api/air/export/zip/run_1?prefix=stems/deep/&prefix=stems&steps=render"
+    )
+    assert again.headers["ETag"] in etags - {full.headers["ETag"]}
+
+
+async def test_a_resume_with_the_full_zips_etag_gets_the_whole_selection(
+    tree: AirTree, client: TestClient[Any, Any]
+) -> None:
+    """Only render files exist: the selection steps=render holds exactly the
+    full ZIP's files, yet its ETag differs, so a resume with the full ZIP's
+    never splices the two."""
+    write(tree.render / "r" / "a.wav", os.urandom(5000))
+    full = await client.get("/api/air/export/zip/r")
+    full_body = await full.read()
+    url = "/api/air/export/zip/r?steps=render"
+    stale = await client.get(url, headers={"Range": "bytes=100-", "If-Range": full.headers["ETag"]})
+    assert stale.status == 200
+    selected = await stale.read()
+    assert selected == full_body and stale.headers["ETag"] != full.headers["ETag"]
+    fresh = await client.get(
+        url, headers={"Range": "bytes=100-", "If-Range": stale.headers["ETag"]}
+    )
+    assert fresh.status == 206
+    assert await fresh.read() == selected[100:]
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("steps=", "invalid_steps"),
+        ("steps=render,", "invalid_steps"),
+        ("steps=render&steps=stems", "invalid_steps"),
+        ("steps=render+midi_generation", "invalid_steps"),
+        ("prefix=", "invalid_prefix"),
+        ("prefix=/etc", "invalid_prefix"),
+        ("prefix=..", "invalid_prefix"),
+        ("prefix=stems/../..", "invalid_prefix"),
+        ("prefix=%2E%2E%2Fx", "invalid_prefix"),
+        ("prefix=a//b", "invalid_prefix"),
+        ("prefix=a%5Cb", "invalid_prefix"),
+        ("prefix=a%00b", "invalid_prefix"),
+        ("prefix=a%0Ab", "invalid_prefix"),
+        ("prefix=stems&prefix=./x", "invalid_prefix"),
+    ],
+)
+async def test_a_bad_selection_is_a_422_on_the_manifest_and_the_zip(
+    tree: AirTree, client: TestClient[Any, Any], query: str, code: str
+) -> None:
+    every_case(tree)
+    for route in ("list", "zip"):
+        detail = await error_detail(client, "GET", f"/api/air/export/{route}/run_1?{query}", 422)
+        assert detail["error"] == code
+    head = await client.head(f"/api/air/export/zip/run_1?{query}")
+    assert head.status == 422

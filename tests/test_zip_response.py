@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 import export_service.archive as archive_module
 from export_service.errors import SourceChanged
 from export_service.keys import METRICS
+from export_service.selection import Selection
 from export_service.zip_response import ZipResponse, content_disposition
 from tests.conftest import (
     DEEP,
@@ -101,6 +102,17 @@ def test_content_disposition_for_non_ascii_ids() -> None:
     assert content_disposition('a"b') == (
         "attachment; filename=\"export_a_b.zip\"; filename*=UTF-8''export_a%22b.zip"
     )
+
+
+def test_content_disposition_of_a_selection_keeps_the_rfc_6266_fallback() -> None:
+    stems = Selection.parse(["render"], ["stems"])
+    assert content_disposition("r1", stems) == 'attachment; filename="export_r1_render_stems.zip"'
+    accented = Selection.parse([], ["café/a b"])
+    assert content_disposition("nuta_é", accented) == (
+        'attachment; filename="export_nuta___caf_-a b.zip"; '
+        "filename*=UTF-8''export_nuta_%C3%A9_caf%C3%A9-a%20b.zip"
+    )
+    assert content_disposition("r1", None) == content_disposition("r1")
 
 
 async def test_first_bytes_leave_before_the_last_file_is_read_and_a_late_change_cuts_the_download(
