@@ -3,7 +3,8 @@ origin, as a download page does: a page on http://127.0.0.1:<A> fetches the
 ZIP from the service on http://127.0.0.1:<B>, reads its bytes with progress,
 its file name and size, sends the bearer token (a preflight), resumes a cut
 download with Range and If-Range, reads an error's JSON body; a page of an
-origin not allowed cannot read anything. One Chromium for the module
+origin not allowed cannot read anything; and the issue's scenario: a link
+minted by a FastAPI backend, to the stems only, cut and resumed. One Chromium for the module
 (tests/browser.py); skipped, saying "chromium not installed", without one."""
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
+import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +130,8 @@ async def service(tree: AirTree) -> AsyncIterator[ServiceFactory]:
     write(tree.midi / "20261101_r" / "song.mid", b"MThd" * 100)
     servers: list[TestServer] = []
 
-    async def start(**sections: dict[str, Any]) -> str:
-        server = TestServer(create_app(tree.settings(**sections)), host="127.0.0.1")
+    async def start(clock: Callable[[], float] = time.time, **sections: dict[str, Any]) -> str:
+        server = TestServer(create_app(tree.settings(**sections), clock=clock), host="127.0.0.1")
         await server.start_server(**runner_options(server.app))
         servers.append(server)
         return str(server.make_url("")).rstrip("/")
@@ -278,3 +282,64 @@ async def test_the_docs_download_snippet_resumes_a_cut_download(
         bearer,
         {**bearer, "Range": f"bytes={cut}-", "If-Range": headers["ETag"]},
     ]
+
+
+# The front end's part of the issue's scenario: ask the backend for a signed
+# link to the stems only, then download it from the service (another origin)
+# as RESUME does: cut after args.cut bytes, the rest with Range and If-Range.
+MINT_THEN_RESUME = """
+const asked = await fetch(args.backend + "/api/air/export/signed/r?steps=render&prefix=stems");
+args.url = (await asked.json()).url;
+""" + RESUME.replace(
+    "return {",
+    'return {url: args.url, disposition: first.headers.get("Content-Disposition"),',
+)
+
+
+async def test_a_backend_minted_link_to_the_stems_is_cut_and_resumed_by_a_page(
+    browser: Chromium, page: PageOrigin, service: ServiceFactory, tree: AirTree
+) -> None:
+    """The issue's scenario end to end: a FastAPI backend under uvicorn
+    mounts ``signed_url_router``; a page on a third origin asks it for a
+    signed link to the render step's stems, downloads the ZIP from the
+    service directly (the service wants a token, the page has none), is cut,
+    and resumes; the bytes are the selection's ZIP. Once the link has
+    expired the page reads the service's 410."""
+    from fastapi import FastAPI
+    from fastapi.middleware.cors import CORSMiddleware
+
+    from export_service.fastapi_proxy import signed_url_router
+    from tests.test_fastapi_proxy import uvicorn_app
+
+    write(tree.render / "r" / "stems" / "drums.wav", os.urandom(2 * 1024 * 1024))
+    secret = "browser-test-signing-secret-32chars"
+    now = [time.time()]
+    base = await service(
+        clock=lambda: now[0],
+        cors={"allowed_origins": [page.origin]},
+        auth={"token": TOKEN, "signing_secret": secret},
+    )
+    backend = FastAPI()
+    backend.add_middleware(CORSMiddleware, allow_origins=[page.origin])
+    backend.include_router(signed_url_router(secret, base, expires_in=600), prefix="/api")
+    with uvicorn_app(backend) as backend_url:
+        cut = 500_000
+        result = await page.run(browser, MINT_THEN_RESUME, {"backend": backend_url, "cut": cut})
+    url = result["url"]
+    assert url.startswith(base + ZIP + "?steps=render&prefix=stems&expires=")
+    async with aiohttp.ClientSession() as session, session.get(url) as got:
+        assert got.status == 200
+        expected = await got.read()
+    with zipfile.ZipFile(BytesIO(expected)) as archive:
+        assert archive.namelist() == ["render/r/stems/bass.wav", "render/r/stems/drums.wav"]
+    assert result["disposition"] == 'attachment; filename="export_r_render_stems.zip"'
+    assert result["aborted"] == "AbortError"
+    assert result["status"] == 206
+    assert result["contentRange"] == f"bytes {cut}-{len(expected) - 1}/{len(expected)}"
+    assert result["sha256"] == hashlib.sha256(expected).hexdigest()
+    now[0] += 601
+    expired = await page.run(browser, ERROR, {"url": url})
+    assert expired["status"] == 410
+    assert expired["body"]["detail"]["error"] == "url_expired"
+    tampered = await page.run(browser, ERROR, {"url": url.replace("stems", "stem")})
+    assert tampered["status"] == 403
