@@ -41,9 +41,13 @@ def _json(model: type, description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     texts = {
         401: "missing or wrong bearer token",
+        403: "invalid_signature: a signed URL whose signature is missing, malformed or wrong "
+        "(another path, query or method), or whose expiry lies beyond "
+        "auth.max_signed_url_seconds",
         404: "not found",
         413: "request body too large",
         412: "If-Match or If-Unmodified-Since failed",
+        410: "url_expired: a signed URL whose expiry has passed",
         416: "range not satisfiable",
         422: "invalid run id, param run id or body; or export_too_large (more files than "
         "limits.max_files_per_export, or folders than limits.max_folders_per_export)",
@@ -113,6 +117,26 @@ _PREFIX = {
     "explode": True,
     "schema": {"type": "array", "items": PREFIX_JSON_SCHEMA, "maxItems": MAX_PREFIXES},
 }
+# A signed URL's two query pairs (signed_urls.py), declared on the GET/HEAD
+# operations when auth.signing_secret is set.
+_SIGNED_URL = [
+    {
+        "name": "expires",
+        "in": "query",
+        "required": False,
+        "description": "a signed URL's expiry, unix seconds (made by sign_url or "
+        "export-service sign-url, with signature)",
+        "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+    },
+    {
+        "name": "signature",
+        "in": "query",
+        "required": False,
+        "description": "a signed URL's signature over its method class, path, query and "
+        "expiry: accepted in place of the bearer token for that URL only",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{43}$"},
+    },
+]
 _RENDER_RUN_ID = _path_param(
     "render_run_id", "the render run id (the project's id)", RUN_ID_JSON_SCHEMA
 )
@@ -120,7 +144,11 @@ _RENDER_RUN_ID = _path_param(
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
     auth = bool(settings.auth.token)
+    signed = bool(settings.auth.signing_secret)
     denied = (401,) if auth else ()
+    # What a GET/HEAD operation adds when signed URLs are on.
+    signed_parameters = _SIGNED_URL if signed else []
+    signed_denied = (403, 410) if signed else ()
     serialized: list[tuple[str, type]] = [
         ("ExportManifest", ExportManifest),
         ("Link", Link),
@@ -140,6 +168,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             _PARAM_RUN_ID,
             _STEPS,
             _PREFIX,
+            *signed_parameters,
             {
                 "name": "Range",
                 "in": "header",
@@ -162,27 +191,28 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             },
             "206": {"description": "one range of that ZIP", "content": zip_body},
             "304": {"description": "not modified (If-None-Match, If-Modified-Since)"},
-            **_selective(_errors(*denied, 412, 416, 422, 429, 503)),
+            **_selective(_errors(*denied, *signed_denied, 412, 416, 422, 429, 503)),
         },
     }
     file_operation = {
         "parameters": [
             _path_param("run_folder", "run folder name, as in the manifest URL"),
             _path_param("file_path", "path inside the run folder (segments percent-encoded)"),
+            *signed_parameters,
         ],
         "responses": {
             "200": {"description": "the file", "content": {"*/*": {"schema": {}}}},
             "206": {"description": "the requested range", "content": {"*/*": {"schema": {}}}},
             "304": {"description": "not modified (If-None-Match, If-Modified-Since)"},
-            **_errors(*denied, 404, 412, 416, 503),
+            **_errors(*denied, *signed_denied, 404, 412, 416, 503),
         },
     }
     manifest_operation = {
-        "parameters": [_RENDER_RUN_ID, _PARAM_RUN_ID, _STEPS, _PREFIX],
+        "parameters": [_RENDER_RUN_ID, _PARAM_RUN_ID, _STEPS, _PREFIX, *signed_parameters],
         "responses": {
             "200": _json(ExportManifest, "the manifest, with a strong ETag of its bytes"),
             "304": {"description": "not modified (If-None-Match)"},
-            **_selective(_errors(*denied, 412, 422, 503)),
+            **_selective(_errors(*denied, *signed_denied, 412, 422, 503)),
         },
     }
     paths: dict[str, Any] = {
@@ -197,8 +227,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         f"{EXPORT_PREFIX}/links/{{render_run_id}}": {
             "get": {
                 "summary": "The param run linked to a render run",
-                "parameters": [_RENDER_RUN_ID],
-                "responses": {"200": _json(Link, "the link"), **_errors(*denied, 404, 422)},
+                "parameters": [_RENDER_RUN_ID, *signed_parameters],
+                "responses": {
+                    "200": _json(Link, "the link"),
+                    **_errors(*denied, *signed_denied, 404, 422),
+                },
             },
             "put": {
                 "summary": "Link a param run to a render run",
@@ -216,12 +249,13 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         OPENAPI_PATH: {
             "get": {
                 "summary": "This document",
+                "parameters": signed_parameters,
                 "responses": {
                     "200": {
                         "description": "OpenAPI 3.1",
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     },
-                    **_errors(*denied),
+                    **_errors(*denied, *signed_denied),
                 },
             }
         },

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import pytest
@@ -17,17 +18,20 @@ from export_service import __version__
 from export_service.manifest import ExportManifest
 from export_service.openapi import OPENAPI_PATH, Readiness, Status, openapi_document
 from export_service.schemas import ErrorBody, Link, LinkUpdate
+from export_service.signed_urls import sign_url
 from tests.conftest import AirTree, ClientFactory, write
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
 TOKEN = "s3cret"
+SIGNING_SECRET = "openapi-test-signing-secret-32-chars"
 
 # Settings that change the document: the file URLs' prefixes, the token.
 VARIANTS = {
     "defaults": {},
     "prefixes": {"urls": {"render": "/files/render", "midi_generation": "/files/midi"}},
     "token": {"auth": {"token": TOKEN}},
+    "signed": {"auth": {"token": TOKEN, "signing_secret": SIGNING_SECRET}},
 }
 
 
@@ -165,3 +169,37 @@ async def test_the_document_says_which_operations_the_token_guards(
     unguarded = openapi_document(tree.settings())
     assert "security" not in unguarded and "securitySchemes" not in unguarded["components"]
     assert not any("401" in op["responses"] for op in _operations(unguarded).values())
+
+
+async def test_the_document_says_where_signed_urls_are_taken(
+    tree: AirTree, make_client: ClientFactory
+) -> None:
+    """With a signing secret, each GET and HEAD operation the token guards
+    declares ``expires`` and ``signature`` and the 403 and 410 they can give,
+    and the app gives them: a signed URL is let in without the token, a
+    tampered one is 403, an expired one 410. Without a secret none of it is
+    in the document."""
+    for root in (tree.render, tree.midi, tree.param):
+        write(root / "r" / "a.wav", b"a")
+    client = await make_client(**VARIANTS["signed"])
+    document = await _document(client)
+    signed_operations = 0
+    for (method, path), operation in _operations(document).items():
+        url = path.format(render_run_id="r", run_folder="r", file_path="a.wav")
+        names = {parameter["name"] for parameter in operation.get("parameters", [])}
+        if method == "PUT" or operation.get("security") == []:
+            assert not {"expires", "signature"} & names, (method, path)
+            continue
+        signed_operations += 1
+        assert {"expires", "signature"} <= names, (method, path)
+        assert {"403", "410"} <= set(operation["responses"]), (method, path)
+        good = sign_url(url, 60, SIGNING_SECRET)
+        found = 404 if "/links/" in path else 200  # no link in this tree
+        assert (await client.request(method, good)).status == found, (method, path)
+        tampered = good.replace("signature=", "signature=A", 1)[:-1]
+        assert (await client.request(method, tampered)).status == 403, (method, path)
+        expired = sign_url(url, 1, SIGNING_SECRET, now=time.time() - 10)
+        assert (await client.request(method, expired)).status == 410, (method, path)
+    assert signed_operations == 2 + 2 + 1 + 1 + 2 * 3  # list, zip, links, openapi, files
+    unsigned = json.dumps(openapi_document(tree.settings(**VARIANTS["token"])))
+    assert '"signature"' not in unsigned and '"410"' not in unsigned
