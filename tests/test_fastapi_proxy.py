@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -714,7 +716,8 @@ def test_the_signed_url_route_mints_links_the_service_takes_without_the_token(
         prefix="/api",
     )
     with uvicorn_app(app) as backend_url:
-        path = "/api/air/export/signed/r?param_run_id=p&steps=render&prefix=stems/a&other=1"
+        selection = "steps=render&prefix=stems%2Fa%20b.wav"
+        path = f"/api/air/export/signed/r?param_run_id=p&{selection}&other=1"
         assert request(backend_url, "GET", path).status == 401
         before = int(time.time())
         minted = request(backend_url, "GET", path, {"X-User": "u"})
@@ -725,16 +728,16 @@ def test_the_signed_url_route_mints_links_the_service_takes_without_the_token(
         url, expires_at = answer["url"], answer["expires_at"]
         assert before + 120 <= expires_at <= int(time.time()) + 120
         target = url.removeprefix(setup.service.base_url)
-        assert target.startswith(
-            "/api/air/export/zip/r?param_run_id=p&steps=render&prefix=stems%2Fa&expires="
-        )
+        assert target.startswith(f"/api/air/export/zip/r?param_run_id=p&{selection}&expires=")
         assert "other" not in target
         direct = request(
-            setup.service.base_url, "GET", "/api/air/export/zip/r?param_run_id=p", AUTH
+            setup.service.base_url, "GET", f"/api/air/export/zip/r?param_run_id=p&{selection}", AUTH
         )
         fetched = request(setup.service.base_url, "GET", target)
         assert fetched.status == 200
         assert fetched.body == direct.body
+        with zipfile.ZipFile(io.BytesIO(fetched.body)) as archive:
+            assert archive.namelist() == ["render/r/stems/a b.wav"]
         changed = request(
             setup.service.base_url, "GET", target.replace("param_run_id=p", "param_run_id=q")
         )
