@@ -424,3 +424,16 @@ def make_client(aiohttp_client: Any, tree: AirTree) -> ClientFactory:
 @pytest.fixture
 async def client(make_client: ClientFactory) -> TestClient[Any, Any]:
     return await make_client()
+
+
+async def first_answer(client: TestClient[Any, Any], head: bytes) -> bytes:
+    """The first status line the service sends for a request's head alone
+    (its body withheld, as a client that expects 100 Continue does)."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()

@@ -3,7 +3,6 @@ URL fails to verify (a 403, never anything else, however malformed)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -30,7 +29,7 @@ from export_service.config import settings_from_mapping
 from export_service.errors import ConfigError, InvalidSignature, UrlExpired
 from export_service.logs import JsonFormatter
 from export_service.signed_urls import canonical_request, is_signed, sign_url, verify
-from tests.conftest import AirTree, error_detail, wait_until, write
+from tests.conftest import AirTree, error_detail, first_answer, wait_until, write
 from tests.live import live_service
 
 SECRET = "s" * 32
@@ -407,22 +406,11 @@ async def test_100_continue_for_a_good_signature_not_for_a_bad_one(
             f"GET {target} HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
         ).encode()
 
-    assert await _first_answer(client, head(url)) == b"HTTP/1.1 100 Continue\r\n"
+    assert await first_answer(client, head(url)) == b"HTTP/1.1 100 Continue\r\n"
     bad = url.replace("/r1", "/r2")
-    assert await _first_answer(client, head(bad)) == b"HTTP/1.1 403 Forbidden\r\n"
+    assert await first_answer(client, head(bad)) == b"HTTP/1.1 403 Forbidden\r\n"
     unsigned = "/api/air/export/list/r1"
-    assert await _first_answer(client, head(unsigned)) == b"HTTP/1.1 401 Unauthorized\r\n"
-
-
-async def _first_answer(client: TestClient[Any, Any], head: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    try:
-        writer.write(head)
-        await writer.drain()
-        return await asyncio.wait_for(reader.readline(), 10)
-    finally:
-        writer.close()
-        await writer.wait_closed()
+    assert await first_answer(client, head(unsigned)) == b"HTTP/1.1 401 Unauthorized\r\n"
 
 
 # -- Config and the command line ----------------------------------------------
