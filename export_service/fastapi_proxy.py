@@ -561,6 +561,10 @@ class SignedExportUrl(BaseModel):
     expires_at: int = Field(description="When it stops working: unix seconds (UTC).")
 
 
+# The minting route's path: outside /air/export/, which an nginx in front
+# (deploy/nginx/export-service.conf) sends to the service, so that the route
+# always reaches the backend that mounts it.
+SIGNED_EXPORT_PATH = "/air/signed-export/"
 SIGNED_URL_KINDS = ("zip", "list")
 # The query pairs a signed link may carry (the rest of the backend's query is
 # not the service's business and is left out).
@@ -574,7 +578,7 @@ def signed_url_router(
     expires_in: int = 900,
     dependencies: Sequence[Depends] = (),
 ) -> APIRouter:
-    """``GET /air/export/signed/{render_run_id}?kind=zip|list``: a signed,
+    """``GET /air/signed-export/{render_run_id}?kind=zip|list``: a signed,
     expiring URL of the service's ZIP (default) or manifest for that run, as
     ``{"url": ..., "expires_at": <unix seconds>}``, so that the front end
     downloads from the service directly and the backend stays out of the
@@ -637,7 +641,7 @@ def signed_url_router(
         ),
     ]
     router.add_api_route(
-        EXPORT_PATH + "signed/{render_run_id:path}",
+        SIGNED_EXPORT_PATH + "{render_run_id:path}",
         signed_export_url,
         methods=["GET"],
         operation_id="air_export_signed_url",

@@ -184,7 +184,7 @@ def verify(
             " and method it was made for)"
         )
     expires = int(given_expires)
-    if now > expires:
+    if int(now) > expires:  # whole seconds: good through the second it names
         raise UrlExpired("this signed URL has expired; ask for a new one")
     if expires - now > max_seconds:
         raise InvalidSignature(

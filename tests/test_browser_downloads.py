@@ -288,7 +288,7 @@ async def test_the_docs_download_snippet_resumes_a_cut_download(
 # link to the stems only, then download it from the service (another origin)
 # as RESUME does: cut after args.cut bytes, the rest with Range and If-Range.
 MINT_THEN_RESUME = """
-const asked = await fetch(args.backend + "/api/air/export/signed/r?steps=render&prefix=stems");
+const asked = await fetch(args.backend + "/api/air/signed-export/r?steps=render&prefix=stems");
 args.url = (await asked.json()).url;
 """ + RESUME.replace(
     "return {",

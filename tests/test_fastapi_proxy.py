@@ -717,7 +717,7 @@ def test_the_signed_url_route_mints_links_the_service_takes_without_the_token(
     )
     with uvicorn_app(app) as backend_url:
         selection = "steps=render&prefix=stems%2Fa%20b.wav"
-        path = f"/api/air/export/signed/r?param_run_id=p&{selection}&other=1"
+        path = f"/api/air/signed-export/r?param_run_id=p&{selection}&other=1"
         assert request(backend_url, "GET", path).status == 401
         before = int(time.time())
         minted = request(backend_url, "GET", path, {"X-User": "u"})
@@ -742,7 +742,7 @@ def test_the_signed_url_route_mints_links_the_service_takes_without_the_token(
             setup.service.base_url, "GET", target.replace("param_run_id=p", "param_run_id=q")
         )
         assert changed.status == 403
-        listed = request(backend_url, "GET", "/api/air/export/signed/r?kind=list", {"X-User": "u"})
+        listed = request(backend_url, "GET", "/api/air/signed-export/r?kind=list", {"X-User": "u"})
         manifest_url = listed.json()["url"]  # type: ignore[index]
         manifest = request(
             setup.service.base_url, "GET", manifest_url.removeprefix(setup.service.base_url)
@@ -750,7 +750,7 @@ def test_the_signed_url_route_mints_links_the_service_takes_without_the_token(
         assert manifest.status == 200
         assert manifest.json()["render_run_id"] == "r"  # type: ignore[index]
         for bad, code in (("r?kind=tar", "invalid_kind"), ("..", "invalid_run_id")):
-            refused = request(backend_url, "GET", "/api/air/export/signed/" + bad, {"X-User": "u"})
+            refused = request(backend_url, "GET", "/api/air/signed-export/" + bad, {"X-User": "u"})
             assert refused.status == 422
             assert refused.json()["detail"]["error"] == code  # type: ignore[index]
     with pytest.raises(ValueError, match="at least 32"):

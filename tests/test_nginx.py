@@ -25,7 +25,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from bench.harness import nginx_server
 from export_service.cors import EXPOSED_HEADERS
-from export_service.fastapi_proxy import export_proxy_router
+from export_service.fastapi_proxy import export_proxy_router, signed_url_router
 from tests.conftest import AirTree, write
 from tests.live import LiveService, live_service
 from tests.test_fastapi_proxy import Answer, request, uvicorn_app
@@ -299,3 +299,50 @@ def test_the_recipes_expose_what_the_service_exposes(name: str) -> None:
     (line,) = [line for line in lines if "add_header Access-Control-Expose-Headers" in line]
     listed = line.split('"')[1].split(", ")
     assert listed == list(EXPOSED_HEADERS)
+
+
+SIGNING_SECRET = "nginx-test-signing-secret-of-32-chars"
+
+
+def test_behind_the_plain_recipe_without_its_token_line_signed_links_are_the_way_in(
+    tree: AirTree,
+) -> None:
+    """docs/how-to/nginx.md, "With signed links": the plain recipe with its
+    ``Authorization`` line dropped, in the backend's server block beside the
+    backend's own ``location /``. The backend's minting route (outside
+    /api/air/export/) reaches the backend through nginx; the link it mints
+    (a path, for this same origin) reaches the service through the recipe
+    and gets the selection; the same URL unsigned gets 401, since nginx no
+    longer lends its token to every browser."""
+    binary = _nginx()
+    write(tree.render / "r" / "mix.wav", os.urandom(300_000))
+    write(tree.render / "r" / "stems" / "a b.wav", os.urandom(40_000))
+    env = {
+        "EXPORT_SERVICE_ROOTS_RENDER": str(tree.render),
+        "EXPORT_SERVICE_ROOTS_MIDI_GENERATION": str(tree.midi),
+        "EXPORT_SERVICE_ROOTS_PARAM_GENERATION": str(tree.param),
+        "EXPORT_SERVICE_LINKS_FILE": str(tree.links),
+        "EXPORT_SERVICE_AUTH_TOKEN": TOKEN,
+        "EXPORT_SERVICE_AUTH_SIGNING_SECRET": SIGNING_SECRET,
+    }
+    backend = FastAPI()
+    backend.include_router(signed_url_router(SIGNING_SECRET, ""), prefix="/api")
+    with live_service(env=env) as service, uvicorn_app(backend) as backend_url:
+        plain = recipe("export-service.conf", service.base_url)
+        (token_line,) = [line for line in plain.splitlines() if "Authorization" in line]
+        server = plain.replace(token_line + "\n", "") + (
+            f"location / {{ proxy_pass {backend_url}; }}\n"
+        )
+        with nginx_server(binary, server) as front:
+            minted = request(front, "GET", "/api/air/signed-export/r?steps=render&prefix=stems")
+            assert minted.status == 200, minted.body
+            link = minted.json()["url"]  # type: ignore[index]
+            assert link.startswith("/api/air/export/zip/r?steps=render&prefix=stems&expires=")
+            signed = request(front, "GET", link)
+            assert signed.status == 200
+            assert signed.headers["Content-Disposition"] == (
+                'attachment; filename="export_r_render_stems.zip"'
+            )
+            assert b"render/r/stems/a b.wav" in signed.body and b"mix.wav" not in signed.body
+            assert request(front, "GET", link.split("?")[0]).status == 401
+            assert request(front, "GET", link.replace("stems", "mix.wav")).status == 403

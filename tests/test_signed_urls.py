@@ -129,8 +129,9 @@ def test_no_secret_means_signed_urls_are_off() -> None:
 def test_good_until_the_second_it_names_then_expired_signature_checked_first() -> None:
     url = sign_url("/api/air/export/zip/r1", 60, SECRET, now=NOW)
     assert _verify(url, now=NOW + 60) == NOW + 60
+    assert _verify(url, now=NOW + 60.999) == NOW + 60  # the whole second it names
     with pytest.raises(UrlExpired):
-        _verify(url, now=NOW + 60.5)
+        _verify(url, now=NOW + 61)
     # An expired URL with a wrong signature is a 403, not a 410.
     with pytest.raises(InvalidSignature):
         _verify(url.replace("/r1", "/r2"), now=NOW + 3600)
