@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -232,6 +233,18 @@ def body_complete(request: web.BaseRequest, response: web.StreamResponse) -> boo
     return _complete(request, response, _exchange.get())
 
 
+# A query in aiohttp's reason for a refused request (it quotes up to 100
+# bytes of the request line): up to the next space or quote.
+_QUERY = re.compile(r"\?[^\s'\"]*")
+
+
+def _without_queries(reason: str) -> str:
+    """aiohttp's reason with every query cut out: the service never logs a
+    query (a signed URL's signature is in it), not even of a request line
+    too long or malformed to parse."""
+    return _QUERY.sub("?<query not logged>", reason)
+
+
 class AccessLog(AbstractAccessLogger):
     """Called by aiohttp once a response has been sent (or failed to be):
     one log line and the request metrics."""
@@ -251,7 +264,7 @@ class AccessLog(AbstractAccessLogger):
                 _body_bytes(request, response, None),
                 time,
                 "rejected",
-                error=text.partition("\n")[0] if text else None,
+                error=_without_queries(text.partition("\n")[0]) if text else None,
             )
             return
         if exchange.logged:  # the client was gone: track_exchange wrote the line

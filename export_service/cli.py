@@ -613,7 +613,7 @@ def _run_sign_url(arguments: argparse.Namespace) -> int:
         url = sign_url(
             (arguments.base or "") + arguments.path, arguments.expires_in, auth.signing_secret
         )
-    except ValueError as error:  # PATH already signed
+    except ValueError as error:  # PATH already signed, or too long to fetch
         raise StartupError(f"sign-url: {error}") from None
     print(url)
     return 0

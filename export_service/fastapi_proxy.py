@@ -593,7 +593,8 @@ def signed_url_router(
     ``auth.max_signed_url_seconds``); ``dependencies``: the backend's login
     check. Without one, anyone who can reach the backend gets links.
 
-    A bad run id or ``kind`` is a 422 in the service's error shape. Mount it
+    A bad run id or ``kind``, or a selection too long for a URL the service
+    can read (``url_too_long``), is a 422 in the service's error shape. Mount it
     beside the proxy router: ``app.include_router(router, prefix="/api")``.
     """
     sign_url("/", expires_in, signing_secret, now=0)  # a short secret fails now
@@ -616,7 +617,10 @@ def signed_url_router(
         if pairs:
             path += "?" + urlencode(pairs, quote_via=quote)
         now = int(time.time())
-        url = sign_url(base + path, expires_in, signing_secret, now=now)
+        try:
+            url = sign_url(base + path, expires_in, signing_secret, now=now)
+        except ValueError as error:  # a selection too long for any request line
+            return error_response(422, "url_too_long", str(error))
         body = SignedExportUrl(url=url, expires_at=now + expires_in)
         return JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
 

@@ -44,6 +44,11 @@ MIN_SECRET_LENGTH = 32
 DEFAULT_MAX_SECONDS = 7 * 24 * 3600
 # A base64url SHA-256 digest without padding is exactly this long.
 SIGNATURE_LENGTH = 43
+# The longest path and query a signed URL may have: the service (aiohttp)
+# reads request lines of at most 8,190 bytes, method and version included,
+# and nginx's default large_client_header_buffers are 8 KiB. A longer URL
+# could be minted but never fetched.
+MAX_TARGET_CHARS = 8000
 # Unix seconds: ten digits until the year 2286; more is refused as malformed.
 MAX_EXPIRES_DIGITS = 12
 _SIGNED_METHODS = {"GET": "GET", "HEAD": "GET"}
@@ -110,7 +115,9 @@ def sign_url(url: str, expires_in: int, secret: str, *, now: float | None = None
     - ``now``: unix seconds to count from (for tests); the expiry is rounded down.
 
     **Raises:** ``ValueError`` for an ``expires_in`` below 1, a secret under 32
-    characters, or a ``url`` that already has ``expires`` or ``signature``.
+    characters, a ``url`` that already has ``expires`` or ``signature``, or a
+    signed path and query longer than :data:`MAX_TARGET_CHARS` (no request line
+    the service reads could carry it).
     """
     if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in < 1:
         raise ValueError(f"expires_in must be a whole number of seconds >= 1, got {expires_in!r}")
@@ -124,6 +131,12 @@ def sign_url(url: str, expires_in: int, secret: str, *, now: float | None = None
     expires = int(time.time() if now is None else now) + expires_in
     query = f"{parts.query}&{EXPIRES}={expires}" if parts.query else f"{EXPIRES}={expires}"
     signature = _signature(secret, canonical_request("GET", parts.path or "/", query))
+    target = len(parts.path or "/") + len(f"?{query}&{SIGNATURE}={signature}")
+    if target > MAX_TARGET_CHARS:
+        raise ValueError(
+            f"the signed URL's path and query would be {target:,} characters, more than the "
+            f"{MAX_TARGET_CHARS:,} a request line to the service may carry; select less"
+        )
     return urllib.parse.urlunsplit(
         parts._replace(query=f"{query}&{SIGNATURE}={signature}", fragment="")
     )

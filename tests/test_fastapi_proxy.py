@@ -749,7 +749,12 @@ def test_the_signed_url_route_mints_links_the_service_takes_without_the_token(
         )
         assert manifest.status == 200
         assert manifest.json()["render_run_id"] == "r"  # type: ignore[index]
-        for bad, code in (("r?kind=tar", "invalid_kind"), ("..", "invalid_run_id")):
+        too_long = "r?" + "&".join(f"prefix=p{i}" + "y" * 130 for i in range(60))
+        for bad, code in (
+            ("r?kind=tar", "invalid_kind"),
+            ("..", "invalid_run_id"),
+            (too_long, "url_too_long"),
+        ):
             refused = request(backend_url, "GET", "/api/air/signed-export/" + bad, {"X-User": "u"})
             assert refused.status == 422
             assert refused.json()["detail"]["error"] == code  # type: ignore[index]

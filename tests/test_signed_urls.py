@@ -28,7 +28,13 @@ from export_service.cli import main
 from export_service.config import settings_from_mapping
 from export_service.errors import ConfigError, InvalidSignature, UrlExpired
 from export_service.logs import JsonFormatter
-from export_service.signed_urls import canonical_request, is_signed, sign_url, verify
+from export_service.signed_urls import (
+    MAX_TARGET_CHARS,
+    canonical_request,
+    is_signed,
+    sign_url,
+    verify,
+)
 from tests.conftest import AirTree, error_detail, first_answer, wait_until, write
 from tests.live import live_service
 
@@ -135,6 +141,16 @@ def test_good_until_the_second_it_names_then_expired_signature_checked_first() -
     # An expired URL with a wrong signature is a 403, not a 410.
     with pytest.raises(InvalidSignature):
         _verify(url.replace("/r1", "/r2"), now=NOW + 3600)
+
+
+def test_a_url_too_long_for_a_request_line_is_not_minted() -> None:
+    """aiohttp reads request lines of at most 8,190 bytes: a signed URL longer
+    than that could be minted but never fetched."""
+    prefixes = "&".join(f"prefix=p{i}" + "y" * 130 for i in range(60))
+    with pytest.raises(ValueError, match="more than the 8,000"):
+        sign_url(f"/api/air/export/zip/r1?{prefixes}", 60, SECRET, now=NOW)
+    longest = sign_url("/a?" + "x" * (MAX_TARGET_CHARS - 80), 60, SECRET, now=NOW)
+    assert len(longest) <= MAX_TARGET_CHARS
 
 
 def test_an_expiry_beyond_the_maximum_is_refused() -> None:
