@@ -81,12 +81,10 @@ class Paths:
     backend: str  # the backend itself, as a front end in development calls it
 
 
-@contextmanager
-def _paths(tree: AirTree, **settings: str) -> Iterator[Paths]:
-    """The service configured as an ops person sets it in a container (the
-    environment, plus ``settings``), the backend, and an nginx per recipe."""
-    binary = _nginx()
-    env = {
+def _service_env(tree: AirTree, **settings: str) -> dict[str, str]:
+    """The service's config as an ops person sets it in a container: the
+    environment (the tree's roots and links file, the token), plus ``settings``."""
+    return {
         "EXPORT_SERVICE_ROOTS_RENDER": str(tree.render),
         "EXPORT_SERVICE_ROOTS_MIDI_GENERATION": str(tree.midi),
         "EXPORT_SERVICE_ROOTS_PARAM_GENERATION": str(tree.param),
@@ -94,6 +92,14 @@ def _paths(tree: AirTree, **settings: str) -> Iterator[Paths]:
         "EXPORT_SERVICE_AUTH_TOKEN": TOKEN,
         **settings,
     }
+
+
+@contextmanager
+def _paths(tree: AirTree, **settings: str) -> Iterator[Paths]:
+    """The service configured as an ops person sets it in a container (the
+    environment, plus ``settings``), the backend, and an nginx per recipe."""
+    binary = _nginx()
+    env = _service_env(tree, **settings)
     with (
         live_service(env=env) as service,
         uvicorn_app(accel_backend(service.base_url)) as backend,
@@ -317,14 +323,7 @@ def test_behind_the_plain_recipe_without_its_token_line_signed_links_are_the_way
     binary = _nginx()
     write(tree.render / "r" / "mix.wav", os.urandom(300_000))
     write(tree.render / "r" / "stems" / "a b.wav", os.urandom(40_000))
-    env = {
-        "EXPORT_SERVICE_ROOTS_RENDER": str(tree.render),
-        "EXPORT_SERVICE_ROOTS_MIDI_GENERATION": str(tree.midi),
-        "EXPORT_SERVICE_ROOTS_PARAM_GENERATION": str(tree.param),
-        "EXPORT_SERVICE_LINKS_FILE": str(tree.links),
-        "EXPORT_SERVICE_AUTH_TOKEN": TOKEN,
-        "EXPORT_SERVICE_AUTH_SIGNING_SECRET": SIGNING_SECRET,
-    }
+    env = _service_env(tree, EXPORT_SERVICE_AUTH_SIGNING_SECRET=SIGNING_SECRET)
     backend = FastAPI()
     backend.include_router(signed_url_router(SIGNING_SECRET, ""), prefix="/api")
     with live_service(env=env) as service, uvicorn_app(backend) as backend_url:
