@@ -79,16 +79,19 @@ def canonical_request(method: str, path: str, query: str) -> bytes:
     **Raises:** :class:`~export_service.errors.InvalidSignature` for a method
     other than GET and HEAD.
     """
+    return _canonical(method, path, _decoded_pairs(query))
+
+
+def _canonical(method: str, path: str, pairs: list[tuple[bytes, bytes]]) -> bytes:
+    """:func:`canonical_request` from the query's pairs, already decoded."""
     method_class = _SIGNED_METHODS.get(method.upper())
     if method_class is None:
         raise InvalidSignature(f"a signed URL is good for GET and HEAD only, not {method}")
     canonical_path = urllib.parse.quote(urllib.parse.unquote_to_bytes(path), safe="/")
-    pairs = sorted(
-        (key, value) for key, value in _decoded_pairs(query) if key != SIGNATURE.encode()
-    )
+    signed = sorted((key, value) for key, value in pairs if key != SIGNATURE.encode())
     canonical_query = "&".join(
         urllib.parse.quote(key, safe="") + "=" + urllib.parse.quote(value, safe="")
-        for key, value in pairs
+        for key, value in signed
     )
     return "\n".join((VERSION, method_class, canonical_path, canonical_query)).encode("ascii")
 
@@ -171,8 +174,9 @@ def verify(
     ``now``; :class:`~export_service.errors.UrlExpired` (410) when the
     signature is good but ``now`` is past the expiry.
     """
-    keys = [key for key, _ in _decoded_pairs(query)]
-    values = dict(_decoded_pairs(query))
+    pairs = _decoded_pairs(query)  # once: the checks and the canonical form
+    keys = [key for key, _ in pairs]
+    values = dict(pairs)
     usable = [secret for secret in secrets if secret]
     if not usable:
         raise InvalidSignature("signed URLs are not enabled on this service")
@@ -186,7 +190,7 @@ def verify(
         raise InvalidSignature("'expires' must be unix seconds (digits only)")
     if len(given_signature) != SIGNATURE_LENGTH or not set(given_signature) <= _BASE64URL:
         raise InvalidSignature("the signature is malformed")
-    canonical = canonical_request(method, path, query)
+    canonical = _canonical(method, path, pairs)
     matched = False
     for secret in usable:
         expected = _signature(secret, canonical).encode("ascii")
