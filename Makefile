@@ -34,11 +34,12 @@ run: $(RUN_STAMP)
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest
 
-## lint: ruff, mypy, hadolint and kubernetes-validate, as CI runs them
+## lint: ruff, mypy, import-linter (the layers), hadolint and kubernetes-validate, as CI runs them
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/hadolint --failure-threshold error Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 

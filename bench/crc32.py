@@ -1,5 +1,5 @@
 """CRC-32 speeds: zlib's (zipstream-ng's default) against ISA-L's, which
-export_service/archive.py wires into zipstream-ng.
+export_service/zip/archive.py wires into zipstream-ng.
 
     python bench/crc32.py
 """

@@ -26,12 +26,12 @@ from typing import get_args
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import MIB, machine, make_workload, table
-from export_service import archive
+from export_service.aio.streaming import _next_batch
 from export_service.config import load_settings
+from export_service.core.manifest import Step
+from export_service.core.safe_files import FolderFiles
 from export_service.exports import ExportSources, build_export
-from export_service.manifest import Step
-from export_service.safe_files import FolderFiles
-from export_service.streaming import _next_batch
+from export_service.zip import archive
 
 
 def best_of(rounds: int, stage: Callable[[], object]) -> float:

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import machine, median, table
 from export_service.config import settings_from_mapping
+from export_service.core.selection import Selection
 from export_service.exports import ExportSources, export_manifest_json, plan_export_archive
-from export_service.selection import Selection
 
 RUN = "rnd_big"
 SELECTIONS: dict[str, Selection | None] = {

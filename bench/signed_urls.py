@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import MIB, Fetch, curl, machine, median, reference_workload, service, table
-from export_service.routes import bearer_token_matches
+from export_service.http.routes import bearer_token_matches
 from export_service.signed_urls import sign_url, verify
 
 SECRET = "bench-signing-secret-0123456789abcdef"

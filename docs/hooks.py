@@ -5,14 +5,14 @@ A page asks for a generated part with an HTML comment on a line of its own,
 ``<!-- generated: NAME -->``, NAME one of :data:`GENERATORS`:
 
 - ``openapi``: the HTTP API, from the OpenAPI document the service serves
-  (``export_service.openapi``);
+  (``export_service.http.openapi``);
 - ``config``: every configuration key with its type, default, environment
   variable and description, from the settings model (``export_service.config``);
 - ``cli``: every command's ``--help``, from the argparse parser (``export_service.cli``);
 - ``metrics``: every series ``/metrics`` exposes, from the registry
-  (``export_service.metrics``);
+  (``export_service.obs.metrics``);
 - ``log_fields``: the fields of a JSON log line and of an access line, from
-  the formatter and the access log (``export_service.logs``, ``export_service.access``).
+  the formatter and the access log (``export_service.obs.logs``, ``export_service.http.access``).
 
 An unknown NAME, a key without a description, a log field without its
 meaning: the build fails (``mkdocs build --strict`` runs in CI).
@@ -60,7 +60,7 @@ def _sample_settings() -> Any:
 
 def openapi_document() -> dict[str, Any]:
     """What ``GET /api/air/export/openapi.json`` answers with the default config."""
-    from export_service.openapi import openapi_document as document
+    from export_service.http.openapi import openapi_document as document
 
     served: dict[str, Any] = document(_sample_settings())
     return served
@@ -232,7 +232,7 @@ def metric_series() -> Iterator[tuple[str, str, str, str]]:
     application's registry, in registry order."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from export_service.metrics import Metrics
+    from export_service.obs.metrics import Metrics
 
     metrics = Metrics()
     labels: dict[str, tuple[str, ...]] = {}
@@ -261,10 +261,7 @@ def metrics_markdown() -> str:
 RECORD_FIELDS = {
     "time": "when the line was made, UTC, ISO 8601 with milliseconds",
     "level": "`DEBUG`, `INFO`, `WARNING` or `ERROR`",
-    "logger": "who wrote it: `export_service.access` for access lines, "
-    "`export_service.routes` for a ZIP download's end, `export_service.file_urls` "
-    "for a file URL's, `export_service.scanning`, `export_service.links`, "
-    "`export_service.archive`...",
+    "logger": "who wrote it: one of the loggers below",
     "message": "the line as text",
     "request_id": "the request's id (the client's `X-Request-ID`, else a new one; echoed in "
     "the response): every line written while serving that request carries it",
@@ -274,7 +271,7 @@ RECORD_FIELDS = {
 
 def record_fields() -> list[str]:
     """The fields a JSON line can carry, from a line the formatter writes."""
-    from export_service.logs import JsonFormatter, request_id
+    from export_service.obs.logs import JsonFormatter, request_id
 
     record = logging.LogRecord("export_service", logging.ERROR, __file__, 1, "m", None, None)
     try:
@@ -291,13 +288,23 @@ def record_fields() -> list[str]:
 
 
 def log_fields_markdown() -> str:
-    from export_service.access import ACCESS_FIELDS, ENDINGS
+    from export_service.http.access import ACCESS_FIELDS, ENDINGS
+    from export_service.obs.logs import LOGGER_NAMES
 
     lines = ["Every line:", "", "| Field | Meaning |", "| --- | --- |"]
     for field in record_fields():
         if field not in RECORD_FIELDS:
             raise ValueError(f"log field {field!r} has no meaning in docs/hooks.py")
         lines.append(f"| `{field}` | {_cell(RECORD_FIELDS[field])} |")
+    lines += [
+        "",
+        "The loggers (their names are the module names of an earlier layout, kept",
+        "because log queries select on them):",
+        "",
+        "| Logger | Writes |",
+        "| --- | --- |",
+    ]
+    lines += [f"| `{name}` | {_cell(what)} |" for name, what in LOGGER_NAMES.items()]
     lines += [
         "",
         "An access line (logger `export_service.access`, one per request, however it ended) adds:",

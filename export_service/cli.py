@@ -20,8 +20,6 @@ from typing import BinaryIO, NoReturn
 from aiohttp import web
 from pydantic import ValidationError
 
-from .access import runner_options
-from .app import create_app
 from .config import (
     CONFIG_ENV_VAR,
     ENV_PREFIX,
@@ -34,17 +32,19 @@ from .config import (
     settings_from_mapping,
     unknown_env_vars,
 )
+from .core.run_ids import run_id_problem
+from .core.selection import STEPS, Selection, parse_prefix, parse_steps
 from .errors import ConfigError, ExportServiceError
 from .exports import ExportSources, build_export, plan_export_archive
+from .http.access import runner_options
+from .http.app import create_app
+from .http.shutdown import CANCEL_WAIT_SECONDS, stop_on_hangup
 from .links import LinkStore
-from .logs import setup_logging
-from .run_ids import run_id_problem
+from .obs.logs import setup_logging
 from .sample import SAMPLE_RENDER_RUN_ID, create_sample_tree
-from .selection import STEPS, Selection, parse_prefix, parse_steps
-from .shutdown import CANCEL_WAIT_SECONDS, stop_on_hangup
 from .signed_urls import sign_url
 
-log = logging.getLogger("export_service")
+log = logging.getLogger("export_service")  # obs/logs.py: LOGGER_NAMES
 
 EXIT_FAILED = 1
 EXIT_CONFIG_ERROR = 2
@@ -345,7 +345,7 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         sock=sock,
         print=started,
         # The app's own shutdown gives requests in flight the grace and then cuts
-        # them (export_service/shutdown.py); aiohttp's, which would wait twice as
+        # them (export_service/http/shutdown.py); aiohttp's, which would wait twice as
         # long, finds nothing left but gets a short backstop.
         shutdown_timeout=CANCEL_WAIT_SECONDS,
         # A client that hangs up cancels its handler at once, so a download in

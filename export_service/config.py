@@ -27,7 +27,7 @@ from pydantic import (
     ValidationError,
 )
 
-from .cpus import usable_cpus
+from .core.cpus import usable_cpus
 from .errors import ConfigError
 from .signed_urls import MIN_SECRET_LENGTH
 

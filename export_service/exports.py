@@ -14,13 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, get_args
 
-from .archive import CrcCache, ExportArchive, plan_archive
 from .config import Settings
-from .errors import ExportTooLarge
-from .links import LinkStore
-from .manifest import Export, Step, StepFiles
-from .safe_files import resolved
-from .scanning import (
+from .core.manifest import Export, Step, StepFiles
+from .core.safe_files import resolved
+from .core.scanning import (
     UNLISTED_REASONS,
     FolderScan,
     RunFolderIndex,
@@ -30,9 +27,12 @@ from .scanning import (
     root_problem,
     scan_run_folder,
 )
-from .selection import Selection
+from .core.selection import Selection
+from .errors import ExportTooLarge
+from .links import LinkStore
+from .zip.archive import CrcCache, ExportArchive, plan_archive
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("export_service.exports")  # obs/logs.py: LOGGER_NAMES
 
 
 class RootStates:

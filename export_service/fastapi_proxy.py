@@ -56,13 +56,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
 
+from .core.manifest import ExportManifest
+from .core.run_ids import render_run_id_as_sent
 from .errors import ExportServiceError
-from .manifest import ExportManifest
-from .run_ids import render_run_id_as_sent
 from .schemas import ErrorBody, Link, LinkUpdate
 from .signed_urls import sign_url
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("export_service.fastapi_proxy")  # obs/logs.py: LOGGER_NAMES
 
 EXPORT_PATH = "/air/export/"
 SERVICE_PREFIX = "/api"

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, WithJsonSchema
 
-from .run_ids import RUN_ID_JSON_SCHEMA
+from .core.run_ids import RUN_ID_JSON_SCHEMA
 
 EXPORT_PREFIX = "/api/air/export"
 

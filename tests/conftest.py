@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from export_service.access import runner_options
-from export_service.app import create_app
 from export_service.config import Settings, settings_from_mapping
-from export_service.logs import JsonFormatter
+from export_service.http.access import runner_options
+from export_service.http.app import create_app
+from export_service.obs.logs import JsonFormatter
 
 CANARY = b"CANARY-outside-the-roots"
 

@@ -10,10 +10,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from export_service.access import runner_options
-from export_service.app import GC_FULL_COLLECTION_EVERY, create_app
 from export_service.errors import NotFound
-from export_service.keys import METRICS
+from export_service.http.access import runner_options
+from export_service.http.app import GC_FULL_COLLECTION_EVERY, create_app
+from export_service.http.keys import METRICS
 from tests.conftest import (
     AirTree,
     ClientFactory,

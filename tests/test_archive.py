@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import export_service.archive as archive_module
-from export_service.archive import CrcCache, ExportArchive
+import export_service.zip.archive as archive_module
 from export_service.errors import SourceChanged
 from export_service.exports import ExportSources, build_export, plan_export_archive
-from export_service.names import ArcnameAllocator, sanitize_arcname
+from export_service.zip.archive import CrcCache, ExportArchive
+from export_service.zip.names import ArcnameAllocator, sanitize_arcname
 from tests.conftest import AirTree, open_paths_under, rewrite_in_place, write
 from tests.zips import java_read_zip, read_zip, require, unzip_test
 
@@ -79,7 +79,7 @@ def test_a_file_gone_between_the_scan_and_planning_is_left_out(tree: AirTree) ->
     write(tree.render / "r" / "good.wav", b"g")
     bad = write(tree.render / "r" / "bad.wav", b"b")
     settings = tree.settings()
-    from export_service.archive import plan_archive
+    from export_service.zip.archive import plan_archive
 
     export = build_export(ExportSources.from_settings(settings), "r", None)
     bad.unlink()
@@ -167,9 +167,9 @@ def test_isal_computes_the_crcs() -> None:
     zlib's would cost the first download of every big file a slower pass."""
     from isal import isal_zlib
 
-    import export_service.archive
+    import export_service.zip.archive
 
-    assert vars(export_service.archive)["crc32"] is isal_zlib.crc32
+    assert vars(export_service.zip.archive)["crc32"] is isal_zlib.crc32
 
 
 def _local_headers(body: bytes) -> list[tuple[int, int, int, int, str, int]]:

@@ -24,8 +24,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDictProxy
 
-from export_service.access import runner_options
-from export_service.app import create_app
+from export_service.http.access import runner_options
+from export_service.http.app import create_app
 from tests.browser import Chromium, PageError, PageOrigin, chromium, page_origin
 from tests.conftest import AirTree, write
 

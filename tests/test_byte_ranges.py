@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from export_service.byte_ranges import http_date, requested_range
 from export_service.errors import RangeNotSatisfiable
+from export_service.http.byte_ranges import http_date, requested_range
 
 SIZE = 10_240
 ETAG = '"v1"'

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from export_service.conditional import not_modified
 from export_service.errors import PreconditionFailed
+from export_service.http.conditional import not_modified
 from tests.conftest import AirTree, write
 
 ETAG = '"abc"'

@@ -14,8 +14,8 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from export_service import cors
-from export_service.cors import ALLOWED_HEADERS, EXPOSED_HEADERS
+from export_service.http import cors
+from export_service.http.cors import ALLOWED_HEADERS, EXPOSED_HEADERS
 from tests.conftest import AirTree, ClientFactory, write
 
 PAGE = "https://air.example.com"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from export_service.cpus import cgroup_cpu_quota, usable_cpus
+from export_service.core.cpus import cgroup_cpu_quota, usable_cpus
 
 AFFINITY = len(os.sched_getaffinity(0))
 

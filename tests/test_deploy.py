@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from export_service.config import settings_from_mapping
-from export_service.shutdown import CANCEL_WAIT_SECONDS
+from export_service.http.shutdown import CANCEL_WAIT_SECONDS
 from tests.live import free_port, live_service
 
 REPO = Path(__file__).resolve().parent.parent

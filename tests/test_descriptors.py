@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from export_service.descriptors import descriptor_headroom, require_descriptors
+from export_service.core.descriptors import descriptor_headroom, require_descriptors
 from export_service.errors import OutOfDescriptors
 from tests.test_out_of_descriptors import no_descriptor_left
 

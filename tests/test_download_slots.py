@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from export_service.download_slots import DownloadSlots, client_address
+from export_service.aio.download_slots import DownloadSlots, client_address
 
 
 def test_zip_slots_cannot_go_beyond_the_limit() -> None:

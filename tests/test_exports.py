@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from export_service.core.scanning import ScanStopped
+from export_service.core.selection import Selection
 from export_service.errors import ExportTooLarge
 from export_service.exports import ExportSources, export_manifest_json, plan_export_archive
-from export_service.scanning import ScanStopped
-from export_service.selection import Selection
 from tests.conftest import DEEP, AirTree, every_case, make_deep, remove_deep, write
 from tests.zips import read_zip
 

@@ -592,6 +592,9 @@ from export_service.fastapi_proxy import export_proxy_router
 from export_service.links import get_param_for_render, link_param_to_render
 from export_service.signed_urls import sign_url
 
+# The router relays with aiohttp's client, never loading its server.
+assert not [name for name in sys.modules if name.startswith("aiohttp.web")], "aiohttp.web loaded"
+
 link_param_to_render("r", "p")
 assert get_param_for_render(" r ") == "p"
 signed = sign_url("/api/air/export/zip/r?param_run_id=p", 60, sys.argv[3])

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from export_service import file_responses
-from export_service.file_responses import SENDFILE_PIECE, content_type
+from export_service.http import file_responses
+from export_service.http.file_responses import SENDFILE_PIECE, content_type
 from tests.conftest import (
     CANARY,
     AirTree,

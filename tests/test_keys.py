@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from export_service import keys
+from export_service.http import keys
 
 
 def _app_keys() -> list[web.AppKey[Any]]:

@@ -8,6 +8,7 @@ import errno
 import json
 import logging
 import os
+import re
 import resource
 import socket
 import sys
@@ -19,9 +20,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from export_service import logs
 from export_service.errors import ConfigError
-from export_service.logs import (
+from export_service.obs import logs
+from export_service.obs.logs import (
     JsonFormatter,
     RepeatLimiter,
     RequestIdFilter,
@@ -176,7 +177,7 @@ def test_error_lines_are_json_with_the_request_id_and_exception() -> None:
 def test_logging_goes_through_a_queue_and_keeps_tracebacks(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import export_service.logs as logs
+    import export_service.obs.logs as logs
 
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
@@ -228,8 +229,25 @@ def test_text_lines_carry_the_json_fields_readably() -> None:
         "empty": "",
     }
     assert TextFormatter().format(record) == (
-        "2026-12-07T08:30:00.025+00:00 INFO export_service.access GET /a 200 request_id=r-1 "
+        "2026-12-07T08:30:00.025+00:00 INFO export_service.http.access GET /a 200 request_id=r-1 "
         'duration_ms=1.5 remote=::1 error="Bad status line" empty=""'
     )
     entry = json.loads(JsonFormatter().format(record))
     assert entry["time"] == "2026-12-07T08:30:00.025+00:00"
+
+
+def test_every_logger_of_the_package_has_a_name_from_the_one_list() -> None:
+    """Operators filter on logger names, so they outlive module moves: each
+    module names its logger with a literal from LOGGER_NAMES, never
+    ``__name__`` (which changes when a module moves), and each listed name
+    is used."""
+    package = Path(logs.__file__).resolve().parent.parent
+    call = re.compile(r"logging\.getLogger\(([^)]*)\)")
+    used = set()
+    for path in package.rglob("*.py"):
+        for argument in call.findall(path.read_text()):
+            if argument in ('"aiohttp.server"', '"asyncio"', ""):
+                continue
+            assert argument.startswith('"'), f"{path.name}: getLogger({argument})"
+            used.add(argument.strip('"'))
+    assert used == set(logs.LOGGER_NAMES)

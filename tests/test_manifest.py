@@ -8,9 +8,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from export_service.core.manifest import Export, ListedFile, Step, StepFiles, manifest_json
+from export_service.core.scanning import FolderScan, scan_run_folder
 from export_service.exports import ExportSources, build_export
-from export_service.manifest import Export, ListedFile, Step, StepFiles, manifest_json
-from export_service.scanning import FolderScan, scan_run_folder
 from tests.conftest import AirTree, write
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from export_service import metrics as metrics_module
-from export_service.metrics import Metrics
+from export_service.obs import metrics as metrics_module
+from export_service.obs.metrics import Metrics
 from tests.docs_site import hooks
 
 

@@ -11,7 +11,7 @@ from contextvars import ContextVar
 
 import pytest
 
-from export_service.offload import open_off_loop, run_blocking, run_stoppable
+from export_service.aio.offload import open_off_loop, run_blocking, run_stoppable
 from tests.conftest import wait_until
 
 

@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient
 from pydantic import TypeAdapter
 
 from export_service import __version__
-from export_service.manifest import ExportManifest
-from export_service.openapi import OPENAPI_PATH, Readiness, Status, openapi_document
+from export_service.core.manifest import ExportManifest
+from export_service.http.openapi import OPENAPI_PATH, Readiness, Status, openapi_document
 from export_service.schemas import ErrorBody, Link, LinkUpdate
 from export_service.signed_urls import sign_url
 from tests.conftest import AirTree, ClientFactory, write

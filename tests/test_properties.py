@@ -8,8 +8,8 @@ import unicodedata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export_service.names import ArcnameAllocator, sanitize_arcname, sanitize_arcname_fully
-from export_service.run_ids import RUN_ID_JSON_SCHEMA, run_id_problem
+from export_service.core.run_ids import RUN_ID_JSON_SCHEMA, run_id_problem
+from export_service.zip.names import ArcnameAllocator, sanitize_arcname, sanitize_arcname_fully
 
 # Text with the characters that matter over-represented.
 TRICKY = st.text(

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from export_service import exports, routes, scanning
-from export_service.archive import ExportArchive
-from export_service.keys import ZIP_SLOTS
+from export_service import exports
+from export_service.core import scanning
+from export_service.http import routes
+from export_service.http.keys import ZIP_SLOTS
+from export_service.zip.archive import ExportArchive
 from tests.conftest import (
     AirTree,
     ClientFactory,

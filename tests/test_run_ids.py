@@ -1,7 +1,6 @@
 import pytest
 
-from export_service.errors import InvalidParamRunId, InvalidRunId
-from export_service.run_ids import (
+from export_service.core.run_ids import (
     check_param_run_id,
     check_render_run_id,
     linked_param_run_id_as_sent,
@@ -9,6 +8,7 @@ from export_service.run_ids import (
     render_run_id_as_sent,
     run_id_problem,
 )
+from export_service.errors import InvalidParamRunId, InvalidRunId
 
 VALID = [
     "rnd_7f3a9c",

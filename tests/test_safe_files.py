@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from export_service.core.safe_files import FolderFiles, is_within, open_root_file
 from export_service.errors import NotFound, SourceChanged
-from export_service.safe_files import FolderFiles, is_within, open_root_file
 from tests.conftest import CANARY, AirTree, open_paths_under, write
 
 

@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 
-from export_service import safe_files, scanning
-from export_service.errors import ExportTooLarge
-from export_service.safe_files import resolved
-from export_service.scanning import (
+from export_service.core import safe_files, scanning
+from export_service.core.safe_files import resolved
+from export_service.core.scanning import (
     RunFolderIndex,
     ScanStopped,
     TooManyFolders,
@@ -18,6 +17,7 @@ from export_service.scanning import (
     run_folder_names,
     scan_run_folder,
 )
+from export_service.errors import ExportTooLarge
 from tests.conftest import (
     DEEP,
     AirTree,
@@ -165,7 +165,7 @@ def test_the_index_sees_a_folder_created_after_it_was_built(tree: AirTree) -> No
 def test_the_index_does_not_list_a_settled_root_again(
     tree: AirTree, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import export_service.scanning as scanning
+    import export_service.core.scanning as scanning
 
     (tree.midi / "20261101_run_1").mkdir()
     os.utime(tree.midi, (1_600_000_000, 1_600_000_000))

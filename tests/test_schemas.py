@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from export_service.run_ids import RUN_ID_JSON_SCHEMA
+from export_service.core.run_ids import RUN_ID_JSON_SCHEMA
 from export_service.schemas import Link, LinkUpdate
 
 

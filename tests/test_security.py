@@ -89,7 +89,7 @@ async def test_links_out_of_the_root_are_skipped_in_list_and_zip(
 
 
 async def test_a_root_that_is_itself_a_link_still_works(tree: AirTree, aiohttp_client: Any) -> None:
-    from export_service.app import create_app
+    from export_service.http.app import create_app
 
     real = tree.base / "real_render"
     write(real / "r" / "mix.wav", b"ok")

@@ -15,9 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export_service.errors import ExportTooLarge, InvalidPrefix, InvalidSteps
-from export_service.scanning import display_name, scan_run_folder
-from export_service.selection import (
+from export_service.core.scanning import display_name, scan_run_folder
+from export_service.core.selection import (
     MAX_PREFIXES,
     PREFIX_JSON_SCHEMA,
     STEPS,
@@ -26,6 +25,7 @@ from export_service.selection import (
     parse_prefix,
     parse_steps,
 )
+from export_service.errors import ExportTooLarge, InvalidPrefix, InvalidSteps
 from tests.conftest import write
 
 

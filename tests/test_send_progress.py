@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from export_service.send_progress import SendProgress, bytes_acked
+from export_service.aio.send_progress import SendProgress, bytes_acked
 
 
 def test_bytes_acked_counts_what_the_peer_took() -> None:

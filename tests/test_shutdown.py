@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from export_service.shutdown import CANCEL_WAIT_SECONDS, RequestsInFlight, tracking_middleware
+from export_service.http.shutdown import CANCEL_WAIT_SECONDS, RequestsInFlight, tracking_middleware
 from tests.conftest import AirTree, poll_until, write
 from tests.live import live_service
 

@@ -22,12 +22,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from yarl import URL
 
-from export_service.access import runner_options
-from export_service.app import create_app
 from export_service.cli import main
 from export_service.config import settings_from_mapping
 from export_service.errors import ConfigError, InvalidSignature, UrlExpired
-from export_service.logs import JsonFormatter
+from export_service.http.access import runner_options
+from export_service.http.app import create_app
+from export_service.obs.logs import JsonFormatter
 from export_service.signed_urls import (
     MAX_TARGET_CHARS,
     canonical_request,

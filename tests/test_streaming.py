@@ -2,7 +2,7 @@ import threading
 from collections.abc import Generator
 from concurrent.futures import ThreadPoolExecutor
 
-from export_service.streaming import OffloadedChunks
+from export_service.aio.streaming import OffloadedChunks
 
 
 def _numbered(count: int, size: int, log: list[str]) -> Generator[bytes, None, None]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from export_service.core.urls import content_disposition, url_path_segments, url_segment
 from export_service.errors import NotFound
-from export_service.urls import content_disposition, url_path_segments, url_segment
 
 
 def test_url_segments_are_encoded_from_their_bytes() -> None:

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-import export_service.archive as archive_module
-from export_service.archive import CrcCache, ExportArchive
+import export_service.zip.archive as archive_module
+from export_service.core.safe_files import FolderFiles
 from export_service.errors import SourceChanged
 from export_service.exports import ExportSources, plan_export_archive
-from export_service.safe_files import FolderFiles
+from export_service.zip.archive import CrcCache, ExportArchive
 from tests.conftest import AirTree, rewrite_in_place, write
 from tests.zips import EXTRACTORS, extract_with, java_read_zip, read_zip, unzip_test
 

@@ -13,11 +13,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-import export_service.archive as archive_module
+import export_service.zip.archive as archive_module
+from export_service.core.selection import Selection
 from export_service.errors import SourceChanged
-from export_service.keys import METRICS
-from export_service.selection import Selection
-from export_service.zip_response import ZipResponse, content_disposition
+from export_service.http.keys import METRICS
+from export_service.http.zip_response import ZipResponse, content_disposition
 from tests.conftest import (
     DEEP,
     AirTree,

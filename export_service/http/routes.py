@@ -10,18 +10,27 @@ from collections import Counter
 from aiohttp import HttpVersion11, hdrs, web
 from pydantic import ValidationError
 
-from . import signed_urls
-from .archive import CrcCache, ExportArchive
-from .conditional import not_modified_response
-from .download_slots import client_address
-from .errors import (
+from .. import signed_urls
+from ..aio.download_slots import client_address
+from ..aio.offload import run_blocking, run_stoppable
+from ..core.run_ids import (
+    linked_param_run_id_as_sent,
+    param_run_id_as_sent,
+    render_run_id_as_sent,
+)
+from ..core.selection import Selection
+from ..errors import (
     ExportServiceError,
     InvalidRequestBody,
     LinkNotFound,
     TooManyDownloads,
     TooManyDownloadsPerClient,
 )
-from .exports import ExportSources, export_manifest_json, plan_export_archive
+from ..exports import ExportSources, export_manifest_json, plan_export_archive
+from ..links import StoredLink
+from ..schemas import EXPORT_PREFIX, Link, LinkUpdate
+from ..zip.archive import CrcCache, ExportArchive
+from .conditional import not_modified_response
 from .keys import (
     CLOCK,
     CRC_CACHE,
@@ -32,15 +41,6 @@ from .keys import (
     SOURCES,
     ZIP_SLOTS,
 )
-from .links import StoredLink
-from .offload import run_blocking, run_stoppable
-from .run_ids import (
-    linked_param_run_id_as_sent,
-    param_run_id_as_sent,
-    render_run_id_as_sent,
-)
-from .schemas import EXPORT_PREFIX, Link, LinkUpdate
-from .selection import Selection
 from .zip_response import UNLISTED_HEADER, ZipResponse
 
 routes = web.RouteTableDef()

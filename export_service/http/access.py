@@ -39,9 +39,9 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
+from ..obs.logs import request_id
+from ..obs.metrics import Metrics
 from .keys import METRICS, SHUTTING_DOWN
-from .logs import request_id
-from .metrics import Metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -328,7 +328,7 @@ def _write_unlogged_line(request: web.Request, exchange: Exchange, ended: str) -
     )
 
 
-ACCESS_LOGGER = logging.getLogger("export_service.access")
+ACCESS_LOGGER = logging.getLogger("export_service.access")  # obs/logs.py: LOGGER_NAMES
 
 
 def route_name(request: web.BaseRequest) -> str:

@@ -30,20 +30,20 @@ import threading
 
 from aiohttp import hdrs, web
 
+from ..aio.offload import run_blocking
+from ..aio.send_progress import SendProgress
+from ..aio.streaming import OffloadedChunks
+from ..core.descriptors import require_descriptors
+from ..core.safe_files import DESCRIPTORS_PER_DOWNLOAD
+from ..core.selection import Selection
+from ..core.urls import content_disposition as named
+from ..errors import SourceChanged
+from ..zip.archive import ExportArchive
 from .access import abort_after_headers, body_complete, note_aborted, note_connection_error
-from .archive import ExportArchive
 from .byte_ranges import requested_range
-from .descriptors import require_descriptors
-from .errors import SourceChanged
 from .keys import IO_EXECUTOR, METRICS, SETTINGS, SHUTTING_DOWN, ZIP_EXECUTOR
-from .offload import run_blocking
-from .safe_files import DESCRIPTORS_PER_DOWNLOAD
-from .selection import Selection
-from .send_progress import SendProgress
-from .streaming import OffloadedChunks
-from .urls import content_disposition as named
 
-# The logger these lines always had (log queries may select on it).
+# The name log queries select on: obs/logs.py, LOGGER_NAMES.
 log = logging.getLogger("export_service.routes")
 
 # Paths below the run folders that could not be listed (their files are in

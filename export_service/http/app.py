@@ -17,14 +17,16 @@ from http import HTTPStatus
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from ..aio.download_slots import DownloadSlots
+from ..config import Settings
+from ..errors import ExportServiceError, Unauthorized
+from ..exports import ExportSources
+from ..obs.logs import request_id
+from ..obs.metrics import Metrics
+from ..zip.archive import CrcCache
 from . import ops
 from .access import abort_after_headers, remember_response, sent_response, track_exchange
-from .archive import CrcCache
-from .config import Settings
 from .cors import Cors
-from .download_slots import DownloadSlots
-from .errors import ExportServiceError, Unauthorized
-from .exports import ExportSources
 from .file_responses import file_route
 from .keys import (
     CLOCK,
@@ -39,13 +41,11 @@ from .keys import (
     ZIP_EXECUTOR,
     ZIP_SLOTS,
 )
-from .logs import request_id
-from .metrics import Metrics
 from .openapi import openapi_route
 from .routes import MAX_BODY_BYTES, bearer_token_matches, routes, signed_url_request
 from .shutdown import RequestsInFlight, tracking_middleware
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("export_service.app")  # obs/logs.py: LOGGER_NAMES
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -17,7 +17,7 @@ import stat
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .errors import NotFound, SourceChanged, raise_if_out_of_descriptors
+from ..errors import NotFound, SourceChanged, raise_if_out_of_descriptors
 from .urls import url_path_segments
 
 

@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .config import Settings
-from .descriptors import descriptor_headroom
-from .errors import NotReady
+from ..aio.offload import run_blocking
+from ..config import Settings
+from ..core.descriptors import descriptor_headroom
+from ..errors import NotReady
+from ..links import LinkStore
+from ..obs.metrics import Metrics
 from .keys import IO_EXECUTOR, METRICS, SETTINGS, SOURCES
-from .links import LinkStore
-from .metrics import Metrics
-from .offload import run_blocking
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("export_service.ops")  # obs/logs.py: LOGGER_NAMES
 routes = web.RouteTableDef()
 
 # Open even when auth is on: orchestrators and scrapers carry no token.

@@ -28,8 +28,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
-from .config import CorsSettings
-from .errors import CorsPreflightRefused
+from ..config import CorsSettings
+from ..errors import CorsPreflightRefused
 from .ops import OPEN_PATHS
 from .zip_response import EXPORT_HEADERS
 

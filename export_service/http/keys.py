@@ -9,11 +9,11 @@ from typing import cast
 
 from aiohttp import web
 
-from .archive import CrcCache
-from .config import Settings
-from .download_slots import DownloadSlots
-from .exports import ExportSources
-from .metrics import Metrics
+from ..aio.download_slots import DownloadSlots
+from ..config import Settings
+from ..exports import ExportSources
+from ..obs.metrics import Metrics
+from ..zip.archive import CrcCache
 from .shutdown import RequestsInFlight
 
 SETTINGS = web.AppKey("settings", Settings)

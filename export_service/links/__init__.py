@@ -60,17 +60,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from .config import CONFIG_ENV_VAR, ENV_PREFIX, load_settings
-from .errors import (
+from ..config import CONFIG_ENV_VAR, ENV_PREFIX, load_settings
+from ..core.run_ids import run_id_problem
+from ..errors import (
     ConfigError,
     ExportServiceError,
     LinksFileCorrupt,
     LinksFileTooLarge,
     LinksFileUnwritable,
 )
-from .run_ids import run_id_problem
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("export_service.links")  # obs/logs.py: LOGGER_NAMES
 
 LINKS_FILE_ENV_VAR = ENV_PREFIX + "LINKS_FILE"
 # The most of the links file the service parses (``links.max_bytes``).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import ExportServiceError, InvalidParamRunId, InvalidRunId
+from ..errors import ExportServiceError, InvalidParamRunId, InvalidRunId
 
 MAX_RUN_ID_LENGTH = 200
 

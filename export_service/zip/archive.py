@@ -55,12 +55,12 @@ from isal.isal_zlib import crc32
 from zipstream import ZipStream
 from zipstream.ng import ZipStreamInfo
 
-from .errors import SourceChanged
-from .manifest import ListedFile, Step
+from ..core.manifest import ListedFile, Step
+from ..core.safe_files import FolderFiles
+from ..errors import SourceChanged
 from .names import MAX_ARCNAME_BYTES, ArcnameAllocator
-from .safe_files import FolderFiles
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("export_service.archive")  # obs/logs.py: LOGGER_NAMES
 
 _ZIP_MIN_DATE = (1980, 1, 1, 0, 0, 0)
 _ZIP_MAX_DATE = (2107, 12, 31, 23, 59, 58)

@@ -16,8 +16,8 @@ from datetime import datetime
 
 from aiohttp import hdrs, web
 
+from ..errors import PreconditionFailed
 from .byte_ranges import http_date
-from .errors import PreconditionFailed
 
 # An entity tag: optional weak prefix, then a quoted opaque tag.
 _ENTITY_TAG = re.compile(r'(W/)?("[^"]*")')

@@ -37,17 +37,17 @@ from datetime import UTC, datetime
 
 from aiohttp import hdrs, web
 
+from ..aio.offload import open_off_loop
+from ..aio.send_progress import SendProgress
+from ..core.manifest import Step
+from ..core.safe_files import RootFile, open_root_file
+from ..core.urls import content_disposition, url_path_segments
 from .access import abort_after_headers, note_aborted, note_body_bytes
 from .byte_ranges import requested_range
 from .conditional import not_modified_response
 from .keys import IO_EXECUTOR, SETTINGS
-from .manifest import Step
-from .offload import open_off_loop
-from .safe_files import RootFile, open_root_file
-from .send_progress import SendProgress
-from .urls import content_disposition, url_path_segments
 
-# The logger these lines always had (log queries may select on it).
+# The name log queries select on: obs/logs.py, LOGGER_NAMES.
 log = logging.getLogger("export_service.file_urls")
 
 # sendfile() in pieces of this size: the body bytes sent are counted per

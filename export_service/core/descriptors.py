@@ -13,7 +13,7 @@ import os
 import resource
 import sys
 
-from .errors import OutOfDescriptors
+from ..errors import OutOfDescriptors
 
 
 def descriptor_headroom() -> tuple[int, int]:

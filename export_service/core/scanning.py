@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import NamedTuple
 
-from .errors import ExportTooLarge, raise_if_out_of_descriptors
+from ..errors import ExportTooLarge, raise_if_out_of_descriptors
 from .safe_files import (
     CHILD_FOLDER_FLAGS,
     PROC_FD,
@@ -35,7 +35,7 @@ from .safe_files import (
     resolved,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("export_service.scanning")  # obs/logs.py: LOGGER_NAMES
 
 
 class ScanStopped(Exception):

@@ -198,6 +198,27 @@ class RepeatLimiter(logging.Filter):
 
 
 # asyncio's accept loop and its transports log through this logger.
+
+# The names of the service's loggers: what operators filter on. They are the
+# module names of the flat layout the package had until it was split into
+# subpackages, kept as they were so that filters keep working; each module
+# names its logger with one of these literals (tests/test_logs.py checks that
+# no other name is used), and the log reference lists them from here.
+LOGGER_NAMES = {
+    "export_service": "the command line: where serve listens, its roots, when it stopped",
+    "export_service.access": "the access log: one line per request, however it ended",
+    "export_service.app": "an unexpected error, or a failure after the headers went out",
+    "export_service.routes": "a ZIP download's end: why it stopped early",
+    "export_service.file_urls": "a file URL's end: why it stopped early",
+    "export_service.exports": "the roots: a root that became unreadable, or readable again",
+    "export_service.scanning": "a run folder's listing: what it skipped, a scan stopped",
+    "export_service.archive": "a ZIP's plan: a file left out of it, and why",
+    "export_service.links": "the links file: unusable, records ignored, a link not written",
+    "export_service.ops": "readiness: each change of its state",
+    "export_service.shutdown": "a graceful stop: what it waited for and what it cut",
+    "export_service.fastapi_proxy": "the backend's proxy: a relay that failed or was cut short",
+}
+
 _ASYNCIO = logging.getLogger("asyncio")
 _repeat_limiter: RepeatLimiter | None = None
 

@@ -13,7 +13,7 @@ import re
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from .errors import RangeNotSatisfiable
+from ..errors import RangeNotSatisfiable
 
 _SINGLE_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)
 # Longer than any HTTP date; a longer value is not one.

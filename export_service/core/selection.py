@@ -26,7 +26,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .errors import InvalidPrefix, InvalidSteps
+from ..errors import InvalidPrefix, InvalidSteps
 from .manifest import Step
 
 # The one fixed order of the steps (the contract's, that of ``missing``).

@@ -8,7 +8,7 @@ import re
 import unicodedata
 from urllib.parse import quote, unquote_to_bytes
 
-from .errors import NotFound
+from ..errors import NotFound
 
 _URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]*\Z")
 

@@ -8,12 +8,12 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 
-from . import __version__
-from .config import Settings
-from .manifest import ExportManifest
-from .run_ids import RUN_ID_JSON_SCHEMA
-from .schemas import EXPORT_PREFIX, ErrorBody, Link, LinkUpdate
-from .selection import MAX_PREFIXES, PREFIX_JSON_SCHEMA, STEPS_JSON_SCHEMA
+from .. import __version__
+from ..config import Settings
+from ..core.manifest import ExportManifest
+from ..core.run_ids import RUN_ID_JSON_SCHEMA
+from ..core.selection import MAX_PREFIXES, PREFIX_JSON_SCHEMA, STEPS_JSON_SCHEMA
+from ..schemas import EXPORT_PREFIX, ErrorBody, Link, LinkUpdate
 
 OPENAPI_PATH = EXPORT_PREFIX + "/openapi.json"
 

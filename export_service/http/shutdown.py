@@ -27,7 +27,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestHandler
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("export_service.shutdown")  # obs/logs.py: LOGGER_NAMES
 
 # How long cancelled requests get to run their cleanup (close files, log).
 CANCEL_WAIT_SECONDS = 1.0
