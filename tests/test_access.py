@@ -176,7 +176,7 @@ async def test_text_lines_cannot_be_forged_through_the_path(
 ) -> None:
     caplog.set_level(logging.INFO, logger=ACCESS)
     forged = (
-        "/x%0A2026-11-24%2000:00:00,000%20INFO%20export_service.http.access%20GET%20/admin%20200"
+        "/x%0A2026-11-24%2000:00:00,000%20INFO%20export_service.access%20GET%20/admin%20200"
         "%0D%1B[2J"
     )
     await raw_exchange(
