@@ -39,7 +39,7 @@ from .exports import ExportSources, build_export, plan_export_archive
 from .http.access import runner_options
 from .http.app import create_app
 from .http.shutdown import CANCEL_WAIT_SECONDS, stop_on_hangup
-from .links import LinkStore
+from .links.store import LinkStore
 from .obs.logs import setup_logging
 from .sample import SAMPLE_RENDER_RUN_ID, create_sample_tree
 from .signed_urls import sign_url
@@ -439,7 +439,7 @@ def _run_offline(arguments: argparse.Namespace) -> int:
     sources = ExportSources.from_settings(settings)
     render_run_id = arguments.render_run_id
     if arguments.command == "link":
-        link = sources.links.link(render_run_id, arguments.param_run_id)
+        link = sources.links.write_link(render_run_id, arguments.param_run_id)
         record = {"render_run_id": render_run_id, **link._asdict()}
         print(json.dumps(record, ensure_ascii=False))
         return 0
@@ -522,7 +522,7 @@ def _run_healthcheck(arguments: argparse.Namespace) -> int:
 def _run_check_links(arguments: argparse.Namespace) -> int:
     path = arguments.path or _required_settings(arguments.config).links.file
     store = LinkStore(Path(os.path.abspath(path)))
-    links = store.all_stored()
+    links = store.all_stored_links()
     ignored = store.ignored()
     invalid = sum(1 for link in links.values() if run_id_problem(link.param_run_id))
     report: dict[str, object] = {
@@ -545,7 +545,7 @@ def _run_check_links(arguments: argparse.Namespace) -> int:
             why = earlier.problem() or "no such file"
             print(f"export-service: --since {arguments.since}: {why}", file=sys.stderr)
             return EXIT_FAILED
-        before = earlier.all_stored()
+        before = earlier.all_stored_links()
         lost = sorted(render_run_id for render_run_id in before if render_run_id not in links)
         changed = sorted(
             r
