@@ -162,7 +162,10 @@ def _selection_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The command line's parser, and each command's parser by name (kept
+    here as they are made: argparse offers no public walk of a parser's
+    commands, and docs/hooks.py prints each one's help)."""
     parser = _Parser(
         prog="export-service",
         description="An AIR project's artifacts as a JSON manifest or one streamed ZIP.",
@@ -170,9 +173,10 @@ def _parser() -> argparse.ArgumentParser:
         f"overridden as {ENV_PREFIX}<SECTION>_<KEY> (e.g. {ENV_PREFIX}ROOTS_RENDER).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    by_name: dict[str, argparse.ArgumentParser] = {}
 
     def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=description)
+        sub = by_name[name] = commands.add_parser(name, help=help, description=description)
         sub.add_argument(
             "--config", type=_config, help=f"TOML config file (default: ${CONFIG_ENV_VAR})"
         )
@@ -277,7 +281,7 @@ def _parser() -> argparse.ArgumentParser:
         "it resolves to, as JSON (the secrets redacted; limits.zip_thread_count is "
         "the thread count zip_threads resolves to). Exit code 2 when invalid.",
     )
-    return parser
+    return parser, by_name
 
 
 def _required_settings(config_path: Path | None) -> Settings:
@@ -620,7 +624,7 @@ def _run_sign_url(arguments: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = _parser().parse_args(argv)
+    arguments = _parser()[0].parse_args(argv)
     try:
         if arguments.command == "serve":
             return _run_serve(arguments)
