@@ -193,27 +193,20 @@ def config_markdown() -> str:
 # ---------------------------------------------------------------------- CLI
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:  # argparse offers no public walk of its commands
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
-
-
-def cli_parser() -> argparse.ArgumentParser:
+def cli_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The command line's parser and each command's, by name."""
     from export_service import cli
 
-    parser: argparse.ArgumentParser = cli._parser()
-    return parser
+    return cli._parser()
 
 
 def cli_markdown() -> str:
     previous = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "88"  # argparse wraps at the terminal's width
     try:
-        parser = cli_parser()
+        parser, commands = cli_parsers()
         lines = ["### `export-service --help`", "", "```text", parser.format_help().rstrip(), "```"]
-        for name, sub in _subparsers(parser).items():
+        for name, sub in commands.items():
             lines += ["", f"### `export-service {name}`", "", "```text"]
             lines += [sub.format_help().rstrip(), "```"]
     finally:
@@ -238,8 +231,11 @@ def metric_series() -> Iterator[tuple[str, str, str, str]]:
     labels: dict[str, tuple[str, ...]] = {}
     for wrapper in vars(metrics).values():
         if isinstance(wrapper, MetricWrapperBase):
-            # prometheus_client keeps a metric's label names private; the
-            # page is checked against real samples in tests/test_metrics.py.
+            # prometheus_client keeps a metric's label names private
+            # (_labelnames; no public accessor, and a labelled metric has no
+            # sample to read them from until a child is made): pinned by
+            # tests/test_metrics.py, which gives every metric a child and
+            # checks its samples carry exactly these labels.
             labels[wrapper._name] = tuple(wrapper._labelnames)
     for family in metrics.registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")

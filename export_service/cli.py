@@ -39,7 +39,7 @@ from .exports import ExportSources, build_export, plan_export_archive
 from .http.access import runner_options
 from .http.app import create_app
 from .http.shutdown import CANCEL_WAIT_SECONDS, stop_on_hangup
-from .links import LinkStore
+from .links.store import LinkStore
 from .obs.logs import setup_logging
 from .sample import SAMPLE_RENDER_RUN_ID, create_sample_tree
 from .signed_urls import sign_url
@@ -162,7 +162,10 @@ def _selection_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The command line's parser, and each command's parser by name (kept
+    here as they are made: argparse offers no public walk of a parser's
+    commands, and docs/hooks.py prints each one's help)."""
     parser = _Parser(
         prog="export-service",
         description="An AIR project's artifacts as a JSON manifest or one streamed ZIP.",
@@ -170,9 +173,10 @@ def _parser() -> argparse.ArgumentParser:
         f"overridden as {ENV_PREFIX}<SECTION>_<KEY> (e.g. {ENV_PREFIX}ROOTS_RENDER).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    by_name: dict[str, argparse.ArgumentParser] = {}
 
     def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=description)
+        sub = by_name[name] = commands.add_parser(name, help=help, description=description)
         sub.add_argument(
             "--config", type=_config, help=f"TOML config file (default: ${CONFIG_ENV_VAR})"
         )
@@ -277,7 +281,7 @@ def _parser() -> argparse.ArgumentParser:
         "it resolves to, as JSON (the secrets redacted; limits.zip_thread_count is "
         "the thread count zip_threads resolves to). Exit code 2 when invalid.",
     )
-    return parser
+    return parser, by_name
 
 
 def _required_settings(config_path: Path | None) -> Settings:
@@ -439,7 +443,7 @@ def _run_offline(arguments: argparse.Namespace) -> int:
     sources = ExportSources.from_settings(settings)
     render_run_id = arguments.render_run_id
     if arguments.command == "link":
-        link = sources.links.link(render_run_id, arguments.param_run_id)
+        link = sources.links.write_link(render_run_id, arguments.param_run_id)
         record = {"render_run_id": render_run_id, **link._asdict()}
         print(json.dumps(record, ensure_ascii=False))
         return 0
@@ -522,7 +526,7 @@ def _run_healthcheck(arguments: argparse.Namespace) -> int:
 def _run_check_links(arguments: argparse.Namespace) -> int:
     path = arguments.path or _required_settings(arguments.config).links.file
     store = LinkStore(Path(os.path.abspath(path)))
-    links = store.all_stored()
+    links = store.all_stored_links()
     ignored = store.ignored()
     invalid = sum(1 for link in links.values() if run_id_problem(link.param_run_id))
     report: dict[str, object] = {
@@ -545,7 +549,7 @@ def _run_check_links(arguments: argparse.Namespace) -> int:
             why = earlier.problem() or "no such file"
             print(f"export-service: --since {arguments.since}: {why}", file=sys.stderr)
             return EXIT_FAILED
-        before = earlier.all_stored()
+        before = earlier.all_stored_links()
         lost = sorted(render_run_id for render_run_id in before if render_run_id not in links)
         changed = sorted(
             r
@@ -620,7 +624,7 @@ def _run_sign_url(arguments: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = _parser().parse_args(argv)
+    arguments = _parser()[0].parse_args(argv)
     try:
         if arguments.command == "serve":
             return _run_serve(arguments)

@@ -29,7 +29,7 @@ from .core.scanning import (
 )
 from .core.selection import Selection
 from .errors import ExportTooLarge
-from .links import LinkStore
+from .links.store import LinkStore
 from .zip.archive import CrcCache, ExportArchive, plan_archive
 
 log = logging.getLogger("export_service.exports")  # obs/logs.py: LOGGER_NAMES
@@ -107,7 +107,7 @@ def build_export(
     """
     roots, urls = sources.settings.roots, sources.settings.urls
     if param_run_id is None and (selection is None or "param_generation" in selection):
-        param_run_id = sources.links.param_run_id_for(render_run_id)
+        param_run_id = sources.links.valid_param_run_id(render_run_id)
     chosen = selection.folder_choice if selection is not None and selection.prefixes else None
 
     render_root = str(roots.render)

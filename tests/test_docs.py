@@ -133,8 +133,7 @@ def test_a_key_without_a_description_fails_the_build(monkeypatch: pytest.MonkeyP
 
 def test_the_cli_reference_has_every_command() -> None:
     text = hooks().cli_markdown()
-    parser = hooks().cli_parser()
-    commands = hooks()._subparsers(parser)
+    _, commands = hooks().cli_parsers()
     assert set(commands) == {
         "serve",
         "manifest",

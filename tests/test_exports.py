@@ -263,7 +263,7 @@ def test_an_unselected_step_is_neither_looked_up_nor_scanned(
     sources = _project(tree)
     write(tree.midi / "r" / "a" / "b" / "t.mid", b"MThd")  # 3 folders, beyond the limit below
     looked: list[str] = []
-    monkeypatch.setattr(sources.links, "param_run_id_for", lambda run: looked.append("links"))
+    monkeypatch.setattr(sources.links, "valid_param_run_id", lambda run: looked.append("links"))
     monkeypatch.setattr(sources.midi_folders, "newest", lambda run: looked.append("midi"))
     monkeypatch.setattr(sources.param_folders, "newest", lambda run: looked.append("param"))
     render = Selection.parse(["render"], [])

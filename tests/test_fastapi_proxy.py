@@ -665,7 +665,7 @@ def test_the_light_install_runs_the_router_and_the_helpers_without_the_server(
     frozen = subprocess.run(
         [str(venv / "bin" / "pip"), "freeze"], capture_output=True, text=True, check=True
     ).stdout.lower()
-    for server_only in ("zipstream-ng", "isal", "prometheus-client", "uvicorn"):
+    for server_only in ("zipstream-ng", "isal", "prometheus-client", "aiofiles", "uvicorn"):
         assert server_only not in frozen
     env = {**os.environ, "EXPORT_SERVICE_LINKS_FILE": str(setup.tree.links)}
     env.pop("PYTHONPATH", None)

@@ -25,9 +25,11 @@ import pydantic
 import pytest
 from aiohttp.test_utils import TestClient
 
-import export_service.links as links_module
+import export_service.links.store as store_module
 from export_service.errors import LinksFileCorrupt
-from export_service.links import LinkStore, get_param_for_render, link_param_to_render
+from export_service.links import get_param_for_render, link_param_to_render
+from export_service.links.records import parse_links
+from export_service.links.store import LinkStore
 from tests.conftest import AirTree, degraded, write
 from tests.live import free_port, live_service
 from tests.zips import read_zip
@@ -41,7 +43,7 @@ def _write_links(path: str, process: int) -> None:
 
     def writer(thread: int) -> None:
         for index in range(LINKS_PER_THREAD):
-            store.link(f"r_{process}_{thread}_{index}", f"p_{process}_{thread}_{index}")
+            store.write_link(f"r_{process}_{thread}_{index}", f"p_{process}_{thread}_{index}")
 
     threads = [threading.Thread(target=writer, args=(t,)) for t in range(THREADS)]
     for thread in threads:
@@ -76,18 +78,18 @@ def test_processes_and_threads_writing_at_once_lose_nothing(tmp_path: Path) -> N
 
 def test_first_write_creates_the_file_and_its_folder(tmp_path: Path) -> None:
     store = LinkStore(tmp_path / "a" / "b" / "step_links.json")
-    assert store.param_run_id_for("r") is None
-    link = store.link("r", "p")
+    assert store.valid_param_run_id("r") is None
+    link = store.write_link("r", "p")
     assert link.param_run_id == "p"
     assert isinstance(link.updated_at, float)
-    assert store.param_run_id_for("r") == "p"
+    assert store.valid_param_run_id("r") == "p"
     assert oct((tmp_path / "a" / "b" / "step_links.json").stat().st_mode & 0o777) == "0o644"
 
 
 def test_unknown_keys_of_a_record_are_kept(tmp_path: Path) -> None:
     path = tmp_path / "step_links.json"
     path.write_text(json.dumps({"r": {"param_run_id": "old", "updated_at": 1.0, "by": "ui"}}))
-    LinkStore(path).link("r", "new")
+    LinkStore(path).write_link("r", "new")
     assert json.loads(path.read_text())["r"]["by"] == "ui"
     assert json.loads(path.read_text())["r"]["param_run_id"] == "new"
 
@@ -99,12 +101,12 @@ def test_a_corrupt_file_is_never_overwritten(
     path = write(tmp_path / "step_links.json", content)
     store = LinkStore(path)
     with caplog.at_level(logging.ERROR):
-        assert store.param_run_id_for("r") is None
-        assert store.param_run_id_for("r") is None
+        assert store.valid_param_run_id("r") is None
+        assert store.valid_param_run_id("r") is None
         assert store.problem() is not None
     assert len([r for r in caplog.records if "unusable" in r.message]) == 1  # once per change
     with pytest.raises(LinksFileCorrupt):
-        store.link("r", "p")
+        store.write_link("r", "p")
     assert path.read_bytes() == content
 
 
@@ -115,19 +117,19 @@ def test_a_large_file_is_parsed_once_until_it_changes(
     records = {f"r{i}": {"param_run_id": f"p{i}", "updated_at": 1.0} for i in range(100_000)}
     path.write_text(json.dumps(records))
     parses = 0
-    real_parse = links_module._parse
+    real_parse = parse_links
 
     def counting_parse(raw: bytes) -> Any:
         nonlocal parses
         parses += 1
         return real_parse(raw)
 
-    monkeypatch.setattr(links_module, "_parse", counting_parse)
+    monkeypatch.setattr(store_module, "parse_links", counting_parse)
     store = LinkStore(path)
-    assert [store.param_run_id_for(f"r{i}") for i in (0, 5, 99_999)] == ["p0", "p5", "p99999"]
+    assert [store.valid_param_run_id(f"r{i}") for i in (0, 5, 99_999)] == ["p0", "p5", "p99999"]
     assert parses == 1
-    store.link("r0", "changed")
-    assert store.param_run_id_for("r0") == "changed"
+    store.write_link("r0", "changed")
+    assert store.valid_param_run_id("r0") == "changed"
     assert parses == 2
 
 
@@ -139,7 +141,7 @@ async def test_a_change_is_parsed_once_while_concurrent_manifests_wait_for_it(
     tree.link({"r": {"param_run_id": "p1"}})
     assert (await client.get("/api/air/export/list/r")).status == 200  # parsed, cached
     parses = 0
-    real_parse = links_module._parse
+    real_parse = parse_links
 
     def slow_counting_parse(raw: bytes) -> Any:
         nonlocal parses
@@ -147,7 +149,7 @@ async def test_a_change_is_parsed_once_while_concurrent_manifests_wait_for_it(
         time.sleep(0.3)  # long enough for every request below to arrive meanwhile
         return real_parse(raw)
 
-    monkeypatch.setattr(links_module, "_parse", slow_counting_parse)
+    monkeypatch.setattr(store_module, "parse_links", slow_counting_parse)
     tree.link({"r": {"param_run_id": "p9"}, "other": {"param_run_id": "p1"}})
     answers = await asyncio.gather(
         *(client.get("/api/air/export/list/r") for _ in range(8)), client.get("/readyz")
@@ -160,14 +162,14 @@ async def test_a_change_is_parsed_once_while_concurrent_manifests_wait_for_it(
 CRASHING_WRITER = """
 import os, sys, time
 from pathlib import Path
-from export_service.links import LinkStore
+from export_service.links.store import LinkStore
 
 def stuck_replace(source, target):
     Path(sys.argv[2]).write_text("temp file written")
     time.sleep(60)  # killed here, between writing the temp file and renaming it
 
 os.replace = stuck_replace
-LinkStore(Path(sys.argv[1])).link("r2", "p2")
+LinkStore(Path(sys.argv[1])).write_link("r2", "p2")
 """
 
 
@@ -179,7 +181,7 @@ def test_a_writer_killed_before_its_rename_leaves_the_old_content(tmp_path: Path
     import time
 
     path = tmp_path / "step_links.json"
-    LinkStore(path).link("r1", "p1")
+    LinkStore(path).write_link("r1", "p1")
     before = path.read_bytes()
     marker = tmp_path / "marker"
     writer = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, str(path), str(marker)])
@@ -191,7 +193,7 @@ def test_a_writer_killed_before_its_rename_leaves_the_old_content(tmp_path: Path
     writer.wait()
     assert path.read_bytes() == before
     assert len(list(tmp_path.glob(".step_links.json.*"))) == 1  # the dead writer's temp file
-    assert LinkStore(path).link("r3", "p3").param_run_id == "p3"  # the lock was released
+    assert LinkStore(path).write_link("r3", "p3").param_run_id == "p3"  # the lock was released
     records = json.loads(path.read_text())
     assert set(records) == {"r1", "r3"}
     assert list(tmp_path.glob(".step_links.json.*")) == []  # cleaned up under the lock
@@ -346,7 +348,7 @@ def test_a_write_keeps_duplicates_unknown_keys_and_formatting_of_other_records(
         b' "a": {"param_run_id": "p2", "\\u00e9": "\\u00e9"},'
         b' "r": {"param_run_id": "older", "z": 1}}',
     )
-    LinkStore(path).link("r", "new")
+    LinkStore(path).write_link("r", "new")
     text = path.read_text()
     assert '"a" :{"param_run_id":"p1"}' in text
     assert '"a": {"param_run_id": "p2", "\\u00e9": "\\u00e9"}' in text
@@ -858,15 +860,15 @@ def test_a_writer_deeper_in_its_stack_than_the_parse_refuses_instead_of_crashing
     content = b'{"r": {"param_run_id": "p1", "x": ' + b"[" * depth + b"]" * depth + b"}}"
     path = write(tmp_path / "step_links.json", content)
     store = LinkStore(path)
-    assert store.param_run_id_for("r") == "p1"  # parsed from a shallow stack
+    assert store.valid_param_run_id("r") == "p1"  # parsed from a shallow stack
 
     def deep(frames: int) -> Any:
-        return deep(frames - 1) if frames else store.link("r", "p2")
+        return deep(frames - 1) if frames else store.write_link("r", "p2")
 
     with pytest.raises(LinksFileCorrupt, match="nests too deeply to be rewritten from here"):
         deep(200)
     assert path.read_bytes() == content
-    assert store.link("r", "p2").param_run_id == "p2"  # from a shallow stack it works
+    assert store.write_link("r", "p2").param_run_id == "p2"  # from a shallow stack it works
     assert content[content.index(b"[") : content.rindex(b"]") + 1] in path.read_bytes()
 
 
@@ -1079,7 +1081,7 @@ async def test_a_links_file_over_max_bytes_is_not_parsed_and_says_so(
 def test_a_links_file_of_exactly_max_bytes_is_parsed(tmp_path: Path) -> None:
     path = write(tmp_path / "step_links.json", b'{"r": {"param_run_id": "p"}}')
     store = LinkStore(path, max_bytes=path.stat().st_size)
-    assert store.param_run_id_for("r") == "p" and store.problem() is None
+    assert store.valid_param_run_id("r") == "p" and store.problem() is None
 
 
 def test_a_write_leaves_other_writers_temp_files(tmp_path: Path) -> None:
@@ -1099,6 +1101,6 @@ def test_a_write_leaves_other_writers_temp_files(tmp_path: Path) -> None:
         check=True,
     )
     gone = write(tmp_path / f".step_links.json.tmp-{host}-{dead.stdout.strip()}.abc")
-    LinkStore(path).link("r", "p")
+    LinkStore(path).write_link("r", "p")
     assert alive.exists() and other_host.exists() and unnamed.exists()
     assert not gone.exists()

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
+from typing import Any
 
 import pytest
 
@@ -41,6 +42,26 @@ async def test_a_blocking_call_runs_in_the_pool_in_the_callers_context(
 
     thread, seen = await run_blocking(pool, where)
     assert thread.startswith("test-pool") and seen == "caller"
+
+
+class CountingPool(ThreadPoolExecutor):
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.submitted = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_a_plain_value_hop_is_one_call_on_the_given_pool() -> None:
+    """run_blocking and run_stoppable (aiofiles' wrap) make one hop each,
+    on the service's pool, never on the loop's default executor."""
+    with CountingPool() as pool:
+        assert await run_blocking(pool, sum, [1, 2]) == 3
+        assert pool.submitted == 1
+        assert await run_stoppable(pool, lambda stop, value: value, "v") == "v"
+        assert pool.submitted == 2
 
 
 async def test_what_a_thread_opens_after_its_awaiter_was_cancelled_is_closed(

@@ -1,7 +1,23 @@
 """The one visible hop off the event loop: a blocking call run in a thread pool.
 
-Handlers pass the pool (``request.app[IO_EXECUTOR]``); nothing here knows
-about HTTP, so the hop reads the same from any caller.
+Handlers pass the pool (``request.app[IO_EXECUTOR]``, ``SCAN_EXECUTOR``);
+nothing here knows about HTTP, so the hop reads the same from any caller.
+Each hop carries the caller's context (so worker threads' log lines carry
+the request id). Two kinds of hop:
+
+- **Plain values** (:func:`run_blocking`, :func:`run_stoppable`): the scans
+  of the roots for a manifest or a ZIP plan, the links file's reads and
+  writes, readiness, /metrics. A cancelled awaiter may drop the result:
+  nothing in it needs closing. These go through aiofiles
+  (``aiofiles.os.wrap(fn)(executor=...)``), one ``run_in_executor`` on the
+  service's own pool, exactly one hop, as before.
+- **Hops that need the concurrent future** (:func:`open_off_loop`; the ZIP
+  batches of ``streaming.py``): whatever a cancelled hop opens must still
+  be closed when the thread returns, and a batch generator closed once its
+  running batch ends. aiofiles awaits ``run_in_executor`` and hides that
+  future (a cancelled hop's result would be dropped unclosed), and its file
+  objects make one hop per read where the service makes one per step: these
+  stay on ``concurrent.futures`` directly.
 """
 
 from __future__ import annotations
@@ -13,6 +29,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
+
+import aiofiles.os
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -36,9 +54,9 @@ def _in_context(
 async def run_blocking(
     executor: Executor, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
 ) -> _T:
-    """Run a blocking function in ``executor``, as one hop."""
-    call = _in_context(function, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(executor, call)
+    """Run a blocking function that returns a plain value (nothing to close)
+    in ``executor``, as one hop (aiofiles' wrap: ``run_in_executor``)."""
+    return await aiofiles.os.wrap(_in_context(function, *args, **kwargs))(executor=executor)
 
 
 async def run_stoppable(

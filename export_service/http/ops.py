@@ -13,7 +13,7 @@ from ..aio.offload import run_blocking
 from ..config import Settings
 from ..core.descriptors import descriptor_headroom
 from ..errors import NotReady
-from ..links import LinkStore
+from ..links.store import LinkStore
 from ..obs.metrics import Metrics
 from .keys import IO_EXECUTOR, METRICS, SETTINGS, SOURCES
 

@@ -27,7 +27,7 @@ from ..errors import (
     TooManyDownloadsPerClient,
 )
 from ..exports import ExportSources, export_manifest_json, plan_export_archive
-from ..links import StoredLink
+from ..links.records import StoredLink
 from ..schemas import EXPORT_PREFIX, Link, LinkUpdate
 from ..zip.archive import CrcCache, ExportArchive
 from .conditional import not_modified_response
@@ -270,7 +270,7 @@ async def get_link(request: web.Request) -> web.Response:
     run id), 422 for a bad run id."""
     render_run_id = render_run_id_as_sent(request.match_info["render_run_id"])
     links = request.app[SOURCES].links
-    stored = await run_blocking(request.app[IO_EXECUTOR], links.link_for, render_run_id)
+    stored = await run_blocking(request.app[IO_EXECUTOR], links.valid_link, render_run_id)
     if stored is None:
         raise LinkNotFound(f"no param run is linked to render run {render_run_id!r}")
     return _link(render_run_id, stored)
@@ -297,5 +297,7 @@ async def put_link(request: web.Request) -> web.Response:
         ) from None
     param_run_id = linked_param_run_id_as_sent(update.param_run_id)
     links = request.app[SOURCES].links
-    stored = await run_blocking(request.app[IO_EXECUTOR], links.link, render_run_id, param_run_id)
+    stored = await run_blocking(
+        request.app[IO_EXECUTOR], links.write_link, render_run_id, param_run_id
+    )
     return _link(render_run_id, stored)
