@@ -30,7 +30,8 @@ from .core.scanning import (
 from .core.selection import Selection
 from .errors import ExportTooLarge
 from .links import LinkStore
-from .zip.archive import CrcCache, ExportArchive, plan_archive
+from .zip.archive import ExportArchive, plan_archive
+from .zip.crcs import CrcCache
 
 log = logging.getLogger("export_service.exports")  # obs/logs.py: LOGGER_NAMES
 

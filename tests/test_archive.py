@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import export_service.zip.archive as archive_module
+import export_service.zip.crcs as crcs_module
 from export_service.errors import SourceChanged
 from export_service.exports import ExportSources, build_export, plan_export_archive
-from export_service.zip.archive import CrcCache, ExportArchive
+from export_service.zip.archive import ExportArchive
+from export_service.zip.crcs import CrcCache
 from export_service.zip.names import ArcnameAllocator, sanitize_arcname
 from tests.conftest import AirTree, open_paths_under, rewrite_in_place, write
 from tests.zips import java_read_zip, read_zip, require, unzip_test
@@ -169,7 +170,8 @@ def test_isal_computes_the_crcs() -> None:
 
     import export_service.zip.archive
 
-    assert vars(export_service.zip.archive)["crc32"] is isal_zlib.crc32
+    assert crcs_module.crc32 is isal_zlib.crc32  # the passes'
+    assert vars(export_service.zip.archive)["crc32"] is isal_zlib.crc32  # the sends'
 
 
 def _local_headers(body: bytes) -> list[tuple[int, int, int, int, str, int]]:
@@ -349,20 +351,20 @@ def test_a_crc_pass_goes_in_steps_and_stops_when_its_download_ends(
     directory): that pass yields an empty step every PASS_SLICE bytes rather
     than holding the thread to the end, and once its download has ended
     (``cancelled`` set) it stops between two chunks and closes the file."""
-    size = 6 * archive_module.PASS_SLICE
+    size = 6 * crcs_module.PASS_SLICE
     big = _sparse(tree.render / "r" / "big.wav", size)
     archive = _plan(tree)
     first = archive.size - 10 if start == "central directory" else 0
     cancelled = threading.Event()
     chunks = archive.chunks(first, None, cancelled)
     # two slices into the pass, nothing to send yet
-    assert [next(chunks), next(chunks)] == [archive_module.PASS_STEP] * 2
+    assert [next(chunks), next(chunks)] == [crcs_module.PASS_STEP] * 2
     assert str(big.resolve()) in open_paths_under(tree.base)
     cancelled.set()
-    with pytest.raises(archive_module.PassCancelled):
+    with pytest.raises(crcs_module.PassCancelled):
         next(chunks)
     assert open_paths_under(tree.base) == []
     # Not cancelled, the same pass runs to the end in steps, and the bytes are the ZIP's.
     pieces = list(_plan(tree).chunks(first))
-    assert pieces.count(archive_module.PASS_STEP) == size // archive_module.PASS_SLICE
+    assert pieces.count(crcs_module.PASS_STEP) == size // crcs_module.PASS_SLICE
     assert b"".join(pieces) == b"".join(_plan(tree).chunks())[first:]

@@ -8,7 +8,7 @@ small tuple per scanned file) and makes its listed files from them slice by
 slice: as ``ExportFile`` dicts while it writes the JSON, each slice serialized
 by a pydantic ``TypeAdapter`` (a run of 200,000 files never holds 200,000
 dicts at once), or as :class:`ListedFile` tuples for a ZIP's plan. (The
-stages of a file and their names: archive.py.)
+stages of a file and their names: zip/plan.py.)
 """
 
 from __future__ import annotations

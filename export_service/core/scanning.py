@@ -60,7 +60,7 @@ class ScannedFile(NamedTuple):
     parts: tuple[str, ...]  # its path inside the run folder, as named on disk
     size: int | None  # None when the file could not be stat'ed
     mtime_ns: int
-    ctime_ns: int  # the inode's last change: no one can set it (see archive.py)
+    ctime_ns: int  # the inode's last change: no one can set it (see zip/plan.py)
     dev: int
     ino: int
 

@@ -23,7 +23,7 @@ from ..errors import ExportServiceError, Unauthorized
 from ..exports import ExportSources
 from ..obs.logs import request_id
 from ..obs.metrics import Metrics
-from ..zip.archive import CrcCache
+from ..zip.crcs import CrcCache
 from . import ops
 from .access import abort_after_headers, remember_response, sent_response, track_exchange
 from .cors import Cors

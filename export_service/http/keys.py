@@ -13,7 +13,7 @@ from ..aio.download_slots import DownloadSlots
 from ..config import Settings
 from ..exports import ExportSources
 from ..obs.metrics import Metrics
-from ..zip.archive import CrcCache
+from ..zip.crcs import CrcCache
 from .shutdown import RequestsInFlight
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -29,7 +29,8 @@ from ..errors import (
 from ..exports import ExportSources, export_manifest_json, plan_export_archive
 from ..links import StoredLink
 from ..schemas import EXPORT_PREFIX, Link, LinkUpdate
-from ..zip.archive import CrcCache, ExportArchive
+from ..zip.archive import ExportArchive
+from ..zip.crcs import CrcCache
 from .conditional import not_modified_response
 from .keys import (
     CLOCK,
