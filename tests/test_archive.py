@@ -18,6 +18,8 @@ from export_service.exports import ExportSources, build_export, plan_export_arch
 from export_service.zip.archive import ExportArchive
 from export_service.zip.crcs import CrcCache
 from export_service.zip.names import ArcnameAllocator, sanitize_arcname
+from export_service.zip.plan import PlannedEntry, footer_size
+from export_service.zip.records import footer
 from tests.conftest import AirTree, open_paths_under, rewrite_in_place, write
 from tests.zips import java_read_zip, read_zip, require, unzip_test
 
@@ -216,11 +218,60 @@ def test_local_headers_carry_crc_and_sizes_and_there_is_no_data_descriptor(
     assert java_read_zip(body, tmp_path) == contents  # java.util.zip.ZipInputStream
 
 
+def test_zipstreams_private_footer_inputs() -> None:
+    """The guard of the two private names of zipstream-ng that records.py
+    sets for ``ZipStream.footer()`` (it has no public way in for entries it
+    did not write: records.py's docstring): ``_filelist`` (the entries) and
+    ``_pos`` (where the directory starts, here past 4 GiB so that the ZIP64
+    end records must carry it). Read back from the bytes, not from
+    zipstream-ng's source: a release that renames either writes an empty
+    directory, or one at offset 0, and fails here by name. The footer's
+    length is also the one plan.py lays out."""
+    entries = [
+        PlannedEntry(name, name, "", "", size, 0, 0, 0, 0, (1980, 1, 1, 0, 0, 0), header, 0)
+        for name, size, header in (
+            ("render/r/a.wav", 10, 0),
+            ("render/r/ü.wav", 0, 1000),
+            ("render/r/far.wav", 3, 5 << 30),  # its header offset in a ZIP64 extra field
+        )
+    ]
+    offset = 6 << 30
+    written = b"".join(footer(entries, [1, 2, 3], offset))
+    assert written[-22:-18] == b"PK\x05\x06"
+    count, _, directory_offset = struct.unpack_from("<HII", written, len(written) - 12)
+    assert count == len(entries), "zipstream-ng's footer no longer lists ZipStream._filelist"
+    assert directory_offset == 0xFFFFFFFF, "zipstream-ng's footer no longer starts at _pos"
+    assert len(written) == footer_size(entries, offset)
+    (zip64_end,) = struct.unpack_from("<Q", written, len(written) - 22 - 20 + 8)
+    signature, _, _, _, _, _, _, count, size, start = struct.unpack(
+        "<4sQHHLLQQQQ", written[zip64_end - offset : zip64_end - offset + 56]
+    )
+    assert signature == b"PK\x06\x06"
+    assert count == len(entries), "zipstream-ng's footer no longer lists ZipStream._filelist"
+    assert start == offset, "zipstream-ng's footer no longer starts at ZipStream._pos"
+    assert zip64_end == offset + size
+    at = 0
+    for entry, crc in zip(entries, [1, 2, 3], strict=True):
+        assert written[at : at + 4] == b"PK\x01\x02"
+        (written_crc,) = struct.unpack_from("<I", written, at + 16)
+        name_length, extra_length, comment_length = struct.unpack_from("<HHH", written, at + 28)
+        (header_offset,) = struct.unpack_from("<I", written, at + 42)
+        assert written[at + 46 : at + 46 + name_length].decode() == entry.arcname
+        assert written_crc == crc
+        if entry.header_offset > 0xFFFFFFFF:
+            assert header_offset == 0xFFFFFFFF
+            extra = written[at + 46 + name_length : at + 46 + name_length + extra_length]
+            assert struct.unpack("<HHQ", extra) == (1, 8, entry.header_offset)
+        else:
+            assert header_offset == entry.header_offset
+        at += 46 + name_length + extra_length + comment_length
+    assert at == size
+
+
 def test_zipstreams_footer_is_fed_the_right_entries_and_offset(tree: AirTree) -> None:
-    """Guards the two private names the archive sets on zipstream-ng's
-    ZipStream for its ``footer()``: ``_pos`` (where the central directory
-    starts) and ``_filelist`` (the entries it lists, with their local header
-    offsets), read back from the bytes, not from zipstream-ng's source."""
+    """The same guard on a planned archive: ``_pos`` (where the central
+    directory starts) and ``_filelist`` (the entries it lists, with their
+    local header offsets), read back from the bytes of a download."""
     for index in range(5):
         write(tree.render / "r" / f"{index}.wav", os.urandom(1000 * index))
     archive = _plan(tree, chunk=4096)
