@@ -30,7 +30,7 @@ from export_service.aio.streaming import _next_batch
 from export_service.config import load_settings
 from export_service.core.manifest import Step
 from export_service.core.safe_files import FolderFiles
-from export_service.exports import ExportSources, build_export
+from export_service.exports import Services, build_export
 from export_service.zip import archive, records
 
 
@@ -54,11 +54,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-per-file-") as temp:
         workload = make_workload(Path(temp), [total // arguments.files] * arguments.files)
         settings = load_settings(workload.config)
-        sources = ExportSources.from_settings(settings)
+        services = Services.from_settings(settings)
         root_reals: dict[Step, str] = {
             step: os.path.realpath(getattr(settings.roots, step)) for step in get_args(Step)
         }
-        export = build_export(sources, workload.run_id, None)
+        export = build_export(services, workload.run_id, None)
 
         def plan() -> archive.ExportArchive:
             return archive.plan_archive(export.files, root_reals, MIB)
@@ -98,7 +98,7 @@ def main() -> None:
                 times.append(time.perf_counter() - started)
             return min(times)
 
-        manifest = best_of(arguments.rounds, lambda: build_export(sources, workload.run_id, None))
+        manifest = best_of(arguments.rounds, lambda: build_export(services, workload.run_id, None))
         planning = best_of(arguments.rounds, plan)
         syscalls = best_of(arguments.rounds, system_calls)
         record_time = best_of(arguments.rounds, zip_records)

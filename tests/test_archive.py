@@ -14,7 +14,7 @@ import pytest
 
 import export_service.zip.crcs as crcs_module
 from export_service.errors import SourceChanged
-from export_service.exports import ExportSources, build_export, plan_export_archive
+from export_service.exports import Services, build_export, plan_export_archive
 from export_service.zip.archive import ExportArchive
 from export_service.zip.crcs import CrcCache
 from export_service.zip.names import ArcnameAllocator, sanitize_arcname
@@ -26,7 +26,7 @@ from tests.zips import java_read_zip, read_zip, require, unzip_test
 
 def _plan(tree: AirTree, run_id: str = "r", chunk: int = 1 << 20) -> ExportArchive:
     settings = tree.settings(limits={"read_chunk_bytes": max(chunk, 4096)})
-    return plan_export_archive(ExportSources.from_settings(settings), run_id, None)
+    return plan_export_archive(Services.from_settings(settings), run_id, None)
 
 
 def _body(archive: ExportArchive) -> bytes:
@@ -84,7 +84,7 @@ def test_a_file_gone_between_the_scan_and_planning_is_left_out(tree: AirTree) ->
     settings = tree.settings()
     from export_service.zip.archive import plan_archive
 
-    export = build_export(ExportSources.from_settings(settings), "r", None)
+    export = build_export(Services.from_settings(settings), "r", None)
     bad.unlink()
     archive = plan_archive(
         export.files,
@@ -311,11 +311,11 @@ def test_the_bytes_do_not_depend_on_what_the_crc_cache_holds(tree: AirTree) -> N
     write(tree.render / "r" / "big.wav", os.urandom(300_000))
     write(tree.render / "r" / "small.wav", b"s" * 100)
     settings = tree.settings(limits={"read_chunk_bytes": 65536})
-    sources = ExportSources.from_settings(settings)
+    services = Services.from_settings(settings)
     crcs = CrcCache()
-    cold = _body(plan_export_archive(sources, "r", None, crcs))
-    warm = _body(plan_export_archive(sources, "r", None, crcs))
-    none = _body(plan_export_archive(sources, "r", None))
+    cold = _body(plan_export_archive(services, "r", None, crcs))
+    warm = _body(plan_export_archive(services, "r", None, crcs))
+    none = _body(plan_export_archive(services, "r", None))
     assert cold == warm == none
 
 
@@ -326,9 +326,9 @@ def test_a_rewrite_that_restores_the_mtime_is_another_version(tree: AirTree) -> 
     ZIP was cut). Its ctime moved: it is another version everywhere."""
     path = write(tree.render / "r" / "big.wav", b"a" * 300_000)
     settings = tree.settings(limits={"read_chunk_bytes": 65536})
-    sources = ExportSources.from_settings(settings)
+    services = Services.from_settings(settings)
     crcs = CrcCache()
-    first = plan_export_archive(sources, "r", None, crcs)
+    first = plan_export_archive(services, "r", None, crcs)
     chunks = first.chunks()
     header = next(chunks)  # the CRC pass is over: the header says CRC("a" * 300000)
     assert struct.unpack_from("<I", header, 14)[0] == zlib.crc32(b"a" * 300_000)
@@ -336,13 +336,13 @@ def test_a_rewrite_that_restores_the_mtime_is_another_version(tree: AirTree) -> 
     with pytest.raises(SourceChanged, match="modified"):  # by its stat, not by the CRC
         for _ in chunks:
             pass
-    second = plan_export_archive(sources, "r", None, crcs)
+    second = plan_export_archive(services, "r", None, crcs)
     assert second.etag != first.etag and second.size == first.size
     assert read_zip(_body(second)) == {"render/r/big.wav": b"b" * 300_000}
     # The cache holds the CRC of b now; a rewrite keyed the same but for the
     # ctime misses it: the next ZIP learns the new CRC, it is not cut.
     rewrite_in_place(path, b"c" * 300_000)
-    third = plan_export_archive(sources, "r", None, crcs)
+    third = plan_export_archive(services, "r", None, crcs)
     assert third.etag not in (first.etag, second.etag)
     assert read_zip(_body(third)) == {"render/r/big.wav": b"c" * 300_000}
 
@@ -354,13 +354,13 @@ def test_a_crc_that_does_not_match_the_data_sent_cuts_the_download(tree: AirTree
     CRC dropped."""
     write(tree.render / "r" / "big.wav", b"a" * 300_000)
     settings = tree.settings(limits={"read_chunk_bytes": 65536})
-    sources = ExportSources.from_settings(settings)
+    services = Services.from_settings(settings)
     crcs = CrcCache()
-    archive = plan_export_archive(sources, "r", None, crcs)
+    archive = plan_export_archive(services, "r", None, crcs)
     crcs.put(archive.entries[0].snapshot, zlib.crc32(b"b" * 300_000))
     with pytest.raises(SourceChanged, match="CRC-32"):
         _body(archive)
-    assert read_zip(_body(plan_export_archive(sources, "r", None, crcs))) == {
+    assert read_zip(_body(plan_export_archive(services, "r", None, crcs))) == {
         "render/r/big.wav": b"a" * 300_000
     }
 
@@ -375,7 +375,7 @@ def test_planned_names_are_the_allocators_for_the_full_sanitized_names(tree: Air
     for name in ("stems/a.wav", "stems/A.wav", "stems/a.wav.", "Stems/b.wav", "x/CON.wav"):
         write(tree.render / "r" / name, b"x")
     settings = tree.settings()
-    export = build_export(ExportSources.from_settings(settings), "r", None)
+    export = build_export(Services.from_settings(settings), "r", None)
     archive = _plan(tree)
     allocator = ArcnameAllocator()
     expected = [

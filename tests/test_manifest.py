@@ -10,7 +10,7 @@ from typing import Any
 
 from export_service.core.manifest import Export, ListedFile, Step, StepFiles, manifest_json
 from export_service.core.scanning import FolderScan, scan_run_folder
-from export_service.exports import ExportSources, build_export
+from export_service.exports import Services, build_export
 from tests.conftest import AirTree, write
 
 
@@ -173,9 +173,9 @@ def test_taking_the_files_gives_them_in_order_and_drops_them(tree: AirTree) -> N
     for index in range(5000):  # more than one slice
         write(tree.render / "r" / f"{index % 7}" / f"{index:04d}.wav")
     write(tree.midi / "20261101_r" / "track.mid", b"m")
-    sources = ExportSources.from_settings(tree.settings())
-    expected = list(build_export(sources, "r", None).files)
-    export = build_export(sources, "r", None)
+    services = Services.from_settings(tree.settings())
+    expected = list(build_export(services, "r", None).files)
+    export = build_export(services, "r", None)
     assert list(export.take_files()) == expected
     assert len(expected) == 5001
     assert len(export) == 0

@@ -19,7 +19,7 @@ import export_service.zip.crcs as crcs_module
 import export_service.zip.plan as plan_module
 from export_service.core.safe_files import FolderFiles
 from export_service.errors import SourceChanged
-from export_service.exports import ExportSources, plan_export_archive
+from export_service.exports import Services, plan_export_archive
 from export_service.zip.archive import ExportArchive
 from export_service.zip.crcs import CrcCache
 from tests.conftest import AirTree, rewrite_in_place, write
@@ -27,8 +27,8 @@ from tests.zips import EXTRACTORS, extract_with, java_read_zip, read_zip, unzip_
 
 
 def _archive(tree: AirTree, crcs: CrcCache | None = None) -> ExportArchive:
-    sources = ExportSources.from_settings(tree.settings(limits={"read_chunk_bytes": 65536}))
-    return plan_export_archive(sources, "r", None, crcs)
+    services = Services.from_settings(tree.settings(limits={"read_chunk_bytes": 65536}))
+    return plan_export_archive(services, "r", None, crcs)
 
 
 def _populate(tree: AirTree) -> None:
