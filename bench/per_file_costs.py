@@ -61,7 +61,12 @@ def main() -> None:
         export = build_export(services, workload.run_id, None)
 
         def plan() -> archive.ExportArchive:
-            return archive.plan_archive(export.files, root_reals, MIB)
+            # The export's listed files, made again for each plan (as the
+            # service's one plan drains them from its export).
+            listed = (
+                file for step in export.steps for file in step.listed_files(step.scan.records)
+            )
+            return archive.plan_archive(listed, root_reals, MIB)
 
         entries = plan().entries
 

@@ -207,7 +207,7 @@ def plan_export_archive(
         step: resolved(str(getattr(services.settings.roots, step))) or "" for step in get_args(Step)
     }
     archive = plan_archive(
-        export.take_files(),
+        export.drain_files(),
         root_reals,
         services.settings.limits.read_chunk_bytes,
         crcs,

@@ -87,7 +87,7 @@ def test_a_file_gone_between_the_scan_and_planning_is_left_out(tree: AirTree) ->
     export = build_export(Services.from_settings(settings), "r", None)
     bad.unlink()
     archive = plan_archive(
-        export.files,
+        export.drain_files(),
         {"render": str(tree.render.resolve()), "midi_generation": "", "param_generation": ""},
         4096,
     )
@@ -380,7 +380,7 @@ def test_planned_names_are_the_allocators_for_the_full_sanitized_names(tree: Air
     allocator = ArcnameAllocator()
     expected = [
         allocator.allocate(sanitize_arcname(f"{item.step}/{item.rel_path}"))
-        for item in export.files
+        for item in export.drain_files()
     ]
     assert [entry.arcname for entry in archive.entries] == expected
 
