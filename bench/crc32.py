@@ -1,5 +1,5 @@
 """CRC-32 speeds: zlib's (zipstream-ng's default) against ISA-L's, which
-export_service/zip/archive.py wires into zipstream-ng.
+export_service/zip/crcs.py uses for every CRC of the ZIP path.
 
     python bench/crc32.py
 """

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import machine, median, table
 from export_service.config import settings_from_mapping
 from export_service.core.selection import Selection
-from export_service.exports import ExportSources, export_manifest_json, plan_export_archive
+from export_service.exports import Services, export_manifest_json, plan_export_archive
 
 RUN = "rnd_big"
 SELECTIONS: dict[str, Selection | None] = {
@@ -35,7 +35,7 @@ SELECTIONS: dict[str, Selection | None] = {
 }
 
 
-def make_project(base: Path, files: int) -> ExportSources:
+def make_project(base: Path, files: int) -> Services:
     roots = {step: base / step for step in ("render", "midi_generation", "param_generation")}
     layout: dict[Path, list[tuple[str, ...]]] = {
         roots["render"] / RUN: [
@@ -63,7 +63,7 @@ def make_project(base: Path, files: int) -> ExportSources:
             "limits": {"max_files_per_export": 10 * files},
         }
     )
-    return ExportSources.from_settings(settings)
+    return Services.from_settings(settings)
 
 
 def main() -> None:
@@ -75,14 +75,14 @@ def main() -> None:
     plans: dict[str, list[float]] = {name: [] for name in SELECTIONS}
     counts: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="bench-selective-") as temp:
-        sources = make_project(Path(temp), arguments.files)
+        services = make_project(Path(temp), arguments.files)
         for _ in range(arguments.rounds + 1):  # the first round warms the caches: not kept
             for name, selection in SELECTIONS.items():
                 started = time.perf_counter()
-                export_manifest_json(sources, RUN, None, None, selection)
+                export_manifest_json(services, RUN, None, None, selection)
                 manifests[name].append(time.perf_counter() - started)
                 started = time.perf_counter()
-                archive = plan_export_archive(sources, RUN, None, None, None, selection)
+                archive = plan_export_archive(services, RUN, None, None, None, selection)
                 plans[name].append(time.perf_counter() - started)
                 counts[name] = len(archive.entries)
     whole_manifest = median(manifests["whole export"][1:])

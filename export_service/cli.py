@@ -35,7 +35,7 @@ from .config import (
 from .core.run_ids import run_id_problem
 from .core.selection import STEPS, Selection, parse_prefix, parse_steps
 from .errors import ConfigError, ExportServiceError
-from .exports import ExportSources, build_export, plan_export_archive
+from .exports import Services, build_export, plan_export_archive
 from .http.access import runner_options
 from .http.app import create_app
 from .http.shutdown import CANCEL_WAIT_SECONDS, stop_on_hangup
@@ -440,22 +440,22 @@ def _opened(path: Path, named: Path) -> Iterator[BinaryIO]:
 def _run_offline(arguments: argparse.Namespace) -> int:
     settings = _required_settings(arguments.config)
     setup_logging("WARNING", settings.logging.format)
-    sources = ExportSources.from_settings(settings)
+    services = Services.from_settings(settings)
     render_run_id = arguments.render_run_id
     if arguments.command == "link":
-        link = sources.links.write_link(render_run_id, arguments.param_run_id)
+        link = services.links.write_link(render_run_id, arguments.param_run_id)
         record = {"render_run_id": render_run_id, **link._asdict()}
         print(json.dumps(record, ensure_ascii=False))
         return 0
     param_run_id = arguments.param_run_id
     selection = Selection.parse(arguments.steps, arguments.prefix)
     if arguments.command == "manifest":
-        export = build_export(sources, render_run_id, param_run_id, selection=selection)
+        export = build_export(services, render_run_id, param_run_id, selection=selection)
         print(export.manifest_json().decode())
         _say_missing(render_run_id, export.param_run_id, export.missing, "the manifest", selection)
         return 0
     with _output(arguments.output) as handle:
-        archive = plan_export_archive(sources, render_run_id, param_run_id, selection=selection)
+        archive = plan_export_archive(services, render_run_id, param_run_id, selection=selection)
         for chunk in archive.chunks():
             handle.write(chunk)
     for skipped, why in archive.skipped.items():

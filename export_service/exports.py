@@ -1,5 +1,5 @@
 """The service's use cases: a project's export as a manifest or planned as a
-ZIP, from the sources an app keeps for its life.
+ZIP, from the services an app keeps for its life.
 
 Blocking functions, each run off the event loop in one hop by its caller
 (the HTTP handlers, or the CLI's one-shot commands).
@@ -30,7 +30,8 @@ from .core.scanning import (
 from .core.selection import Selection
 from .errors import ExportTooLarge
 from .links.store import LinkStore
-from .zip.archive import CrcCache, ExportArchive, plan_archive
+from .zip.archive import ExportArchive, plan_archive
+from .zip.crcs import CrcCache
 
 log = logging.getLogger("export_service.exports")  # obs/logs.py: LOGGER_NAMES
 
@@ -65,9 +66,10 @@ class RootStates:
 
 
 @dataclass(frozen=True, slots=True)
-class ExportSources:
-    """Where exports come from: the settings, the links file, and the indexes
-    of the run folders in the MIDI and param roots (kept for the app's life)."""
+class Services:
+    """The services an app (or a CLI command) keeps for its life, which every
+    export uses: the settings, the links file's store, the indexes of the run
+    folders in the MIDI and param roots, and whether each root could be read."""
 
     settings: Settings
     links: LinkStore
@@ -76,7 +78,7 @@ class ExportSources:
     root_states: RootStates = field(default_factory=RootStates)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ExportSources:
+    def from_settings(cls, settings: Settings) -> Services:
         roots = settings.roots
         return cls(
             settings,
@@ -87,7 +89,7 @@ class ExportSources:
 
 
 def build_export(
-    sources: ExportSources,
+    services: Services,
     render_run_id: str,
     param_run_id: str | None,
     stop: threading.Event | None = None,
@@ -105,9 +107,9 @@ def build_export(
     folders (the three steps' together); :class:`ScanStopped` soon after
     ``stop`` is set.
     """
-    roots, urls = sources.settings.roots, sources.settings.urls
+    roots, urls = services.settings.roots, services.settings.urls
     if param_run_id is None and (selection is None or "param_generation" in selection):
-        param_run_id = sources.links.valid_param_run_id(render_run_id)
+        param_run_id = services.links.valid_param_run_id(render_run_id)
     chosen = selection.folder_choice if selection is not None and selection.prefixes else None
 
     render_root = str(roots.render)
@@ -115,18 +117,18 @@ def build_export(
         ("render", render_root, urls.render, lambda: exact_run_folder(render_root, render_run_id)),
         (
             "midi_generation",
-            sources.midi_folders.root,
+            services.midi_folders.root,
             urls.midi_generation,
-            lambda: sources.midi_folders.newest(render_run_id),
+            lambda: services.midi_folders.newest(render_run_id),
         ),
         (
             "param_generation",
-            sources.param_folders.root,
+            services.param_folders.root,
             urls.param_generation,
-            lambda: sources.param_folders.newest(param_run_id) if param_run_id else None,
+            lambda: services.param_folders.newest(param_run_id) if param_run_id else None,
         ),
     ]
-    limits = sources.settings.limits
+    limits = services.settings.limits
     limit, folder_limit = limits.max_files_per_export, limits.max_folders_per_export
     steps: list[StepFiles] = []
     for step, root, prefix, find_folder in lookups:
@@ -139,7 +141,7 @@ def build_export(
         # A root the service cannot read is no run without files: it counts
         # as a path that could not be listed (the header, the metric).
         problem = None if folder else root_problem(root)
-        sources.root_states.note(step, root, problem)
+        services.root_states.note(step, root, problem)
         if problem is not None:
             scan.unlisted[UNLISTED_REASONS.get(problem.errno or 0, "error")] += 1
         if folder:
@@ -178,7 +180,7 @@ class ManifestBody(NamedTuple):
 
 
 def export_manifest_json(
-    sources: ExportSources,
+    services: Services,
     render_run_id: str,
     param_run_id: str | None,
     stop: threading.Event | None = None,
@@ -186,12 +188,12 @@ def export_manifest_json(
 ) -> ManifestBody:
     """The manifest as the API sends it (blocking; its JSON for 10,000 files
     takes milliseconds, so it is made in the same hop as the scan)."""
-    export = build_export(sources, render_run_id, param_run_id, stop, selection)
+    export = build_export(services, render_run_id, param_run_id, stop, selection)
     return ManifestBody(export.manifest_json(), export.unlisted)
 
 
 def plan_export_archive(
-    sources: ExportSources,
+    services: Services,
     render_run_id: str,
     param_run_id: str | None,
     crcs: CrcCache | None = None,
@@ -200,14 +202,14 @@ def plan_export_archive(
 ) -> ExportArchive:
     """The manifest's files, planned as one download (blocking, one hop).
     With a ``selection``, those it takes, and its key in the ETag."""
-    export = build_export(sources, render_run_id, param_run_id, stop, selection)
+    export = build_export(services, render_run_id, param_run_id, stop, selection)
     root_reals: dict[Step, str] = {
-        step: resolved(str(getattr(sources.settings.roots, step))) or "" for step in get_args(Step)
+        step: resolved(str(getattr(services.settings.roots, step))) or "" for step in get_args(Step)
     }
     archive = plan_archive(
-        export.take_files(),
+        export.drain_files(),
         root_reals,
-        sources.settings.limits.read_chunk_bytes,
+        services.settings.limits.read_chunk_bytes,
         crcs,
         selection.key if selection is not None else None,
     )

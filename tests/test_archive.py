@@ -12,18 +12,21 @@ from pathlib import Path
 
 import pytest
 
-import export_service.zip.archive as archive_module
+import export_service.zip.crcs as crcs_module
 from export_service.errors import SourceChanged
-from export_service.exports import ExportSources, build_export, plan_export_archive
-from export_service.zip.archive import CrcCache, ExportArchive
+from export_service.exports import Services, build_export, plan_export_archive
+from export_service.zip.archive import ExportArchive
+from export_service.zip.crcs import CrcCache
 from export_service.zip.names import ArcnameAllocator, sanitize_arcname
+from export_service.zip.plan import PlannedEntry, footer_size
+from export_service.zip.records import footer
 from tests.conftest import AirTree, open_paths_under, rewrite_in_place, write
 from tests.zips import java_read_zip, read_zip, require, unzip_test
 
 
 def _plan(tree: AirTree, run_id: str = "r", chunk: int = 1 << 20) -> ExportArchive:
     settings = tree.settings(limits={"read_chunk_bytes": max(chunk, 4096)})
-    return plan_export_archive(ExportSources.from_settings(settings), run_id, None)
+    return plan_export_archive(Services.from_settings(settings), run_id, None)
 
 
 def _body(archive: ExportArchive) -> bytes:
@@ -81,10 +84,10 @@ def test_a_file_gone_between_the_scan_and_planning_is_left_out(tree: AirTree) ->
     settings = tree.settings()
     from export_service.zip.archive import plan_archive
 
-    export = build_export(ExportSources.from_settings(settings), "r", None)
+    export = build_export(Services.from_settings(settings), "r", None)
     bad.unlink()
     archive = plan_archive(
-        export.files,
+        export.drain_files(),
         {"render": str(tree.render.resolve()), "midi_generation": "", "param_generation": ""},
         4096,
     )
@@ -169,7 +172,8 @@ def test_isal_computes_the_crcs() -> None:
 
     import export_service.zip.archive
 
-    assert vars(export_service.zip.archive)["crc32"] is isal_zlib.crc32
+    assert crcs_module.crc32 is isal_zlib.crc32  # the passes'
+    assert vars(export_service.zip.archive)["crc32"] is isal_zlib.crc32  # the sends'
 
 
 def _local_headers(body: bytes) -> list[tuple[int, int, int, int, str, int]]:
@@ -214,11 +218,60 @@ def test_local_headers_carry_crc_and_sizes_and_there_is_no_data_descriptor(
     assert java_read_zip(body, tmp_path) == contents  # java.util.zip.ZipInputStream
 
 
+def test_zipstreams_private_footer_inputs() -> None:
+    """The guard of the two private names of zipstream-ng that records.py
+    sets for ``ZipStream.footer()`` (it has no public way in for entries it
+    did not write: records.py's docstring): ``_filelist`` (the entries) and
+    ``_pos`` (where the directory starts, here past 4 GiB so that the ZIP64
+    end records must carry it). Read back from the bytes, not from
+    zipstream-ng's source: a release that renames either writes an empty
+    directory, or one at offset 0, and fails here by name. The footer's
+    length is also the one plan.py lays out."""
+    entries = [
+        PlannedEntry(name, name, "", "", size, 0, 0, 0, 0, (1980, 1, 1, 0, 0, 0), header, 0)
+        for name, size, header in (
+            ("render/r/a.wav", 10, 0),
+            ("render/r/ü.wav", 0, 1000),
+            ("render/r/far.wav", 3, 5 << 30),  # its header offset in a ZIP64 extra field
+        )
+    ]
+    offset = 6 << 30
+    written = b"".join(footer(entries, [1, 2, 3], offset))
+    assert written[-22:-18] == b"PK\x05\x06"
+    count, _, directory_offset = struct.unpack_from("<HII", written, len(written) - 12)
+    assert count == len(entries), "zipstream-ng's footer no longer lists ZipStream._filelist"
+    assert directory_offset == 0xFFFFFFFF, "zipstream-ng's footer no longer starts at _pos"
+    assert len(written) == footer_size(entries, offset)
+    (zip64_end,) = struct.unpack_from("<Q", written, len(written) - 22 - 20 + 8)
+    signature, _, _, _, _, _, _, count, size, start = struct.unpack(
+        "<4sQHHLLQQQQ", written[zip64_end - offset : zip64_end - offset + 56]
+    )
+    assert signature == b"PK\x06\x06"
+    assert count == len(entries), "zipstream-ng's footer no longer lists ZipStream._filelist"
+    assert start == offset, "zipstream-ng's footer no longer starts at ZipStream._pos"
+    assert zip64_end == offset + size
+    at = 0
+    for entry, crc in zip(entries, [1, 2, 3], strict=True):
+        assert written[at : at + 4] == b"PK\x01\x02"
+        (written_crc,) = struct.unpack_from("<I", written, at + 16)
+        name_length, extra_length, comment_length = struct.unpack_from("<HHH", written, at + 28)
+        (header_offset,) = struct.unpack_from("<I", written, at + 42)
+        assert written[at + 46 : at + 46 + name_length].decode() == entry.arcname
+        assert written_crc == crc
+        if entry.header_offset > 0xFFFFFFFF:
+            assert header_offset == 0xFFFFFFFF
+            extra = written[at + 46 + name_length : at + 46 + name_length + extra_length]
+            assert struct.unpack("<HHQ", extra) == (1, 8, entry.header_offset)
+        else:
+            assert header_offset == entry.header_offset
+        at += 46 + name_length + extra_length + comment_length
+    assert at == size
+
+
 def test_zipstreams_footer_is_fed_the_right_entries_and_offset(tree: AirTree) -> None:
-    """Guards the two private names the archive sets on zipstream-ng's
-    ZipStream for its ``footer()``: ``_pos`` (where the central directory
-    starts) and ``_filelist`` (the entries it lists, with their local header
-    offsets), read back from the bytes, not from zipstream-ng's source."""
+    """The same guard on a planned archive: ``_pos`` (where the central
+    directory starts) and ``_filelist`` (the entries it lists, with their
+    local header offsets), read back from the bytes of a download."""
     for index in range(5):
         write(tree.render / "r" / f"{index}.wav", os.urandom(1000 * index))
     archive = _plan(tree, chunk=4096)
@@ -258,11 +311,11 @@ def test_the_bytes_do_not_depend_on_what_the_crc_cache_holds(tree: AirTree) -> N
     write(tree.render / "r" / "big.wav", os.urandom(300_000))
     write(tree.render / "r" / "small.wav", b"s" * 100)
     settings = tree.settings(limits={"read_chunk_bytes": 65536})
-    sources = ExportSources.from_settings(settings)
+    services = Services.from_settings(settings)
     crcs = CrcCache()
-    cold = _body(plan_export_archive(sources, "r", None, crcs))
-    warm = _body(plan_export_archive(sources, "r", None, crcs))
-    none = _body(plan_export_archive(sources, "r", None))
+    cold = _body(plan_export_archive(services, "r", None, crcs))
+    warm = _body(plan_export_archive(services, "r", None, crcs))
+    none = _body(plan_export_archive(services, "r", None))
     assert cold == warm == none
 
 
@@ -273,9 +326,9 @@ def test_a_rewrite_that_restores_the_mtime_is_another_version(tree: AirTree) -> 
     ZIP was cut). Its ctime moved: it is another version everywhere."""
     path = write(tree.render / "r" / "big.wav", b"a" * 300_000)
     settings = tree.settings(limits={"read_chunk_bytes": 65536})
-    sources = ExportSources.from_settings(settings)
+    services = Services.from_settings(settings)
     crcs = CrcCache()
-    first = plan_export_archive(sources, "r", None, crcs)
+    first = plan_export_archive(services, "r", None, crcs)
     chunks = first.chunks()
     header = next(chunks)  # the CRC pass is over: the header says CRC("a" * 300000)
     assert struct.unpack_from("<I", header, 14)[0] == zlib.crc32(b"a" * 300_000)
@@ -283,13 +336,13 @@ def test_a_rewrite_that_restores_the_mtime_is_another_version(tree: AirTree) -> 
     with pytest.raises(SourceChanged, match="modified"):  # by its stat, not by the CRC
         for _ in chunks:
             pass
-    second = plan_export_archive(sources, "r", None, crcs)
+    second = plan_export_archive(services, "r", None, crcs)
     assert second.etag != first.etag and second.size == first.size
     assert read_zip(_body(second)) == {"render/r/big.wav": b"b" * 300_000}
     # The cache holds the CRC of b now; a rewrite keyed the same but for the
     # ctime misses it: the next ZIP learns the new CRC, it is not cut.
     rewrite_in_place(path, b"c" * 300_000)
-    third = plan_export_archive(sources, "r", None, crcs)
+    third = plan_export_archive(services, "r", None, crcs)
     assert third.etag not in (first.etag, second.etag)
     assert read_zip(_body(third)) == {"render/r/big.wav": b"c" * 300_000}
 
@@ -301,13 +354,13 @@ def test_a_crc_that_does_not_match_the_data_sent_cuts_the_download(tree: AirTree
     CRC dropped."""
     write(tree.render / "r" / "big.wav", b"a" * 300_000)
     settings = tree.settings(limits={"read_chunk_bytes": 65536})
-    sources = ExportSources.from_settings(settings)
+    services = Services.from_settings(settings)
     crcs = CrcCache()
-    archive = plan_export_archive(sources, "r", None, crcs)
+    archive = plan_export_archive(services, "r", None, crcs)
     crcs.put(archive.entries[0].snapshot, zlib.crc32(b"b" * 300_000))
     with pytest.raises(SourceChanged, match="CRC-32"):
         _body(archive)
-    assert read_zip(_body(plan_export_archive(sources, "r", None, crcs))) == {
+    assert read_zip(_body(plan_export_archive(services, "r", None, crcs))) == {
         "render/r/big.wav": b"a" * 300_000
     }
 
@@ -322,12 +375,12 @@ def test_planned_names_are_the_allocators_for_the_full_sanitized_names(tree: Air
     for name in ("stems/a.wav", "stems/A.wav", "stems/a.wav.", "Stems/b.wav", "x/CON.wav"):
         write(tree.render / "r" / name, b"x")
     settings = tree.settings()
-    export = build_export(ExportSources.from_settings(settings), "r", None)
+    export = build_export(Services.from_settings(settings), "r", None)
     archive = _plan(tree)
     allocator = ArcnameAllocator()
     expected = [
         allocator.allocate(sanitize_arcname(f"{item.step}/{item.rel_path}"))
-        for item in export.files
+        for item in export.drain_files()
     ]
     assert [entry.arcname for entry in archive.entries] == expected
 
@@ -349,20 +402,20 @@ def test_a_crc_pass_goes_in_steps_and_stops_when_its_download_ends(
     directory): that pass yields an empty step every PASS_SLICE bytes rather
     than holding the thread to the end, and once its download has ended
     (``cancelled`` set) it stops between two chunks and closes the file."""
-    size = 6 * archive_module.PASS_SLICE
+    size = 6 * crcs_module.PASS_SLICE
     big = _sparse(tree.render / "r" / "big.wav", size)
     archive = _plan(tree)
     first = archive.size - 10 if start == "central directory" else 0
     cancelled = threading.Event()
     chunks = archive.chunks(first, None, cancelled)
     # two slices into the pass, nothing to send yet
-    assert [next(chunks), next(chunks)] == [archive_module.PASS_STEP] * 2
+    assert [next(chunks), next(chunks)] == [crcs_module.PASS_STEP] * 2
     assert str(big.resolve()) in open_paths_under(tree.base)
     cancelled.set()
-    with pytest.raises(archive_module.PassCancelled):
+    with pytest.raises(crcs_module.PassCancelled):
         next(chunks)
     assert open_paths_under(tree.base) == []
     # Not cancelled, the same pass runs to the end in steps, and the bytes are the ZIP's.
     pieces = list(_plan(tree).chunks(first))
-    assert pieces.count(archive_module.PASS_STEP) == size // archive_module.PASS_SLICE
+    assert pieces.count(crcs_module.PASS_STEP) == size // crcs_module.PASS_SLICE
     assert b"".join(pieces) == b"".join(_plan(tree).chunks())[first:]

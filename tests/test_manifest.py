@@ -10,7 +10,7 @@ from typing import Any
 
 from export_service.core.manifest import Export, ListedFile, Step, StepFiles, manifest_json
 from export_service.core.scanning import FolderScan, scan_run_folder
-from export_service.exports import ExportSources, build_export
+from export_service.exports import Services, build_export
 from tests.conftest import AirTree, write
 
 
@@ -149,7 +149,7 @@ def test_files_come_in_the_order_of_the_steps_across_slices(tmp_path: Path) -> N
     manifest: dict[str, Any] = json.loads(export.manifest_json())
     assert manifest["files"] == expected
     assert len(export) == 4200
-    assert [(f.step, f.rel_path) for f in export.files] == [
+    assert [(f.step, f.rel_path) for f in export.drain_files()] == [
         (item["step"], item["rel_path"]) for item in expected
     ]
 
@@ -167,15 +167,16 @@ def test_unlisted_paths_are_summed_over_the_steps() -> None:
     assert export.unlisted == Counter({"permission": 3, "name_too_long": 1})
 
 
-def test_taking_the_files_gives_them_in_order_and_drops_them(tree: AirTree) -> None:
-    """What a ZIP plan uses: the same entries as ``files``, and the scan's
-    records released as they are handed over."""
+def test_draining_the_files_gives_them_in_order_and_empties_the_export(tree: AirTree) -> None:
+    """What a ZIP plan uses: the listed files of every record, in manifest
+    order, and the scan's records released as they are handed over."""
     for index in range(5000):  # more than one slice
         write(tree.render / "r" / f"{index % 7}" / f"{index:04d}.wav")
     write(tree.midi / "20261101_r" / "track.mid", b"m")
-    sources = ExportSources.from_settings(tree.settings())
-    expected = list(build_export(sources, "r", None).files)
-    export = build_export(sources, "r", None)
-    assert list(export.take_files()) == expected
+    services = Services.from_settings(tree.settings())
+    whole = build_export(services, "r", None)
+    expected = [file for step in whole.steps for file in step.listed_files(step.scan.records)]
+    export = build_export(services, "r", None)
+    assert list(export.drain_files()) == expected
     assert len(expected) == 5001
     assert len(export) == 0

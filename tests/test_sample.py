@@ -9,7 +9,7 @@ import wave
 from pathlib import Path
 
 from export_service.config import settings_from_mapping
-from export_service.exports import ExportSources, export_manifest_json
+from export_service.exports import Services, export_manifest_json
 from export_service.sample import SAMPLE_PARAM_RUN_ID, SAMPLE_RENDER_RUN_ID, create_sample_tree
 from tests.conftest import open_paths_under
 
@@ -70,8 +70,8 @@ def test_the_mapping_it_returns_serves_it_with_nothing_missing(tmp_path: Path) -
     settings = settings_from_mapping(create_sample_tree(tmp_path))
     assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8080)
     assert settings.roots.render == tmp_path / "render" / "output"
-    sources = ExportSources.from_settings(settings)
-    manifest = json.loads(export_manifest_json(sources, RUN, None).json)
+    services = Services.from_settings(settings)
+    manifest = json.loads(export_manifest_json(services, RUN, None).json)
     assert manifest["param_run_id"] == SAMPLE_PARAM_RUN_ID  # from the links file
     assert manifest["missing"] == []
     midi = [f["rel_path"] for f in manifest["files"] if f["step"] == "midi_generation"]

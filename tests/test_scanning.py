@@ -3,13 +3,14 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
 from export_service.core import safe_files, scanning
 from export_service.core.safe_files import resolved
 from export_service.core.scanning import (
+    FolderScan,
     RunFolderIndex,
     ScanStopped,
     TooManyFolders,
@@ -29,8 +30,24 @@ from tests.conftest import (
 )
 
 
+class ScannedFile(NamedTuple):
+    """A file of a scan as these tests look at it: its path inside the run
+    folder, as named on disk, and its size (None: it could not be stat'ed)."""
+
+    parts: tuple[str, ...]
+    size: int | None
+
+
+def scanned_files(scan: FolderScan) -> list[ScannedFile]:
+    """The files of a scan, in its order, from its compact records."""
+    return [
+        ScannedFile((*scan.folders[folder].parts, name), size)
+        for folder, name, size, *_ in scan.records
+    ]
+
+
 def _listed(root: Path, folder: str) -> dict[str, int | None]:
-    return {"/".join(f.parts): f.size for f in scan_run_folder(str(root), folder).files()}
+    return {"/".join(f.parts): f.size for f in scanned_files(scan_run_folder(str(root), folder))}
 
 
 def test_scan_is_recursive_and_reports_sizes(tree: AirTree) -> None:
@@ -203,7 +220,7 @@ def test_a_folder_1100_levels_deep_is_listed(tree: AirTree) -> None:
     try:
         assert len(str(run)) + 9 * 1100 > os.pathconf("/", "PC_PATH_MAX")
         scan = scan_run_folder(str(tree.render), "r")
-        assert {"/".join(f.parts): f.size for f in scan.files()} == {
+        assert {"/".join(f.parts): f.size for f in scanned_files(scan)} == {
             "/".join([DEEP] * 1100 + ["deep.wav"]): 4,
             "top.wav": 1,
         }
@@ -216,7 +233,7 @@ def test_files_come_out_in_the_order_of_their_display_paths(tree: AirTree) -> No
     run = tree.render / "r"
     for name in ["a b.wav", "a/x.wav", "a-c/y.wav", "a0.wav", "b.wav", "A.wav", "a/b/z.wav"]:
         write(run / name)
-    paths = ["/".join(f.parts) for f in scan_run_folder(str(tree.render), "r").files()]
+    paths = ["/".join(f.parts) for f in scanned_files(scan_run_folder(str(tree.render), "r"))]
     assert paths == sorted(paths)
     assert len(paths) == 7
 
@@ -251,7 +268,7 @@ def test_a_link_whose_target_is_too_long_to_resolve_is_counted_as_unlisted(
     link_beyond_path_max(run / "into_deep", tree.render / "elsewhere")
     try:
         scan = scan_run_folder(str(tree.render), "r")
-        assert ["/".join(f.parts) for f in scan.files()] == ["own.wav"]
+        assert ["/".join(f.parts) for f in scanned_files(scan)] == ["own.wav"]
         assert scan.unlisted == {"name_too_long": 1}
         assert "cannot list r/into_deep" in caplog.text
     finally:
@@ -268,7 +285,7 @@ def test_an_unreadable_subfolder_is_counted_as_unlisted(tree: AirTree) -> None:
         scan = scan_run_folder(str(tree.render), "r")
     finally:
         (run / "private").chmod(0o755)
-    assert ["/".join(f.parts) for f in scan.files()] == ["own.wav"]
+    assert ["/".join(f.parts) for f in scanned_files(scan)] == ["own.wav"]
     assert scan.unlisted == {"permission": 1}
 
 
@@ -292,7 +309,7 @@ def test_a_link_swapped_while_it_is_resolved_is_a_missing_path(
     assert resolved(str(tree.render / "r" / "link.wav")) is None
     assert RunFolderIndex(str(tree.midi)).newest("r") is None
     scan = scan_run_folder(str(tree.render), "r")
-    assert [f.parts for f in scan.files()] == [("sub", "a.wav")]
+    assert [f.parts for f in scanned_files(scan)] == [("sub", "a.wav")]
     assert not scan.unlisted
 
 

@@ -27,6 +27,7 @@ from export_service.core.selection import (
 )
 from export_service.errors import ExportTooLarge, InvalidPrefix, InvalidSteps
 from tests.conftest import write
+from tests.test_scanning import scanned_files
 
 
 def test_no_parameters_and_all_three_steps_without_a_prefix_are_no_selection() -> None:
@@ -209,7 +210,7 @@ def _build(base: Path, nodes: list[tuple[tuple[str, ...], tuple[str, object]]]) 
 def _listing(root: Path, selection: Selection | None) -> list[tuple[tuple[str, ...], int | None]]:
     choose = selection.folder_choice if selection is not None else None
     scan = scan_run_folder(str(root), "run", choose=choose)
-    return [(tuple(map(display_name, file.parts)), file.size) for file in scan.files()]
+    return [(tuple(map(display_name, file.parts)), file.size) for file in scanned_files(scan)]
 
 
 @given(_TREES, _PREFIXES)
@@ -248,7 +249,7 @@ def test_a_selective_scan_counts_only_the_files_it_takes(tmp_path: Path) -> None
     write(root / "run" / "stems" / "a.wav", b"a")
     choose = Selection(STEPS, (("stems",),)).folder_choice
     scan = scan_run_folder(str(root), "run", max_files=1, choose=choose)
-    assert [file.parts for file in scan.files()] == [("stems", "a.wav")]
+    assert [file.parts for file in scanned_files(scan)] == [("stems", "a.wav")]
     with pytest.raises(ExportTooLarge):
         scan_run_folder(str(root), "run", max_files=1)
 

@@ -15,18 +15,20 @@ from typing import Any
 
 import pytest
 
-import export_service.zip.archive as archive_module
+import export_service.zip.crcs as crcs_module
+import export_service.zip.plan as plan_module
 from export_service.core.safe_files import FolderFiles
 from export_service.errors import SourceChanged
-from export_service.exports import ExportSources, plan_export_archive
-from export_service.zip.archive import CrcCache, ExportArchive
+from export_service.exports import Services, plan_export_archive
+from export_service.zip.archive import ExportArchive
+from export_service.zip.crcs import CrcCache
 from tests.conftest import AirTree, rewrite_in_place, write
 from tests.zips import EXTRACTORS, extract_with, java_read_zip, read_zip, unzip_test
 
 
 def _archive(tree: AirTree, crcs: CrcCache | None = None) -> ExportArchive:
-    sources = ExportSources.from_settings(tree.settings(limits={"read_chunk_bytes": 65536}))
-    return plan_export_archive(sources, "r", None, crcs)
+    services = Services.from_settings(tree.settings(limits={"read_chunk_bytes": 65536}))
+    return plan_export_archive(services, "r", None, crcs)
 
 
 def _populate(tree: AirTree) -> None:
@@ -71,10 +73,10 @@ def test_a_warm_cache_reads_nothing_before_the_offset(
 ) -> None:
     _populate(tree)
     learned: list[str] = []
-    real_file_crc = archive_module._file_crc
+    real_file_crc = crcs_module.file_crc
 
     def counting_file_crc(
-        entry: archive_module.PlannedEntry,
+        entry: plan_module.PlannedEntry,
         files: FolderFiles,
         chunk_bytes: int,
         cancelled: threading.Event | None,
@@ -83,7 +85,7 @@ def test_a_warm_cache_reads_nothing_before_the_offset(
         return real_file_crc(entry, files, chunk_bytes, cancelled)
 
     body = b"".join(_archive(tree).chunks())
-    monkeypatch.setattr(archive_module, "_file_crc", counting_file_crc)
+    monkeypatch.setattr(crcs_module, "file_crc", counting_file_crc)
     cold = CrcCache()
     middle = len(body) - 150_000  # inside z.wav
     assert b"".join(_archive(tree, cold).chunks(middle)) == body[middle:]
@@ -281,8 +283,8 @@ def test_zip64_records_scaled_down(
     limit = 200_000
     monkeypatch.setattr(zipstream.ng, "ZIP64_LIMIT", limit)
     monkeypatch.setattr(zipstream.ng, "ZIP_FILECOUNT_LIMIT", 3)
-    monkeypatch.setattr(archive_module, "ZIP64_LIMIT", limit)
-    monkeypatch.setattr(archive_module, "ZIP_FILECOUNT_LIMIT", 3)
+    monkeypatch.setattr(plan_module, "ZIP64_LIMIT", limit)
+    monkeypatch.setattr(plan_module, "ZIP_FILECOUNT_LIMIT", 3)
     _populate(tree)
     archive = _archive(tree)
     full = b"".join(archive.chunks())

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-import export_service.zip.archive as archive_module
+import export_service.zip.records as records_module
 from export_service.core.selection import Selection
 from export_service.errors import SourceChanged
 from export_service.http.keys import METRICS
@@ -292,14 +292,14 @@ async def test_a_failure_after_the_headers_aborts_the_connection(
     write(tree.render / "r" / "a.wav", b"a" * 200_000)  # a batch of its own
     write(tree.render / "r" / "b.wav", b"b" * 1000)
     client = await make_client(**SMALL_BATCHES)
-    real_header = archive_module._Records.local_header
+    real_header = records_module.Records.local_header
 
     def header(self: Any, entry: Any, crc: int) -> bytes:
         if entry.arcname.endswith("b.wav"):
             raise struct.error("'H' format requires 0 <= number <= 65535")
         return real_header(self, entry, crc)
 
-    monkeypatch.setattr(archive_module._Records, "local_header", header)
+    monkeypatch.setattr(records_module.Records, "local_header", header)
     caplog.set_level(logging.INFO)
     ((status, headers, body),) = split_responses(await pipelined(client, *ZIP_THEN_HEALTH))
     assert status == 200 and len(body) < int(headers["Content-Length"])

@@ -8,7 +8,7 @@ small tuple per scanned file) and makes its listed files from them slice by
 slice: as ``ExportFile`` dicts while it writes the JSON, each slice serialized
 by a pydantic ``TypeAdapter`` (a run of 200,000 files never holds 200,000
 dicts at once), or as :class:`ListedFile` tuples for a ZIP's plan. (The
-stages of a file and their names: archive.py.)
+stages of a file and their names: zip/plan.py.)
 """
 
 from __future__ import annotations
@@ -136,18 +136,12 @@ class Export:
         """Paths below the run folders that could not be listed, by reason."""
         return sum((step.scan.unlisted for step in self.steps), Counter())
 
-    @property
-    def files(self) -> Iterator[ListedFile]:
-        """The listed files, in manifest order, made one by one."""
-        for step in self.steps:
-            records = step.scan.records
-            for start in range(0, len(records), _SLICE):
-                yield from step.listed_files(records[start : start + _SLICE])
-
-    def take_files(self) -> Iterator[ListedFile]:
-        """:attr:`files`, each slice of records dropped once it is handed over
-        (the export is empty afterwards). Planning a ZIP keeps what it needs of
-        every file: the scan's records need not outlive the plan's entries."""
+    def drain_files(self) -> Iterator[ListedFile]:
+        """The listed files, in manifest order, made one by one, and the export
+        emptied as they go: each slice of records is dropped once it is handed
+        over, so that planning a ZIP, which keeps what it needs of every file,
+        does not hold the scan's records too. Afterwards the export lists
+        nothing."""
         for step in self.steps:
             records = step.scan.records
             records.reverse()  # in place; then slices leave from the end, in O(1)

@@ -20,7 +20,7 @@ import stat
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import NamedTuple
@@ -50,19 +50,6 @@ class TooManyFolders(ExportTooLarge):
 # A folder's listing checks the stop flag once per this many entries (a run
 # folder may hold hundreds of thousands directly).
 _STOP_CHECK_EVERY = 1024
-
-
-class ScannedFile(NamedTuple):
-    """One regular file of a run folder, as seen when it was scanned. Made on
-    demand from a :class:`FolderScan`'s compact records."""
-
-    path: str  # resolved absolute path; never leaves the service
-    parts: tuple[str, ...]  # its path inside the run folder, as named on disk
-    size: int | None  # None when the file could not be stat'ed
-    mtime_ns: int
-    ctime_ns: int  # the inode's last change: no one can set it (see archive.py)
-    dev: int
-    ino: int
 
 
 def _folder_inside(root_real: str, path: str) -> str | None:
@@ -208,7 +195,8 @@ class ScannedFolder(NamedTuple):
 # garbage collector stops tracking (a NamedTuple it tracks for good; a million
 # of those made every full collection hold the GIL for a second).
 # (folder index, name on disk, size or None, mtime_ns, ctime_ns, dev, ino,
-# the real path of a link's target or None)
+# the real path of a link's target or None); the ctime is the inode's last
+# change, which no one can set (zip/plan.py: a file's snapshot).
 FileRecord = tuple[int, str, int | None, int, int, int, int, str | None]
 
 
@@ -229,12 +217,6 @@ class FolderScan:
         """The real path a record's file is read from."""
         folder, name, *_, target = record
         return target or f"{self.folders[folder].real}/{name}"
-
-    def files(self) -> Iterator[ScannedFile]:
-        for record in self.records:
-            folder, name, size, mtime_ns, ctime_ns, dev, ino, _ = record
-            parts = (*self.folders[folder].parts, name)
-            yield ScannedFile(self.path(record), parts, size, mtime_ns, ctime_ns, dev, ino)
 
 
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -20,10 +20,10 @@ from aiohttp.typedefs import Middleware
 from ..aio.download_slots import DownloadSlots
 from ..config import Settings
 from ..errors import ExportServiceError, Unauthorized
-from ..exports import ExportSources
+from ..exports import Services
 from ..obs.logs import request_id
 from ..obs.metrics import Metrics
-from ..zip.archive import CrcCache
+from ..zip.crcs import CrcCache
 from . import ops
 from .access import abort_after_headers, remember_response, sent_response, track_exchange
 from .cors import Cors
@@ -35,9 +35,9 @@ from .keys import (
     IO_EXECUTOR,
     METRICS,
     SCAN_EXECUTOR,
+    SERVICES,
     SETTINGS,
     SHUTTING_DOWN,
-    SOURCES,
     ZIP_EXECUTOR,
     ZIP_SLOTS,
 )
@@ -195,7 +195,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     app[CLOCK] = clock
     app[IN_FLIGHT] = in_flight
     app[SETTINGS] = settings
-    app[SOURCES] = ExportSources.from_settings(settings)
+    app[SERVICES] = Services.from_settings(settings)
     app[METRICS] = Metrics()
     app[ZIP_SLOTS] = DownloadSlots(
         settings.limits.max_concurrent_zips, settings.limits.max_zips_per_client
@@ -218,7 +218,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         # Logs what readiness finds at start (not ready, or degraded), once:
         # /readyz and /metrics log again only when it changes.
         await asyncio.get_running_loop().run_in_executor(
-            executor, ops.checked_readiness, settings, app[SOURCES].links, app[METRICS]
+            executor, ops.checked_readiness, settings, app[SERVICES].links, app[METRICS]
         )
         yield
         zip_executor.shutdown(wait=True, cancel_futures=True)

@@ -11,13 +11,13 @@ from aiohttp import web
 
 from ..aio.download_slots import DownloadSlots
 from ..config import Settings
-from ..exports import ExportSources
+from ..exports import Services
 from ..obs.metrics import Metrics
-from ..zip.archive import CrcCache
+from ..zip.crcs import CrcCache
 from .shutdown import RequestsInFlight
 
 SETTINGS = web.AppKey("settings", Settings)
-SOURCES = web.AppKey("sources", ExportSources)
+SERVICES = web.AppKey("services", Services)
 IO_EXECUTOR = web.AppKey("io_executor", ThreadPoolExecutor)
 ZIP_EXECUTOR = web.AppKey("zip_executor", ThreadPoolExecutor)
 SCAN_EXECUTOR = web.AppKey("scan_executor", ThreadPoolExecutor)

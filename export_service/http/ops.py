@@ -15,7 +15,7 @@ from ..core.descriptors import descriptor_headroom
 from ..errors import NotReady
 from ..links.store import LinkStore
 from ..obs.metrics import Metrics
-from .keys import IO_EXECUTOR, METRICS, SETTINGS, SOURCES
+from .keys import IO_EXECUTOR, METRICS, SERVICES, SETTINGS
 
 log = logging.getLogger("export_service.ops")  # obs/logs.py: LOGGER_NAMES
 routes = web.RouteTableDef()
@@ -125,7 +125,7 @@ async def readyz(request: web.Request) -> web.Response:
         request.app[IO_EXECUTOR],
         checked_readiness,
         request.app[SETTINGS],
-        request.app[SOURCES].links,
+        request.app[SERVICES].links,
         request.app[METRICS],
     )
     if not state.ready:
@@ -143,7 +143,7 @@ async def metrics(request: web.Request) -> web.Response:
     app = request.app
 
     def exposition() -> bytes:  # reads /proc and the links file: one hop
-        checked_readiness(app[SETTINGS], app[SOURCES].links, app[METRICS])
+        checked_readiness(app[SETTINGS], app[SERVICES].links, app[METRICS])
         return app[METRICS].exposition()
 
     body = await run_blocking(app[IO_EXECUTOR], exposition)

@@ -26,10 +26,11 @@ from ..errors import (
     TooManyDownloads,
     TooManyDownloadsPerClient,
 )
-from ..exports import ExportSources, export_manifest_json, plan_export_archive
+from ..exports import Services, export_manifest_json, plan_export_archive
 from ..links.records import StoredLink
 from ..schemas import EXPORT_PREFIX, Link, LinkUpdate
-from ..zip.archive import CrcCache, ExportArchive
+from ..zip.archive import ExportArchive
+from ..zip.crcs import CrcCache
 from .conditional import not_modified_response
 from .keys import (
     CLOCK,
@@ -37,8 +38,8 @@ from .keys import (
     IO_EXECUTOR,
     METRICS,
     SCAN_EXECUTOR,
+    SERVICES,
     SETTINGS,
-    SOURCES,
     ZIP_SLOTS,
 )
 from .zip_response import UNLISTED_HEADER, ZipResponse
@@ -132,26 +133,26 @@ def _selection(request: web.Request) -> Selection | None:
 
 def _manifest_and_etag(
     stop: threading.Event,
-    sources: ExportSources,
+    services: Services,
     render_run_id: str,
     param_run_id: str | None,
     selection: Selection | None,
 ) -> tuple[bytearray, str, Counter[str]]:
     """The manifest's JSON, its strong ETag (a hash of exactly those bytes;
     blocking: hashed in the same hop) and what could not be listed."""
-    body, unlisted = export_manifest_json(sources, render_run_id, param_run_id, stop, selection)
+    body, unlisted = export_manifest_json(services, render_run_id, param_run_id, stop, selection)
     return body, f'"{hashlib.sha256(body).hexdigest()[:40]}"', unlisted
 
 
 def _planned_archive(
     stop: threading.Event,
-    sources: ExportSources,
+    services: Services,
     render_run_id: str,
     param_run_id: str | None,
     crcs: CrcCache,
     selection: Selection | None,
 ) -> ExportArchive:
-    return plan_export_archive(sources, render_run_id, param_run_id, crcs, stop, selection)
+    return plan_export_archive(services, render_run_id, param_run_id, crcs, stop, selection)
 
 
 @routes.get(EXPORT_PREFIX + "/list/" + RUN_ID_SEGMENT, expect_handler=continue_if_acceptable)
@@ -167,7 +168,7 @@ async def export_manifest(request: web.Request) -> web.Response:
     body, etag, unlisted = await run_stoppable(
         request.app[SCAN_EXECUTOR],
         _manifest_and_etag,
-        request.app[SOURCES],
+        request.app[SERVICES],
         render_run_id,
         param_run_id,
         selection,
@@ -234,7 +235,7 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
         archive = await run_stoppable(
             request.app[SCAN_EXECUTOR],
             _planned_archive,
-            request.app[SOURCES],
+            request.app[SERVICES],
             render_run_id,
             param_run_id,
             request.app[CRC_CACHE],
@@ -269,7 +270,7 @@ async def get_link(request: web.Request) -> web.Response:
     ``link_not_found`` when there is none (or its param run id is not a valid
     run id), 422 for a bad run id."""
     render_run_id = render_run_id_as_sent(request.match_info["render_run_id"])
-    links = request.app[SOURCES].links
+    links = request.app[SERVICES].links
     stored = await run_blocking(request.app[IO_EXECUTOR], links.valid_link, render_run_id)
     if stored is None:
         raise LinkNotFound(f"no param run is linked to render run {render_run_id!r}")
@@ -296,7 +297,7 @@ async def put_link(request: web.Request) -> web.Response:
             'the body must be JSON {"param_run_id": "<id>"}; ' + problems
         ) from None
     param_run_id = linked_param_run_id_as_sent(update.param_run_id)
-    links = request.app[SOURCES].links
+    links = request.app[SERVICES].links
     stored = await run_blocking(
         request.app[IO_EXECUTOR], links.write_link, render_run_id, param_run_id
     )

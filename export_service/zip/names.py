@@ -15,7 +15,7 @@ import unicodedata
 
 # The longest entry name a ZIP can hold, in bytes (its headers keep the
 # length in 16 bits). A name past it (260 nested folders of 255-byte names)
-# cannot be written at all; archive.py leaves such a file out when it plans
+# cannot be written at all; plan.py leaves such a file out when it plans
 # the download, as it does a file it cannot open.
 MAX_ARCNAME_BYTES = 0xFFFF
 
