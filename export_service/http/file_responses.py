@@ -38,6 +38,7 @@ from aiohttp import hdrs, web
 
 from ..aio.offload import open_off_loop
 from ..aio.send_progress import SendProgress
+from ..core.etags import file_etag
 from ..core.manifest import Step
 from ..core.safe_files import RootFile, open_root_file
 from ..core.urls import content_disposition, url_path_segments
@@ -72,14 +73,6 @@ def content_type(name: str) -> str:
     return guessed or "application/octet-stream"
 
 
-def _etag(opened: RootFile) -> str:
-    """Strong: the file's mtime, ctime (ns) and size. The ctime cannot be set
-    by users and moves on every write, so a rewrite in place at the same
-    size that restores the mtime (``os.utime``, ``touch -d``) changes the tag."""
-    info = opened.info
-    return f'"{info.st_mtime_ns:x}-{info.st_ctime_ns:x}-{info.st_size:x}"'
-
-
 def file_route(step: Step, prefix: str) -> web.RouteDef:
     """The route of one root's file URLs. The tail matches any character,
     newlines included: every name a manifest lists must be fetchable."""
@@ -89,7 +82,7 @@ def file_route(step: Step, prefix: str) -> web.RouteDef:
         root = str(getattr(request.app[SETTINGS].roots, step))
         opened = await open_off_loop(request.app[IO_EXECUTOR], open_root_file, root, raw_tail)
         try:
-            etag = _etag(opened)
+            etag = file_etag(opened.info)
             last_modified = datetime.fromtimestamp(opened.info.st_mtime_ns // 1_000_000_000, UTC)
             # The date never validates (see the module's docstring): the mtime can be restored.
             cached = not_modified_response(request, etag, last_modified)

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from .. import signed_urls
 from ..aio.download_slots import client_address
 from ..aio.offload import run_blocking, run_stoppable
+from ..core.etags import hashed_etag
 from ..core.run_ids import (
     linked_param_run_id_as_sent,
     param_run_id_as_sent,
@@ -140,7 +141,7 @@ def _manifest_and_etag(
     """The manifest's JSON, its strong ETag (a hash of exactly those bytes;
     blocking: hashed in the same hop) and what could not be listed."""
     body, unlisted = export_manifest_json(sources, render_run_id, param_run_id, stop, selection)
-    return body, f'"{hashlib.sha256(body).hexdigest()[:40]}"', unlisted
+    return body, hashed_etag(hashlib.sha256(body)), unlisted
 
 
 def _planned_archive(

@@ -55,6 +55,7 @@ from isal.isal_zlib import crc32
 from zipstream import ZipStream
 from zipstream.ng import ZipStreamInfo
 
+from ..core.etags import hashed_etag
 from ..core.manifest import ListedFile, Step
 from ..core.safe_files import FolderFiles
 from ..errors import SourceChanged
@@ -407,7 +408,7 @@ class ExportArchive:
                 for entry in self.entries
             ).encode()
         )
-        return f'"{digest.hexdigest()[:40]}"'
+        return hashed_etag(digest)
 
     def _known_crc(
         self, entry: PlannedEntry, files: FolderFiles, cancelled: threading.Event | None
