@@ -26,6 +26,7 @@ from ..errors import (
     LinkNotFound,
     TooManyDownloads,
     TooManyDownloadsPerClient,
+    retry_later,
 )
 from ..exports import ExportSources, export_manifest_json, plan_export_archive
 from ..links import StoredLink
@@ -107,7 +108,6 @@ async def continue_if_acceptable(request: web.Request) -> None:
     request.writer.output_size = 0  # the response proper has not started
 
 
-RETRY_AFTER_SECONDS = 5
 # Any character, newlines too: the run-id check, not the router, refuses what
 # is not a run id (a control character is a 422, never a 404).
 RUN_ID_SEGMENT = r"{render_run_id:[\s\S]*}"
@@ -214,7 +214,6 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
         request.headers.getall(hdrs.X_FORWARDED_FOR, []),
         request.app[SETTINGS].server.trusted_proxies,
     )
-    retry: dict[str, str] = {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)}
     if not slots.try_acquire(client):
         request.app[METRICS].zips_refused.inc()
         if slots.in_use < slots.limit:  # room for others, not for this client
@@ -222,11 +221,11 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
                 f"this client ({client}) already has {slots.per_client} ZIP downloads"
                 " streaming or being planned (limits.max_zips_per_client); try again when"
                 " one ends",
-                headers=retry,
+                headers=retry_later(),
             )
         raise TooManyDownloads(
             f"{slots.limit} ZIP downloads are streaming or being planned; try again shortly",
-            headers=retry,
+            headers=retry_later(),
         )
     try:
         # Planning scans like a manifest: in the scan pool, so that however long
