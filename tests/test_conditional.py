@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from export_service.errors import PreconditionFailed
-from export_service.http.conditional import not_modified
+from export_service.http.conditional import evaluate_preconditions
 from tests.conftest import AirTree, write
 
 ETAG = '"abc"'
@@ -23,7 +23,7 @@ BEFORE = "Tue, 14 Nov 2023 22:13:19 GMT"
 
 def _check(method: str = "GET", **headers: str) -> bool:
     """A resource with an ETag and a date (the ZIP, a file URL)."""
-    return not_modified(
+    return evaluate_preconditions(
         method,
         headers.get("if_match"),
         headers.get("if_none_match"),
@@ -121,7 +121,7 @@ def test_a_date_shows_nothing_unchanged() -> None:
     assert _check(if_none_match=ETAG, if_modified_since=BEFORE) is True
     assert _check(if_match=ETAG, if_unmodified_since=AT) is False
     # a resource with no date at all (the manifest) ignores both (RFC 9110 13.1.3-4)
-    assert not not_modified("GET", None, None, AT, AT, ETAG, None)
+    assert not evaluate_preconditions("GET", None, None, AT, AT, ETAG, None)
 
 
 async def test_the_zips_date_validates_nothing(run: AirTree, client: TestClient[Any, Any]) -> None:

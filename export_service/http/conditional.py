@@ -37,7 +37,7 @@ def _matches(header: str, etag: str, weak: bool) -> bool:
     )
 
 
-def not_modified(
+def evaluate_preconditions(
     method: str,
     if_match: str | None,
     if_none_match: str | None,
@@ -46,9 +46,8 @@ def not_modified(
     etag: str,
     last_modified: datetime | None,
 ) -> bool:
-    """True when a GET or HEAD is to be answered 304 Not Modified.
-
-    :class:`PreconditionFailed` (412) when ``If-Match`` or
+    """Both outcomes of the preconditions: True when a GET or HEAD is to be
+    answered 304 Not Modified, :class:`PreconditionFailed` (412) when ``If-Match`` or
     ``If-Unmodified-Since`` fails, or ``If-None-Match`` matches another method.
     ``last_modified``: None when the resource has no date (the manifest);
     the date conditions are then ignored (RFC 9110 13.1.3-4). Where it has
@@ -76,16 +75,15 @@ def not_modified(
     return False  # If-Modified-Since: no date here shows that nothing changed
 
 
-def not_modified_response(
+def precondition_response(
     request: web.BaseRequest, etag: str, last_modified: datetime | None
 ) -> web.Response | None:
-    """The 304 to answer ``request`` with, or None to answer it in full
-    (``last_modified``: as for :func:`not_modified`).
-
-    Raises :class:`PreconditionFailed` for a failed precondition (412).
+    """The 304 to answer ``request`` with, or None to answer it in full;
+    raises :class:`PreconditionFailed` for a failed precondition (412)
+    (``last_modified``: as for :func:`evaluate_preconditions`).
     """
     headers = request.headers
-    if not not_modified(
+    if not evaluate_preconditions(
         request.method,
         headers.get(hdrs.IF_MATCH),
         headers.get(hdrs.IF_NONE_MATCH),

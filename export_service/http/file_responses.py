@@ -44,7 +44,7 @@ from ..core.safe_files import RootFile, open_root_file
 from ..core.urls import content_disposition, url_path_segments
 from ..errors import SourceChanged
 from .access import note_body_bytes
-from .conditional import not_modified_response
+from .conditional import precondition_response
 from .keys import IO_EXECUTOR, SETTINGS
 from .streamed import StreamedResponse
 
@@ -85,7 +85,7 @@ def file_route(step: Step, prefix: str) -> web.RouteDef:
             etag = file_etag(opened.info)
             last_modified = datetime.fromtimestamp(opened.info.st_mtime_ns // 1_000_000_000, UTC)
             # The date never validates (see the module's docstring): the mtime can be restored.
-            cached = not_modified_response(request, etag, last_modified)
+            cached = precondition_response(request, etag, last_modified)
             if cached is not None:
                 return cached
             name = url_path_segments(raw_tail)[-1]

@@ -32,7 +32,7 @@ from ..exports import ExportSources, export_manifest_json, plan_export_archive
 from ..links import StoredLink
 from ..schemas import EXPORT_PREFIX, Link, LinkUpdate
 from ..zip.archive import CrcCache, ExportArchive
-from .conditional import not_modified_response
+from .conditional import precondition_response
 from .keys import (
     CLOCK,
     CRC_CACHE,
@@ -174,7 +174,7 @@ async def export_manifest(request: web.Request) -> web.Response:
         selection,
     )
     request.app[METRICS].count_unlisted(unlisted)
-    cached = not_modified_response(request, etag, None)
+    cached = precondition_response(request, etag, None)
     if cached is not None:
         return cached
     return web.Response(
@@ -242,7 +242,7 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
         )
         # The ZIP's Last-Modified (its newest file's) is never a strong
         # validator: a rename or a deletion in a run changes the ZIP, not it.
-        cached = not_modified_response(request, archive.etag, archive.last_modified)
+        cached = precondition_response(request, archive.etag, archive.last_modified)
         if cached is not None:
             return cached
         return await ZipResponse(request, archive, render_run_id, selection).send()
