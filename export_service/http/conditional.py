@@ -7,6 +7,21 @@ The preconditions are evaluated in the RFC's order (13.2.2): ``If-Match``
 belongs to the ranges (byte_ranges.py). A header that does not parse counts
 as absent, except an ``If-Match`` that names no entity tag: nothing matches
 it, so it fails.
+
+The headers are read here, not from aiohttp's parsed ``request.if_match``,
+``if_none_match``, ``if_unmodified_since`` and ``if_modified_since``, because
+these answer some requests otherwise (aiohttp 3.11.0 and 3.14 alike;
+tests/test_conditional.py checks each case, and fails once aiohttp agrees):
+
+- an entity-tag list stops at the first thing that is not a tag
+  (``junk, "v1"``, ``"v0" "v1"``, ``W/ "v1"``: aiohttp finds no ``"v1"``,
+  so an ``If-Match`` naming the current version would fail), and an empty
+  ``If-Match`` counts as absent where it fails here;
+- a date whose year overflows (``Mon, 1 Jan 99999999999 00:00:00 GMT``)
+  raises OverflowError from ``if_unmodified_since``: a 500.
+
+``If-Modified-Since`` is not read at all: no date of this service shows that
+nothing changed (see :func:`evaluate_preconditions`).
 """
 
 from __future__ import annotations
@@ -41,7 +56,6 @@ def evaluate_preconditions(
     method: str,
     if_match: str | None,
     if_none_match: str | None,
-    if_modified_since: str | None,
     if_unmodified_since: str | None,
     etag: str,
     last_modified: datetime | None,
@@ -87,7 +101,6 @@ def precondition_response(
         request.method,
         headers.get(hdrs.IF_MATCH),
         headers.get(hdrs.IF_NONE_MATCH),
-        headers.get(hdrs.IF_MODIFIED_SINCE),
         headers.get(hdrs.IF_UNMODIFIED_SINCE),
         etag,
         last_modified,
