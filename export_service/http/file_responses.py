@@ -1,7 +1,8 @@
 """The manifest's file URLs: ``GET|HEAD <prefix>/<run folder>/<path>``.
 
-The service's own file response, not aiohttp's ``FileResponse``, so that the
-file URLs follow the same rules as the ZIP: ``If-Range`` with the strong
+The service's own file response (:class:`FileUrlResponse`, a
+:class:`.StreamedResponse` as the ZIP's is), not aiohttp's ``FileResponse``,
+so that the file URLs follow the same rules as the ZIP: ``If-Range`` with the strong
 ETag (mtime, ctime and size: a rewrite that restores the mtime still changes
 it), never with a date, one byte range
 (several, or another unit, give the whole file), a 416 with
@@ -89,14 +90,14 @@ def file_route(step: Step, prefix: str) -> web.RouteDef:
             if cached is not None:
                 return cached
             name = url_path_segments(raw_tail)[-1]
-            return await FileResponse(request, opened, name, etag, last_modified).send()
+            return await FileUrlResponse(request, opened, name, etag, last_modified).send()
         finally:
             opened.close()
 
     return web.get(prefix + r"/{tail:[\s\S]+}", serve_file, name=f"file_{step}")
 
 
-class FileResponse(StreamedResponse):
+class FileUrlResponse(StreamedResponse):
     """One answer to a GET or HEAD of an opened file: 200 or 206 (``Range``,
     ``If-Range``), 416 for a range outside it, the body for a GET, sent with
     ``sendfile`` from the descriptor that was checked."""
