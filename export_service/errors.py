@@ -1,14 +1,31 @@
 """The one error hierarchy of the service.
 
 Every error a client can see is an :class:`ExportServiceError`; the middleware in
-``app.py`` turns it into ``{"detail": {"error": code, "message": text}}`` with its
-status. The shape is the original AIR module's, whose front end reads
-``detail.error``.
+``http/app.py`` turns it into ``{"detail": {"error": code, "message": text}}``
+(:func:`error_body`, which the backend's proxy uses too) with its status. The
+shape is the original AIR module's, whose front end reads ``detail.error``.
 """
 
 from __future__ import annotations
 
 import errno
+
+# How long a client refused for want of room (a ZIP slot, file descriptors,
+# the service itself behind the backend's proxy) is asked to wait, in the
+# ``Retry-After`` of the answer.
+RETRY_AFTER_SECONDS = 5
+
+
+def retry_later() -> dict[str, str]:
+    """The headers of an answer that asks the client to try again shortly."""
+    return {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    """The body of every error answer, the service's and the backend proxy's
+    alike: ``{"detail": {"error": code, "message": message}}``
+    (``schemas.ErrorBody`` documents it)."""
+    return {"detail": {"error": code, "message": message}}
 
 
 class ExportServiceError(Exception):
@@ -157,7 +174,7 @@ def raise_if_out_of_descriptors(error: OSError) -> None:
     if error.errno in (errno.EMFILE, errno.ENFILE):
         raise OutOfDescriptors(
             "the service has run out of file descriptors; try again shortly",
-            headers={"Retry-After": "5"},
+            headers=retry_later(),
         ) from error
 
 

@@ -58,7 +58,7 @@ from yarl import URL
 
 from .core.manifest import ExportManifest
 from .core.run_ids import render_run_id_as_sent
-from .errors import ExportServiceError
+from .errors import ExportServiceError, error_body, retry_later
 from .schemas import ErrorBody, Link, LinkUpdate
 from .signed_urls import sign_url
 
@@ -103,7 +103,6 @@ DROPPED_RESPONSE_HEADERS = frozenset(
         b"server",
     }
 )
-RETRY_AFTER_SECONDS = 5
 
 UNAVAILABLE = (
     503,
@@ -124,8 +123,8 @@ BAD_ANSWER = (
 
 def error_response(status: int, code: str, message: str) -> Response:
     """The service's own error shape, so the front end handles both alike."""
-    body = json.dumps({"detail": {"error": code, "message": message}}).encode()
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status in (503, 504) else None
+    body = json.dumps(error_body(code, message)).encode()
+    headers = retry_later() if status in (503, 504) else None
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 

@@ -11,9 +11,10 @@ import struct
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from export_service.http.access import ACCESS_FIELDS, ACCESS_LOGGER, ENDINGS
+from export_service.http.access import _REFUSED_WRITE, ACCESS_FIELDS, ACCESS_LOGGER, ENDINGS
 from export_service.obs.logs import JsonFormatter, TextFormatter
 from tests.conftest import (
     AirTree,
@@ -283,3 +284,30 @@ async def test_the_documented_fields_are_the_fields_of_the_lines_written(
     assert set(complete) == set(ACCESS_FIELDS) - {"error"}
     assert set(rejected) == set(ACCESS_FIELDS)
     assert {complete["ended"], rejected["ended"]} <= set(ENDINGS)
+
+
+async def test_aiohttps_refused_write_is_told_by_its_message(aiohttp_client: Any) -> None:
+    """access.py tells a write aiohttp's writer refused (its bytes counted,
+    never sent) by the error's message: this fails if aiohttp changes it."""
+    refused: list[BaseException] = []
+
+    async def write_after_close(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        assert request.transport is not None
+        request.transport.close()
+        try:
+            await response.write(b"x")
+        except ConnectionError as error:
+            refused.append(error)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", write_after_close)
+    client = await aiohttp_client(app)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    await reader.read()  # until the service closes the connection
+    writer.close()
+    await wait_until(lambda: bool(refused))
+    assert [str(error) for error in refused] == [_REFUSED_WRITE]

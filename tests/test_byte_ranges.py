@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
 from export_service.errors import RangeNotSatisfiable
 from export_service.http.byte_ranges import http_date, requested_range
@@ -141,3 +143,24 @@ def test_a_date_never_validates_a_range() -> None:
     for date in (MODIFIED_TEXT, "Tuesday, 14-Nov-23 22:13:20 GMT", "Tue Nov 14 22:13:20 2023"):
         assert requested_range("bytes=0-9", date, SIZE, ETAG) is None
     assert requested_range("bytes=0-9", ETAG, SIZE, ETAG) == (0, 9)
+
+
+def _aiohttps_range(header: str) -> slice:
+    return make_mocked_request("GET", "/", headers={"Range": header}).http_range
+
+
+def test_aiohttps_parsed_range_answers_otherwise() -> None:
+    """Why Range and If-Range are read here (byte_ranges' docstring): this
+    fails once aiohttp's ``http_range`` and ``if_range`` give these answers."""
+    assert _aiohttps_range("bytes=-0") == _aiohttps_range("bytes=0-")
+    with pytest.raises(RangeNotSatisfiable):
+        _range("bytes=-0")
+    assert _range("bytes=0-") == (0, SIZE - 1)
+    huge = "9" * 5000
+    for header, ours in ((f"bytes={huge}-", None), (f"bytes=0-{huge}", (0, SIZE - 1))):
+        with pytest.raises(ValueError):
+            _aiohttps_range(header)
+        with pytest.raises(RangeNotSatisfiable) if ours is None else contextlib.nullcontext():
+            assert _range(header) == ours
+    assert make_mocked_request("GET", "/", headers={"If-Range": ETAG}).if_range is None
+    assert _range("bytes=0-9", ETAG) == (0, 9)

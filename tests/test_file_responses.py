@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from export_service.http import file_responses
 from export_service.http.file_responses import SENDFILE_PIECE, content_type
 from tests.conftest import (
     CANARY,
@@ -491,7 +490,7 @@ async def test_each_way_a_send_is_cut_is_logged_under_the_file_urls_logger(
             raise ending
         return 0
 
-    monkeypatch.setattr(file_responses, "_sendfile", sendfile)
+    monkeypatch.setattr(asyncio.get_running_loop(), "sendfile", sendfile)
     caplog.set_level(logging.INFO)
     client = await make_client(limits={"send_timeout_seconds": 7.0})
     response = await client.get(URL)
@@ -553,15 +552,15 @@ async def test_any_failure_after_the_headers_aborts_the_connection(
 ) -> None:
     """The CI-safe form of the EIO test: the send fails with EIO after its
     first piece went out, wherever the disk is."""
-    real_sendfile = file_responses._sendfile
+    loop = asyncio.get_running_loop()
+    real_sendfile = loop.sendfile
 
-    async def fails_after_one_piece(
-        request: Any, file: Any, offset: int, count: int, send_timeout: float
-    ) -> int:
-        await real_sendfile(request, file, offset, 1000, send_timeout)
-        raise OSError(errno.EIO, "Input/output error")
+    async def fails_after_one_piece(transport: Any, file: Any, offset: int, count: int) -> int:
+        if offset > 0:
+            raise OSError(errno.EIO, "Input/output error")
+        return await real_sendfile(transport, file, offset, 1000)
 
-    monkeypatch.setattr(file_responses, "_sendfile", fails_after_one_piece)
+    monkeypatch.setattr(loop, "sendfile", fails_after_one_piece)
     caplog.set_level(logging.INFO)
     data = await pipelined(
         client,

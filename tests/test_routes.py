@@ -565,8 +565,11 @@ async def test_100_continue_only_for_a_request_that_would_be_let_in(
 
 
 async def test_a_body_sent_after_100_continue_is_linked(
-    tree: AirTree, make_client: ClientFactory
+    tree: AirTree, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The link is stored, and the access line counts the answer's body, not
+    the 100 Continue before it (routes.py resets aiohttp's writer count)."""
+    caplog.set_level(logging.INFO, logger="export_service.access")
     client = await make_client(auth={"token": "s3cret"})
     body = b'{"param_run_id": "p1"}'
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
@@ -585,6 +588,10 @@ async def test_a_body_sent_after_100_continue_is_linked(
         await writer.wait_closed()
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
     assert json.loads(tree.links.read_text())["r"]["param_run_id"] == "p1"
+    answer_body = answer.partition(b"\r\n\r\n")[2]
+    await wait_until(lambda: any(r.name == "export_service.access" for r in caplog.records))
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "export_service.access"]
+    assert line == f"PUT /api/air/export/links/r 200 {len(answer_body)} complete"
 
 
 # -- selective exports (?steps=, ?prefix=) -----------------------------------

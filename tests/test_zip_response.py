@@ -166,12 +166,12 @@ async def test_each_way_a_download_ends_is_logged_under_the_routes_logger(
     level: str,
     message: str,
 ) -> None:
-    async def send_all(self: ZipResponse, chunks: Any, send_timeout: float) -> None:
+    async def send_body(self: ZipResponse, progress: Any) -> None:
         if ending is not None:
             raise ending
         await asyncio.Event().wait()  # until aiohttp cancels the handler
 
-    monkeypatch.setattr(ZipResponse, "_send_all", send_all)
+    monkeypatch.setattr(ZipResponse, "_send_body", send_body)
     caplog.set_level(logging.INFO)
     write(tree.render / "r" / "a.wav", b"a" * 1000)
     client = await make_client(limits={"send_timeout_seconds": 7.0})

@@ -13,7 +13,7 @@ import os
 import resource
 import sys
 
-from ..errors import OutOfDescriptors
+from ..errors import OutOfDescriptors, retry_later
 
 
 def descriptor_headroom() -> tuple[int, int]:
@@ -38,5 +38,5 @@ def require_descriptors(needed: int) -> None:
         raise OutOfDescriptors(
             f"the service is short of file descriptors ({free} free of {limit}, {needed} "
             "needed); try again shortly",
-            headers={"Retry-After": "5"},
+            headers=retry_later(),
         )

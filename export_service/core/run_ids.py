@@ -17,8 +17,8 @@ MAX_RUN_ID_LENGTH = 200
 # of invalid UTF-8 can produce and which no JSON encoder or file name
 # accepts), as one character class: a regex search is a fraction of the cost
 # of asking unicodedata per character, and every link of the links file is
-# checked when it is read.
-_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# checked when it is read. ZIP entry names drop the same characters (zip/names.py).
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 # The same rule as a JSON Schema, for the OpenAPI document: no separator or
@@ -45,7 +45,7 @@ def run_id_problem(value: str) -> str | None:
         return "must not be '.' or '..'"
     if "/" in value or "\\" in value:
         return "must not contain '/' or '\\'"
-    if _FORBIDDEN.search(value):
+    if CONTROL_CHARACTERS.search(value):
         return "must not contain control characters"
     return None
 

@@ -48,14 +48,22 @@ PROC_FD = "/proc/self/fd"
 CHILD_FOLDER_FLAGS = FOLDER_FLAGS | os.O_NOFOLLOW
 
 
+def proc_fd_path(fd: int) -> str | None:
+    """Where the open file or folder ``fd`` really is, as the kernel names it
+    in ``/proc/self/fd``; None where it cannot (no ``/proc``, or a path
+    beyond ``PATH_MAX``)."""
+    try:
+        return os.readlink(f"{PROC_FD}/{fd}")
+    except OSError:
+        return None
+
+
 def fd_real_path(fd: int, fallback_path: str) -> str:
     """Where the open file or folder really is (from ``/proc``; without it,
     the resolved ``fallback_path``); empty, which lies in no root, when
     neither can tell."""
-    try:
-        return os.readlink(f"{PROC_FD}/{fd}")
-    except OSError:
-        return resolved(fallback_path) or ""
+    real = proc_fd_path(fd)
+    return real if real is not None else resolved(fallback_path) or ""
 
 
 def open_folder_inside(path: str, root_real: str) -> tuple[int, str] | None:

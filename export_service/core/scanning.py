@@ -28,10 +28,10 @@ from typing import NamedTuple
 from ..errors import ExportTooLarge, raise_if_out_of_descriptors
 from .safe_files import (
     CHILD_FOLDER_FLAGS,
-    PROC_FD,
     fd_real_path,
     is_within,
     open_folder_inside,
+    proc_fd_path,
     resolved,
 )
 
@@ -426,9 +426,8 @@ class _Walk:
         when it is still inside the root (its parent may have been moved out
         meanwhile); closes ``fd`` and None otherwise. Beyond PATH_MAX the
         kernel cannot name it: then it is ``path``, its parent's child."""
-        try:
-            real = os.readlink(f"{PROC_FD}/{fd}")
-        except OSError:
+        real = proc_fd_path(fd)
+        if real is None:
             return fd, path
         if is_within(self.root_real, real):
             return fd, real

@@ -9,7 +9,12 @@ then, with how the request ended.
 
 ``bytes`` is the body bytes handed to the connection, not the headers: what
 the response's writer wrote minus the header block, plus what a handler sent
-around the writer (``sendfile``, see :func:`note_body_bytes`).
+around the writer (``sendfile``, see :func:`note_body_bytes`). What the
+writer wrote is its ``output_size``, declared by aiohttp's public
+``aiohttp.abc.AbstractStreamWriter`` but not documented: aiohttp tells a
+response's body length only once it is complete (``body_length``), and a
+cut one is what this log is for. tests/test_access.py fails if it changes
+(test_bytes_is_the_body_sent_on_every_route).
 
 A handler that fails after its response's headers went out cannot answer
 500 any more: the connection is aborted (:func:`abort_after_headers`), so
@@ -86,6 +91,11 @@ NOTHING_SENT = 499
 FAILED_AFTER_HEADERS = 500
 
 # The message of the error aiohttp's writer raises for a write it refused.
+# aiohttp raises the same ClientConnectionResetError, with another message,
+# for a drain that failed after the last write went out (which refused
+# nothing), and has no other way to tell the two apart: so the message is
+# matched. tests/test_access.py fails if aiohttp changes it
+# (test_aiohttps_refused_write_is_told_by_its_message).
 _REFUSED_WRITE = "Cannot write to closing transport"
 
 

@@ -19,7 +19,7 @@ from aiohttp.typedefs import Middleware
 
 from ..aio.download_slots import DownloadSlots
 from ..config import Settings
-from ..errors import ExportServiceError, Unauthorized
+from ..errors import ExportServiceError, Unauthorized, error_body
 from ..exports import Services
 from ..obs.logs import request_id
 from ..obs.metrics import Metrics
@@ -57,7 +57,7 @@ def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
     """The original's error shape, rendered compactly as FastAPI renders it."""
-    body = {"detail": {"error": code, "message": message}}
+    body = error_body(code, message)
     response = web.json_response(body, status=status, dumps=_compact_json)
     response.headers.update(headers or {})
     return response

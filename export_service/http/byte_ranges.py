@@ -5,6 +5,21 @@ Only a single range is served; a request for several gets the whole
 representation (RFC 9110 allows ignoring Range), as does a Range header that
 does not parse or names another unit. Pure functions of header values; no
 input makes them fail but a range outside the body (416).
+
+aiohttp's ``request.http_range`` and ``request.if_range`` are not used: they
+answer some requests otherwise (tests/test_byte_ranges.py checks the cases
+of every version, and fails once aiohttp agrees):
+
+- ``bytes=-0`` (the last zero bytes: 416 here) and ``bytes=0-`` (the whole
+  body) give the same ``slice(0, None)``;
+- a position of more digits than Python converts (over 4,300) is a
+  ValueError, like a header that does not parse: the whole body, where here
+  a start that far is a 416 and an end that far is the end of the body;
+- aiohttp 3.11 takes the unit case-sensitively (``BYTES=1-2`` is no range;
+  RFC 9110 14.1 says it is one) and any Unicode digit (Arabic-Indic ones
+  make a range);
+- ``if_range`` is a date or None: it cannot carry the strong ETag that is
+  the only validator of a range here (:func:`requested_range`).
 """
 
 from __future__ import annotations

@@ -7,6 +7,21 @@ The preconditions are evaluated in the RFC's order (13.2.2): ``If-Match``
 belongs to the ranges (byte_ranges.py). A header that does not parse counts
 as absent, except an ``If-Match`` that names no entity tag: nothing matches
 it, so it fails.
+
+The headers are read here, not from aiohttp's parsed ``request.if_match``,
+``if_none_match``, ``if_unmodified_since`` and ``if_modified_since``, because
+these answer some requests otherwise (aiohttp 3.11.0 and 3.14 alike;
+tests/test_conditional.py checks each case, and fails once aiohttp agrees):
+
+- an entity-tag list stops at the first thing that is not a tag
+  (``junk, "v1"``, ``"v0" "v1"``, ``W/ "v1"``: aiohttp finds no ``"v1"``,
+  so an ``If-Match`` naming the current version would fail), and an empty
+  ``If-Match`` counts as absent where it fails here;
+- a date whose year overflows (``Mon, 1 Jan 99999999999 00:00:00 GMT``)
+  raises OverflowError from ``if_unmodified_since``: a 500.
+
+``If-Modified-Since`` is not read at all: no date of this service shows that
+nothing changed (see :func:`evaluate_preconditions`).
 """
 
 from __future__ import annotations
@@ -37,18 +52,16 @@ def _matches(header: str, etag: str, weak: bool) -> bool:
     )
 
 
-def not_modified(
+def evaluate_preconditions(
     method: str,
     if_match: str | None,
     if_none_match: str | None,
-    if_modified_since: str | None,
     if_unmodified_since: str | None,
     etag: str,
     last_modified: datetime | None,
 ) -> bool:
-    """True when a GET or HEAD is to be answered 304 Not Modified.
-
-    :class:`PreconditionFailed` (412) when ``If-Match`` or
+    """Both outcomes of the preconditions: True when a GET or HEAD is to be
+    answered 304 Not Modified, :class:`PreconditionFailed` (412) when ``If-Match`` or
     ``If-Unmodified-Since`` fails, or ``If-None-Match`` matches another method.
     ``last_modified``: None when the resource has no date (the manifest);
     the date conditions are then ignored (RFC 9110 13.1.3-4). Where it has
@@ -76,20 +89,18 @@ def not_modified(
     return False  # If-Modified-Since: no date here shows that nothing changed
 
 
-def not_modified_response(
+def precondition_response(
     request: web.BaseRequest, etag: str, last_modified: datetime | None
 ) -> web.Response | None:
-    """The 304 to answer ``request`` with, or None to answer it in full
-    (``last_modified``: as for :func:`not_modified`).
-
-    Raises :class:`PreconditionFailed` for a failed precondition (412).
+    """The 304 to answer ``request`` with, or None to answer it in full;
+    raises :class:`PreconditionFailed` for a failed precondition (412)
+    (``last_modified``: as for :func:`evaluate_preconditions`).
     """
     headers = request.headers
-    if not not_modified(
+    if not evaluate_preconditions(
         request.method,
         headers.get(hdrs.IF_MATCH),
         headers.get(hdrs.IF_NONE_MATCH),
-        headers.get(hdrs.IF_MODIFIED_SINCE),
         headers.get(hdrs.IF_UNMODIFIED_SINCE),
         etag,
         last_modified,

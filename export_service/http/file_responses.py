@@ -1,7 +1,8 @@
 """The manifest's file URLs: ``GET|HEAD <prefix>/<run folder>/<path>``.
 
-The service's own file response, not aiohttp's ``FileResponse``, so that the
-file URLs follow the same rules as the ZIP: ``If-Range`` with the strong
+The service's own file response (:class:`FileUrlResponse`, a
+:class:`.StreamedResponse` as the ZIP's is), not aiohttp's ``FileResponse``,
+so that the file URLs follow the same rules as the ZIP: ``If-Range`` with the strong
 ETag (mtime, ctime and size: a rewrite that restores the mtime still changes
 it), never with a date, one byte range
 (several, or another unit, give the whole file), a 416 with
@@ -29,7 +30,6 @@ access log.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import mimetypes
 import os
@@ -39,13 +39,15 @@ from aiohttp import hdrs, web
 
 from ..aio.offload import open_off_loop
 from ..aio.send_progress import SendProgress
+from ..core.etags import file_etag
 from ..core.manifest import Step
 from ..core.safe_files import RootFile, open_root_file
 from ..core.urls import content_disposition, url_path_segments
-from .access import abort_after_headers, note_aborted, note_body_bytes
-from .byte_ranges import requested_range
-from .conditional import not_modified_response
+from ..errors import SourceChanged
+from .access import note_body_bytes
+from .conditional import precondition_response
 from .keys import IO_EXECUTOR, SETTINGS
+from .streamed import StreamedResponse
 
 # The name log queries select on: obs/logs.py, LOGGER_NAMES.
 log = logging.getLogger("export_service.file_urls")
@@ -72,14 +74,6 @@ def content_type(name: str) -> str:
     return guessed or "application/octet-stream"
 
 
-def _etag(opened: RootFile) -> str:
-    """Strong: the file's mtime, ctime (ns) and size. The ctime cannot be set
-    by users and moves on every write, so a rewrite in place at the same
-    size that restores the mtime (``os.utime``, ``touch -d``) changes the tag."""
-    info = opened.info
-    return f'"{info.st_mtime_ns:x}-{info.st_ctime_ns:x}-{info.st_size:x}"'
-
-
 def file_route(step: Step, prefix: str) -> web.RouteDef:
     """The route of one root's file URLs. The tail matches any character,
     newlines included: every name a manifest lists must be fetchable."""
@@ -89,105 +83,92 @@ def file_route(step: Step, prefix: str) -> web.RouteDef:
         root = str(getattr(request.app[SETTINGS].roots, step))
         opened = await open_off_loop(request.app[IO_EXECUTOR], open_root_file, root, raw_tail)
         try:
-            return await _send(request, opened, url_path_segments(raw_tail)[-1])
+            etag = file_etag(opened.info)
+            last_modified = datetime.fromtimestamp(opened.info.st_mtime_ns // 1_000_000_000, UTC)
+            # The date never validates (see the module's docstring): the mtime can be restored.
+            cached = precondition_response(request, etag, last_modified)
+            if cached is not None:
+                return cached
+            name = url_path_segments(raw_tail)[-1]
+            return await FileUrlResponse(request, opened, name, etag, last_modified).send()
         finally:
             opened.close()
 
     return web.get(prefix + r"/{tail:[\s\S]+}", serve_file, name=f"file_{step}")
 
 
-async def _send(request: web.Request, opened: RootFile, name: str) -> web.StreamResponse:
-    size = opened.info.st_size
-    etag = _etag(opened)
-    last_modified = datetime.fromtimestamp(opened.info.st_mtime_ns // 1_000_000_000, UTC)
-    # The date never validates (see the module's docstring): the mtime can be restored.
-    cached = not_modified_response(request, etag, last_modified)
-    if cached is not None:
-        return cached
-    byte_range = requested_range(
-        request.headers.get(hdrs.RANGE),
-        request.headers.get(hdrs.IF_RANGE),
-        size,
-        etag,
-        what="the file",
-    )
-    first, last = byte_range or (0, size - 1)
-    response = web.StreamResponse(
-        status=206 if byte_range else 200,
-        headers={
-            hdrs.ETAG: etag,
-            hdrs.ACCEPT_RANGES: "bytes",
-            # The name the URL asked for (not a link's target), so that
-            # curl -OJ and "save as" keep it; inline: shown or played in place.
-            hdrs.CONTENT_DISPOSITION: content_disposition("inline", name, ascii_only=False),
-        },
-    )
-    if byte_range:
-        response.headers[hdrs.CONTENT_RANGE] = f"bytes {first}-{last}/{size}"
-    response.content_type = content_type(opened.real_path)
-    response.content_length = last - first + 1
-    response.last_modified = last_modified
-    await response.prepare(request)
-    if request.method == hdrs.METH_HEAD or size == 0:
-        return response
-    timeout = request.app[SETTINGS].limits.send_timeout_seconds
-    try:
-        sent = await _sendfile(request, opened.file, first, last - first + 1, timeout)
-    except TimeoutError:
-        log.info("file %s cut: the client took nothing for %s s", request.path, timeout)
-        note_aborted()
-        if request.transport is not None:
-            request.transport.abort()  # a graceful close would wait on the same client
-        return response
-    except ConnectionError:
-        log.info("file %s: the client went away", request.path)
-        return response
-    except Exception as error:  # a read error (EIO): the status line is out, no answer can follow
+class FileUrlResponse(StreamedResponse):
+    """One answer to a GET or HEAD of an opened file: 200 or 206 (``Range``,
+    ``If-Range``), 416 for a range outside it, the body for a GET, sent with
+    ``sendfile`` from the descriptor that was checked."""
+
+    what = "the file"
+
+    def __init__(
+        self,
+        request: web.Request,
+        opened: RootFile,
+        name: str,
+        etag: str,
+        last_modified: datetime,
+    ) -> None:
+        super().__init__(request)
+        self._file = opened.file
+        self.headers.update(
+            {
+                hdrs.ETAG: etag,
+                hdrs.ACCEPT_RANGES: "bytes",
+                # The name the URL asked for (not a link's target), so that
+                # curl -OJ and "save as" keep it; inline: shown or played in place.
+                hdrs.CONTENT_DISPOSITION: content_disposition("inline", name, ascii_only=False),
+            }
+        )
+        self._describe_body(
+            opened.info.st_size, etag, content_type(opened.real_path), last_modified
+        )
+
+    async def _send_body(self, progress: SendProgress) -> None:
+        """``sendfile`` in pieces of :data:`SENDFILE_PIECE`, each counted for
+        the access log as it goes (:func:`.note_body_bytes`)."""
+        loop = asyncio.get_running_loop()
+        file, offset, count = self._file, self._first, self._last - self._first + 1
+        sent = 0
+        while sent < count:
+            transport = self._request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the client went away")
+            start = offset + sent
+            file.seek(start)  # sendfile leaves the position after what it sent, even on error
+            try:
+                with progress.sending():
+                    piece = await loop.sendfile(
+                        transport, file, start, min(SENDFILE_PIECE, count - sent)
+                    )
+            except (OSError, asyncio.CancelledError):
+                note_body_bytes(max(0, file.tell() - start))
+                raise
+            note_body_bytes(piece)
+            progress.queued += piece
+            sent += piece
+            if piece == 0:
+                raise SourceChanged("it shrank while being sent")
+
+    def _on_stalled(self, send_timeout: float) -> None:
+        log.info("file %s cut: the client took nothing for %s s", self._request.path, send_timeout)
+
+    def _on_source_changed(self, error: SourceChanged) -> None:
+        log.error("file %s cut short: %s", self._request.path, error.message)
+
+    def _on_client_gone(self, error: ConnectionError) -> None:
+        log.info("file %s: the client went away", self._request.path)
+
+    def _on_cancelled(self) -> None:
+        """Nothing to tell: the access line says how the request ended."""
+
+    def _on_failed(self, error: Exception) -> None:
+        # a read error (EIO)
         log.error(
             "file %s cut: it failed after the headers went out (%s); the connection is aborted",
-            request.path,
+            self._request.path,
             error,
         )
-        abort_after_headers(request)
-        return response
-    if sent < last - first + 1:
-        log.error("file %s cut short: it shrank while being sent", request.path)
-        response.force_close()  # the client sees fewer bytes than Content-Length
-        return response
-    await response.write_eof()
-    return response
-
-
-async def _sendfile(
-    request: web.Request, file: io.FileIO, offset: int, count: int, send_timeout: float
-) -> int:
-    """Send ``count`` bytes of ``file`` from ``offset``; the bytes sent (fewer
-    when the file ended early). Counts them for the access log as they go;
-    TimeoutError once the client has taken nothing for ``send_timeout``."""
-    loop = asyncio.get_running_loop()
-    sent = 0
-    async with asyncio.timeout(send_timeout) as deadline:
-        progress = SendProgress(request.transport, deadline, send_timeout)
-        try:
-            while sent < count:
-                transport = request.transport
-                if transport is None or transport.is_closing():
-                    raise ConnectionResetError("the client went away")
-                start = offset + sent
-                file.seek(start)  # sendfile leaves the position after what it sent, even on error
-                try:
-                    with progress.sending():
-                        piece = await loop.sendfile(
-                            transport, file, start, min(SENDFILE_PIECE, count - sent)
-                        )
-                except (OSError, asyncio.CancelledError):
-                    note_body_bytes(max(0, file.tell() - start))
-                    raise
-                note_body_bytes(piece)
-                progress.queued += piece
-                sent += piece
-                if piece == 0:
-                    break
-        finally:
-            progress.stop()
-    return sent

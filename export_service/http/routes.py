@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from .. import signed_urls
 from ..aio.download_slots import client_address
 from ..aio.offload import run_blocking, run_stoppable
+from ..core.etags import hashed_etag
 from ..core.run_ids import (
     linked_param_run_id_as_sent,
     param_run_id_as_sent,
@@ -25,13 +26,14 @@ from ..errors import (
     LinkNotFound,
     TooManyDownloads,
     TooManyDownloadsPerClient,
+    retry_later,
 )
 from ..exports import Services, export_manifest_json, plan_export_archive
 from ..links.records import StoredLink
 from ..schemas import EXPORT_PREFIX, Link, LinkUpdate
 from ..zip.archive import ExportArchive
 from ..zip.crcs import CrcCache
-from .conditional import not_modified_response
+from .conditional import precondition_response
 from .keys import (
     CLOCK,
     CRC_CACHE,
@@ -104,10 +106,12 @@ async def continue_if_acceptable(request: web.Request) -> None:
     if (request.content_length or 0) > MAX_BODY_BYTES:
         return
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    request.writer.output_size = 0  # the response proper has not started
+    # The response proper has not started: the access log counts the body
+    # from the writer's output_size (access.py says why), which is not to
+    # hold these bytes; test_a_body_sent_after_100_continue_is_linked checks.
+    request.writer.output_size = 0
 
 
-RETRY_AFTER_SECONDS = 5
 # Any character, newlines too: the run-id check, not the router, refuses what
 # is not a run id (a control character is a 422, never a 404).
 RUN_ID_SEGMENT = r"{render_run_id:[\s\S]*}"
@@ -141,7 +145,7 @@ def _manifest_and_etag(
     """The manifest's JSON, its strong ETag (a hash of exactly those bytes;
     blocking: hashed in the same hop) and what could not be listed."""
     body, unlisted = export_manifest_json(services, render_run_id, param_run_id, stop, selection)
-    return body, f'"{hashlib.sha256(body).hexdigest()[:40]}"', unlisted
+    return body, hashed_etag(hashlib.sha256(body)), unlisted
 
 
 def _planned_archive(
@@ -174,7 +178,7 @@ async def export_manifest(request: web.Request) -> web.Response:
         selection,
     )
     request.app[METRICS].count_unlisted(unlisted)
-    cached = not_modified_response(request, etag, None)
+    cached = precondition_response(request, etag, None)
     if cached is not None:
         return cached
     return web.Response(
@@ -214,7 +218,6 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
         request.headers.getall(hdrs.X_FORWARDED_FOR, []),
         request.app[SETTINGS].server.trusted_proxies,
     )
-    retry: dict[str, str] = {hdrs.RETRY_AFTER: str(RETRY_AFTER_SECONDS)}
     if not slots.try_acquire(client):
         request.app[METRICS].zips_refused.inc()
         if slots.in_use < slots.limit:  # room for others, not for this client
@@ -222,11 +225,11 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
                 f"this client ({client}) already has {slots.per_client} ZIP downloads"
                 " streaming or being planned (limits.max_zips_per_client); try again when"
                 " one ends",
-                headers=retry,
+                headers=retry_later(),
             )
         raise TooManyDownloads(
             f"{slots.limit} ZIP downloads are streaming or being planned; try again shortly",
-            headers=retry,
+            headers=retry_later(),
         )
     try:
         # Planning scans like a manifest: in the scan pool, so that however long
@@ -243,7 +246,7 @@ async def export_zip(request: web.Request) -> web.StreamResponse:
         )
         # The ZIP's Last-Modified (its newest file's) is never a strong
         # validator: a rename or a deletion in a run changes the ZIP, not it.
-        cached = not_modified_response(request, archive.etag, archive.last_modified)
+        cached = precondition_response(request, archive.etag, archive.last_modified)
         if cached is not None:
             return cached
         return await ZipResponse(request, archive, render_run_id, selection).send()

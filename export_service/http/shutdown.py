@@ -22,10 +22,10 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("export_service.shutdown")  # obs/logs.py: LOGGER_NAMES
 
@@ -35,6 +35,23 @@ CANCEL_WAIT_SECONDS = 1.0
 FLUSH_POLL_SECONDS = 0.01
 
 
+class _Connection(Protocol):
+    """What the shutdown uses of ``request.protocol``, aiohttp's handler of
+    one connection (``aiohttp.web_protocol.RequestHandler``, not public API):
+    its transport, and ``force_close()``, which ends the connection once its
+    response is out, lingering close or not. aiohttp has no public way to
+    close a connection that waits between requests or reads away an unread
+    body, so this stays, typed by what it uses rather than by importing the
+    private class; tests/test_shutdown.py fails if aiohttp changes it
+    (test_a_connection_left_with_an_unread_body_does_not_hold_up_the_exit,
+    test_the_shutdown_lets_a_finished_response_send_its_end)."""
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+    def force_close(self) -> None: ...
+
+
 class RequestsInFlight:
     """The tasks serving connections that have had a request, with their transports."""
 
@@ -42,7 +59,7 @@ class RequestsInFlight:
         self._tasks: dict[asyncio.Task[object], asyncio.Transport | None] = {}
         # The open connections that have served a request (aiohttp's handlers
         # take no weak references: closed ones are dropped as new ones come).
-        self._connections: set[RequestHandler] = set()
+        self._connections: set[_Connection] = set()
 
     def track(self, request: web.Request) -> None:
         """Remember the task serving ``request``'s connection until it ends.

@@ -22,6 +22,7 @@ from collections.abc import Generator, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from importlib.metadata import version
 
+from ..core.etags import hashed_etag
 from ..core.manifest import ListedFile, Step
 from ..core.safe_files import FolderFiles
 from .checked_reads import read_planned, read_whole
@@ -109,7 +110,7 @@ class ExportArchive:
                 for entry in self.entries
             ).encode()
         )
-        return f'"{digest.hexdigest()[:40]}"'
+        return hashed_etag(digest)
 
     def _entry(
         self,

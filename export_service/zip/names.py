@@ -13,6 +13,8 @@ import posixpath
 import re
 import unicodedata
 
+from ..core.run_ids import CONTROL_CHARACTERS
+
 # The longest entry name a ZIP can hold, in bytes (its headers keep the
 # length in 16 bits). A name past it (260 nested folders of 255-byte names)
 # cannot be written at all; plan.py leaves such a file out when it plans
@@ -20,7 +22,7 @@ import unicodedata
 MAX_ARCNAME_BYTES = 0xFFFF
 
 # Unicode categories Cc (C0 and C1 controls, DEL) and Cs (lone surrogates).
-_DROPPED_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_DROPPED_CHARACTERS = CONTROL_CHARACTERS
 
 _WINDOWS_RESERVED = re.compile(r'[<>:"|?*]')
 # Device names Windows will not create a file under, whatever the extension.
