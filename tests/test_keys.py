@@ -13,11 +13,11 @@ from aiohttp.test_utils import TestClient
 
 from export_service.aio.download_slots import DownloadSlots
 from export_service.config import Settings
-from export_service.exports import ExportSources
+from export_service.exports import Services
 from export_service.http import keys
 from export_service.http.shutdown import RequestsInFlight
 from export_service.obs.metrics import Metrics
-from export_service.zip.archive import CrcCache
+from export_service.zip.crcs import CrcCache
 
 # Each key with the type its value must have. aiohttp keeps the type a key
 # was made with only in a private attribute (AppKey._t), so it is said again
@@ -25,7 +25,7 @@ from export_service.zip.archive import CrcCache
 # it is listed.
 KEY_TYPES: dict[web.AppKey[Any], Any] = {
     keys.SETTINGS: Settings,
-    keys.SOURCES: ExportSources,
+    keys.SERVICES: Services,
     keys.IO_EXECUTOR: ThreadPoolExecutor,
     keys.ZIP_EXECUTOR: ThreadPoolExecutor,
     keys.SCAN_EXECUTOR: ThreadPoolExecutor,
