@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from export_service.access import ACCESS_FIELDS, ACCESS_LOGGER, ENDINGS
 from export_service.logs import JsonFormatter, TextFormatter
-from tests.conftest import (
+from tests.helpers import (
     AirTree,
     ClientFactory,
     content_length,

@@ -17,7 +17,7 @@ from export_service.archive import CrcCache, ExportArchive
 from export_service.errors import SourceChanged
 from export_service.exports import ExportSources, build_export, plan_export_archive
 from export_service.names import ArcnameAllocator, sanitize_arcname
-from tests.conftest import AirTree, open_paths_under, rewrite_in_place, write
+from tests.helpers import AirTree, open_paths_under, rewrite_in_place, write
 from tests.zips import java_read_zip, read_zip, require, unzip_test
 
 

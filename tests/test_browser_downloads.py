@@ -27,7 +27,7 @@ from multidict import CIMultiDictProxy
 from export_service.access import runner_options
 from export_service.app import create_app
 from tests.browser import Chromium, PageError, PageOrigin, chromium, page_origin
-from tests.conftest import AirTree, write
+from tests.helpers import AirTree, write
 
 TOKEN = "browser-test-token"
 ZIP = "/api/air/export/zip/r"

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from export_service import cors
 from export_service.cors import ALLOWED_HEADERS, EXPOSED_HEADERS
-from tests.conftest import AirTree, ClientFactory, write
+from tests.helpers import AirTree, ClientFactory, write
 
 PAGE = "https://air.example.com"
 OTHER = "https://evil.example.net"

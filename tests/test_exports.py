@@ -17,7 +17,7 @@ from export_service.errors import ExportTooLarge
 from export_service.exports import ExportSources, export_manifest_json, plan_export_archive
 from export_service.scanning import ScanStopped
 from export_service.selection import Selection
-from tests.conftest import DEEP, AirTree, every_case, make_deep, remove_deep, write
+from tests.helpers import DEEP, AirTree, every_case, make_deep, remove_deep, write
 from tests.zips import read_zip
 
 

@@ -38,7 +38,7 @@ from export_service.fastapi_proxy import (
     export_proxy_router,
     signed_url_router,
 )
-from tests.conftest import AirTree, write
+from tests.helpers import AirTree, write
 from tests.live import LiveService, free_port, live_service
 
 TOKEN = "s3cret-token"

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import (
+from tests.helpers import (
     CANARY,
     AirTree,
     ClientFactory,

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from export_service import file_responses
 from export_service.file_responses import SENDFILE_PIECE, content_type
-from tests.conftest import (
+from tests.helpers import (
     CANARY,
     AirTree,
     ClientFactory,

@@ -28,7 +28,7 @@ from aiohttp.test_utils import TestClient
 import export_service.links as links_module
 from export_service.errors import LinksFileCorrupt
 from export_service.links import LinkStore, get_param_for_render, link_param_to_render
-from tests.conftest import AirTree, degraded, write
+from tests.helpers import AirTree, degraded, write
 from tests.live import free_port, live_service
 from tests.zips import read_zip
 

@@ -28,7 +28,7 @@ from export_service.logs import (
     TextFormatter,
     request_id,
 )
-from tests.conftest import AirTree
+from tests.helpers import AirTree
 from tests.live import live_service
 
 

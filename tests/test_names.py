@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from export_service.names import ArcnameAllocator, sanitize_arcname
-from tests.conftest import AirTree, write
+from tests.helpers import AirTree, write
 from tests.zips import EXTRACTORS, extract_with, java_read_zip, read_zip
 
 HOSTILE = {

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 import pytest
 
 from export_service.offload import open_off_loop, run_blocking, run_stoppable
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 
 class Opened:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import AirTree
+from tests.helpers import AirTree
 
 # The backend's own helper before the switch, as it wrote step_links.json:
 # read, modify, write a temp file, rename; no lock. It writes links until the

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from export_service import exports, routes, scanning
 from export_service.archive import ExportArchive
 from export_service.keys import ZIP_SLOTS
-from tests.conftest import (
+from tests.helpers import (
     AirTree,
     ClientFactory,
     error_detail,

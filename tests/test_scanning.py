@@ -18,7 +18,7 @@ from export_service.scanning import (
     run_folder_names,
     scan_run_folder,
 )
-from tests.conftest import (
+from tests.helpers import (
     DEEP,
     AirTree,
     link_beyond_path_max,

@@ -26,7 +26,7 @@ from export_service.selection import (
     parse_prefix,
     parse_steps,
 )
-from tests.conftest import write
+from tests.helpers import write
 
 
 def test_no_parameters_and_all_three_steps_without_a_prefix_are_no_selection() -> None:

@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from export_service.shutdown import CANCEL_WAIT_SECONDS, RequestsInFlight, tracking_middleware
-from tests.conftest import AirTree, poll_until, write
+from tests.helpers import AirTree, poll_until, write
 from tests.live import live_service
 
 GRACE = 2.0

@@ -35,7 +35,7 @@ from export_service.signed_urls import (
     sign_url,
     verify,
 )
-from tests.conftest import AirTree, error_detail, first_answer, wait_until, write
+from tests.helpers import AirTree, error_detail, first_answer, wait_until, write
 from tests.live import live_service
 
 SECRET = "s" * 32

@@ -20,7 +20,7 @@ from export_service.archive import CrcCache, ExportArchive
 from export_service.errors import SourceChanged
 from export_service.exports import ExportSources, plan_export_archive
 from export_service.safe_files import FolderFiles
-from tests.conftest import AirTree, rewrite_in_place, write
+from tests.helpers import AirTree, rewrite_in_place, write
 from tests.zips import EXTRACTORS, extract_with, java_read_zip, read_zip, unzip_test
 
 

@@ -18,7 +18,7 @@ from export_service.errors import SourceChanged
 from export_service.keys import METRICS
 from export_service.selection import Selection
 from export_service.zip_response import ZipResponse, content_disposition
-from tests.conftest import (
+from tests.helpers import (
     DEEP,
     AirTree,
     ClientFactory,
