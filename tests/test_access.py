@@ -136,6 +136,7 @@ async def test_a_request_abandoned_before_its_answer_gets_a_499_line(
     assert counted == 200
 
 
+@pytest.mark.slow
 async def test_malformed_request_lines_are_one_plain_line_each_and_counted(
     client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:

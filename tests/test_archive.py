@@ -189,6 +189,7 @@ def _local_headers(body: bytes) -> list[tuple[int, int, int, int, str, int]]:
     return headers
 
 
+@pytest.mark.slow
 def test_local_headers_carry_crc_and_sizes_and_there_is_no_data_descriptor(
     tree: AirTree, tmp_path: Path
 ) -> None:

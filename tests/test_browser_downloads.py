@@ -106,6 +106,10 @@ return {status: response.status, body: await response.json()};
 """
 
 
+# One worker runs this module's tests under pytest -n, with one browser.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("chromium")]
+
+
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chromium]:
     with chromium(tmp_path_factory.mktemp("chromium-profile")) as running:

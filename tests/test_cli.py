@@ -23,6 +23,8 @@ from tests.helpers import AirTree, content_length, make_deep, remove_deep, write
 from tests.live import free_port, live_service
 from tests.zips import read_zip, unzip_test
 
+pytestmark = pytest.mark.slow  # each test runs the CLI as a process
+
 
 def _cli(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

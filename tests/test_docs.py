@@ -80,6 +80,7 @@ def test_every_marked_block_is_of_a_kind_the_tests_run() -> None:
     assert marked_kinds() == KINDS
 
 
+@pytest.mark.slow
 def test_the_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     _require("dot")
     done = subprocess.run(
@@ -214,7 +215,7 @@ def test_the_quick_start_runs() -> None:
     dry = subprocess.run(
         ["make", "-n", "test"], cwd=REPO, env=_clean_env(), capture_output=True, text=True
     )
-    assert dry.stdout.strip() == ".venv/bin/python -m pytest"
+    assert dry.stdout.strip() == ".venv/bin/python -m pytest -n 4 --dist loadgroup"
     port = free_port()
     env = {**_clean_env(), "EXPORT_SERVICE_SERVER_PORT": str(port)}
     # Its output through a pipe, read once make and the service it runs have
@@ -239,6 +240,7 @@ def test_the_quick_start_runs() -> None:
     assert "Traceback" not in output
 
 
+@pytest.mark.slow
 def test_the_tour_runs_against_the_sample_tree(tmp_path: Path) -> None:
     """Each page's curl lines, as printed but for the port, against
     ``export-service serve`` on the sample tree, each page in a folder of
@@ -262,6 +264,7 @@ def test_the_tour_runs_against_the_sample_tree(tmp_path: Path) -> None:
     assert "No errors detected in compressed data of export.zip." in text
 
 
+@pytest.mark.slow
 def test_the_cli_examples_run(tmp_path: Path) -> None:
     """The CLI examples as printed: from the checkout, whose .venv they
     activate, in the empty folder they make (under ``tmp_path``, by way of

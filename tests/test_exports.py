@@ -142,6 +142,7 @@ def test_a_run_folder_created_while_serving_is_found_on_the_next_request(tree: A
     ]
 
 
+@pytest.mark.slow
 def test_a_file_1100_folders_deep_is_listed(tree: AirTree) -> None:
     make_deep(tree.render / "r", 1100)
     try:

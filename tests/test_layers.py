@@ -145,6 +145,7 @@ def _imported(test_file: Path) -> set[str]:
     return found
 
 
+@pytest.mark.slow
 def test_every_mirror_imports_its_module() -> None:
     """A mirror that does not import its module tests something else (as
     test_errors once tested app.py's middleware)."""
@@ -166,6 +167,7 @@ def test_the_modules_designed_as_domain_are_domain_in_the_table() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(name for name, cell in _table().items() if cell != ANY))
+@pytest.mark.slow
 def test_a_module_loads_only_what_its_layer_may_import(name: str) -> None:
     allowed = _allowed(_table(), name)
     assert allowed is not None

@@ -30,6 +30,8 @@ from tests.helpers import AirTree, write
 from tests.live import LiveService, live_service
 from tests.test_fastapi_proxy import Answer, request, uvicorn_app
 
+pytestmark = pytest.mark.slow  # each test starts nginx
+
 RECIPES = Path(__file__).resolve().parent.parent / "deploy" / "nginx"
 TOKEN = "nginx-test-token"
 ALLOWED = "https://air.example.com"  # in the recipes' pattern and the backend's allow_origins

@@ -25,6 +25,8 @@ from export_service.shutdown import CANCEL_WAIT_SECONDS, RequestsInFlight, track
 from tests.helpers import AirTree, poll_until, write
 from tests.live import live_service
 
+pytestmark = pytest.mark.slow  # real processes, stopped as an orchestrator stops them
+
 GRACE = 2.0
 
 
