@@ -19,17 +19,29 @@ from export_service.access import runner_options
 from export_service.app import create_app
 from tests.helpers import CANARY, AirTree, ClientFactory, FailingDisk, write
 
+# The run's temporary folder (temp_folder_left_empty), and for each entry
+# found in it after a test, the first test it was found after.
+_TEMP_FOLDER = pytest.StashKey[Path]()
+_FOUND_AFTER = pytest.StashKey[dict[str, str]]()
+
 
 @pytest.fixture(scope="session", autouse=True)
-def temp_folder_left_empty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def temp_folder_left_empty(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[None]:
     """The run's temporary files, its child processes' included (TMPDIR), go
     to one fresh folder, which must be empty when the run ends: a service
     killed before it removed its sample tree fails the run instead of
     leaving ``export-service-sample-*`` behind. A folder of the run's own,
-    not the system's: other runs on the machine write there meanwhile."""
+    not the system's: other runs on the machine write there meanwhile. Under
+    pytest -n, each worker is a run: the failure is reported on the
+    worker's last test, so it names the test after which each entry was
+    first found (pytest_runtest_teardown, below)."""
     tmp_path_factory.getbasetemp()  # tmp_path stays in pytest's own folder
     folder = Path(tempfile.mkdtemp(prefix="export-service-tests-"))
     folder.chmod(0o755)  # tests that run a child as nobody build its tree below
+    request.config.stash[_TEMP_FOLDER] = folder
+    found_after = request.config.stash.setdefault(_FOUND_AFTER, {})
     saved = os.environ.get("TMPDIR"), tempfile.tempdir
     os.environ["TMPDIR"] = tempfile.tempdir = str(folder)
     try:
@@ -42,7 +54,21 @@ def temp_folder_left_empty(tmp_path_factory: pytest.TempPathFactory) -> Iterator
         tempfile.tempdir = saved[1]
         left = sorted(path.name for path in folder.iterdir())
         shutil.rmtree(folder)
-    assert left == [], f"the run left these in the temporary folder: {left}"
+        del request.config.stash[_TEMP_FOLDER]
+    assert left == [], "the run left these in the temporary folder: " + ", ".join(
+        f"{name} (found after {found_after.get(name, 'the last test')})" for name in left
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """Notes, after each test's teardown, what is in the run's temporary folder."""
+    yield
+    folder = item.config.stash.get(_TEMP_FOLDER, None)
+    if folder is not None:
+        found_after = item.config.stash[_FOUND_AFTER]
+        for name in os.listdir(folder):
+            found_after.setdefault(name, item.nodeid)
 
 
 @pytest.fixture
