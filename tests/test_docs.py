@@ -55,8 +55,9 @@ def _scripts(kind: str) -> list[tuple[Path, str]]:
 
 # What a make running this suite (CI's `make test`) hands its children; a make
 # started from a test would take itself for a sub-make (and print "Entering
-# directory" lines around what it is asked for).
-_MAKE_VARIABLES = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
+# directory" lines around what it is asked for). `make test TEST_WORKERS=0`
+# exports TEST_WORKERS too, which would change what `make -n test` prints.
+_MAKE_VARIABLES = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES", "TEST_WORKERS")
 
 
 def _clean_env() -> dict[str, str]:
