@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from export_service.http.access import _REFUSED_WRITE, ACCESS_FIELDS, ACCESS_LOGGER, ENDINGS
 from export_service.obs.logs import JsonFormatter, TextFormatter
-from tests.conftest import (
+from tests.helpers import (
     AirTree,
     ClientFactory,
     content_length,
@@ -137,6 +137,7 @@ async def test_a_request_abandoned_before_its_answer_gets_a_499_line(
     assert counted == 200
 
 
+@pytest.mark.slow
 async def test_malformed_request_lines_are_one_plain_line_each_and_counted(
     client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:

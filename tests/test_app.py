@@ -14,7 +14,7 @@ from export_service.errors import NotFound
 from export_service.http.access import runner_options
 from export_service.http.app import GC_FULL_COLLECTION_EVERY, create_app
 from export_service.http.keys import METRICS
-from tests.conftest import (
+from tests.helpers import (
     AirTree,
     ClientFactory,
     error_detail,

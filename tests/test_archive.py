@@ -20,7 +20,7 @@ from export_service.zip.crcs import CrcCache
 from export_service.zip.names import ArcnameAllocator, sanitize_arcname
 from export_service.zip.plan import PlannedEntry, footer_size
 from export_service.zip.records import footer
-from tests.conftest import AirTree, open_paths_under, rewrite_in_place, write
+from tests.helpers import AirTree, open_paths_under, rewrite_in_place, write
 from tests.zips import java_read_zip, read_zip, require, unzip_test
 
 
@@ -193,6 +193,7 @@ def _local_headers(body: bytes) -> list[tuple[int, int, int, int, str, int]]:
     return headers
 
 
+@pytest.mark.slow
 def test_local_headers_carry_crc_and_sizes_and_there_is_no_data_descriptor(
     tree: AirTree, tmp_path: Path
 ) -> None:

@@ -19,9 +19,11 @@ import pytest
 from export_service import config as config_module
 from export_service.cli import main
 from export_service.sample import SAMPLE_RENDER_RUN_ID
-from tests.conftest import AirTree, content_length, make_deep, remove_deep, write
+from tests.helpers import AirTree, content_length, make_deep, remove_deep, write
 from tests.live import free_port, live_service
 from tests.zips import read_zip, unzip_test
+
+pytestmark = pytest.mark.slow  # each test runs the CLI as a process
 
 
 def _cli(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, make_mocked_request
 
 from export_service.errors import PreconditionFailed
 from export_service.http.conditional import evaluate_preconditions
-from tests.conftest import AirTree, write
+from tests.helpers import AirTree, write
 
 ETAG = '"abc"'
 WHEN = datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)

@@ -11,7 +11,7 @@ from export_service.config import (
     unknown_env_vars,
 )
 from export_service.errors import ConfigError
-from tests.conftest import AirTree
+from tests.helpers import AirTree
 
 
 def _toml(tree: AirTree, **overrides: str) -> str:

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from export_service.http import cors
 from export_service.http.cors import ALLOWED_HEADERS, EXPOSED_HEADERS
-from tests.conftest import AirTree, ClientFactory, write
+from tests.helpers import AirTree, ClientFactory, write
 
 PAGE = "https://air.example.com"
 OTHER = "https://evil.example.net"

@@ -52,6 +52,7 @@ def test_there_are_two_layouts_and_their_shared_claim() -> None:
     assert {path.name for path in MANIFESTS} == {"sidecar.yaml", "scale-out.yaml", "air-data.yaml"}
 
 
+@pytest.mark.slow
 def test_manifests_are_valid_in_strict_mode() -> None:
     result = subprocess.run(
         [_validator(), "--strict", *MANIFESTS], capture_output=True, text=True, timeout=120
@@ -359,6 +360,7 @@ def _probe_command(pod: dict[str, Any], kind: str) -> list[str]:
     return [found, *command[1:]]
 
 
+@pytest.mark.slow
 def test_the_sidecar_readiness_probe_passes_with_a_corrupt_links_file_not_without_a_root(
     tmp_path: Path,
 ) -> None:
@@ -420,6 +422,7 @@ def test_compose_leaves_room_for_the_shutdown_and_owns_the_links_folder() -> Non
     assert f"--uid {SERVICE_UID}" in (REPO / "Dockerfile").read_text()
 
 
+@pytest.mark.slow
 def test_compose_file_is_valid() -> None:
     command = shutil.which("docker-compose")
     if command is None:

@@ -17,7 +17,7 @@ from export_service.core.scanning import ScanStopped
 from export_service.core.selection import Selection
 from export_service.errors import ExportTooLarge
 from export_service.exports import Services, export_manifest_json, plan_export_archive
-from tests.conftest import DEEP, AirTree, every_case, make_deep, remove_deep, write
+from tests.helpers import DEEP, AirTree, every_case, make_deep, remove_deep, write
 from tests.zips import read_zip
 
 
@@ -142,6 +142,7 @@ def test_a_run_folder_created_while_serving_is_found_on_the_next_request(tree: A
     ]
 
 
+@pytest.mark.slow
 def test_a_file_1100_folders_deep_is_listed(tree: AirTree) -> None:
     make_deep(tree.render / "r", 1100)
     try:

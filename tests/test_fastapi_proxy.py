@@ -38,7 +38,7 @@ from export_service.fastapi_proxy import (
     export_proxy_router,
     signed_url_router,
 )
-from tests.conftest import AirTree, write
+from tests.helpers import AirTree, write
 from tests.live import LiveService, free_port, live_service
 
 TOKEN = "s3cret-token"
@@ -226,6 +226,7 @@ def test_ids_reach_the_service_as_sent(setup: Setup, run_id: str) -> None:
         _same_answer(direct, proxied)
 
 
+@pytest.mark.slow
 def test_a_browser_that_goes_away_closes_the_upstream_download(
     tree: AirTree, tmp_path: Path
 ) -> None:
@@ -642,6 +643,8 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # pip may take its 600 s, then 60 s for the script
 def test_the_light_install_runs_the_router_and_the_helpers_without_the_server(
     setup: Setup, tmp_path: Path
 ) -> None:

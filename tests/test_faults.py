@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import (
+from tests.helpers import (
     CANARY,
     AirTree,
     ClientFactory,
@@ -49,6 +49,7 @@ def _threads(prefix: str) -> int:
     return sum(thread.name.startswith(prefix) for thread in threading.enumerate())
 
 
+@pytest.mark.slow
 async def test_forty_clients_that_reset_leave_nothing_behind(
     tree: AirTree, make_client: ClientFactory
 ) -> None:
@@ -87,6 +88,7 @@ async def test_forty_clients_that_reset_leave_nothing_behind(
     assert 'export_zip_downloads_cut_short_total{reason="client_gone"} 40.0' in metrics
 
 
+@pytest.mark.slow
 async def test_a_reader_that_stops_reading_is_cut_after_the_send_timeout(
     tree: AirTree, make_client: ClientFactory
 ) -> None:
@@ -114,6 +116,7 @@ async def test_a_reader_that_stops_reading_is_cut_after_the_send_timeout(
     writer.close()
 
 
+@pytest.mark.slow
 async def test_a_slow_but_steady_reader_is_not_cut(
     tree: AirTree, make_client: ClientFactory
 ) -> None:
@@ -216,6 +219,7 @@ def _tree_for_nobody(base: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the test above runs instead")
+@pytest.mark.slow
 def test_a_file_without_read_permission_is_left_out_by_an_unprivileged_service() -> None:
     """The test above, for when the tests run as root (as CI does): the
     service runs as ``nobody``, the files are owned by root."""
@@ -234,6 +238,7 @@ def test_a_file_without_read_permission_is_left_out_by_an_unprivileged_service()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="tests/test_scanning.py runs it unprivileged")
+@pytest.mark.slow
 def test_a_subfolder_the_service_cannot_list_is_logged_not_silently_dropped() -> None:
     """Issue 12 item 11, as root (CI): the service runs as ``nobody`` and a
     subfolder is root's alone. Its files cannot be listed; the manifest and
@@ -253,6 +258,7 @@ def test_a_subfolder_the_service_cannot_list_is_logged_not_silently_dropped() ->
 
 
 @pytest.mark.parametrize("victim", ["subfolder", "file", "run_folder"])
+@pytest.mark.slow
 async def test_entries_swapped_for_links_out_in_a_loop_never_give_a_500(
     tree: AirTree, client: TestClient[Any, Any], victim: str
 ) -> None:

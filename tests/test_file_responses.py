@@ -20,7 +20,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from export_service.http.file_responses import SENDFILE_PIECE, content_type
-from tests.conftest import (
+from tests.helpers import (
     CANARY,
     AirTree,
     ClientFactory,
@@ -411,6 +411,7 @@ async def _abandon(client: TestClient[Any, Any], request: bytes) -> None:
         "GET /api/air/export/zip/r HTTP/1.1\r\nHost: t\r\nRange: bytes=1000-\r\n\r\n",
     ],
 )
+@pytest.mark.slow
 async def test_a_thousand_abandoned_requests_leave_no_descriptor(
     mix: AirTree, make_client: ClientFactory, request_line: str
 ) -> None:
@@ -427,6 +428,7 @@ async def test_a_thousand_abandoned_requests_leave_no_descriptor(
     assert (await client.get("/healthz")).status == 200
 
 
+@pytest.mark.slow
 async def test_a_client_that_stops_reading_is_cut_and_its_file_closed(
     tree: AirTree, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -446,6 +448,7 @@ async def test_a_client_that_stops_reading_is_cut_and_its_file_closed(
     writer.close()
 
 
+@pytest.mark.slow
 async def test_a_slow_but_steady_reader_is_not_cut(
     tree: AirTree, make_client: ClientFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

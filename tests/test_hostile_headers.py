@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import AirTree, ClientFactory, raw_exchange, write
+from tests.helpers import AirTree, ClientFactory, raw_exchange, write
 
 TOKEN = "s3cret"
 ROUTES = [

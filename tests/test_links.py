@@ -30,7 +30,7 @@ from export_service.errors import LinksFileCorrupt
 from export_service.links import get_param_for_render, link_param_to_render
 from export_service.links.records import parse_links
 from export_service.links.store import LinkStore
-from tests.conftest import AirTree, degraded, write
+from tests.helpers import AirTree, degraded, write
 from tests.live import free_port, live_service
 from tests.zips import read_zip
 
@@ -52,6 +52,7 @@ def _write_links(path: str, process: int) -> None:
         thread.join()
 
 
+@pytest.mark.slow
 def test_processes_and_threads_writing_at_once_lose_nothing(tmp_path: Path) -> None:
     path = tmp_path / "links" / "step_links.json"
     path.parent.mkdir()
@@ -110,6 +111,7 @@ def test_a_corrupt_file_is_never_overwritten(
     assert path.read_bytes() == content
 
 
+@pytest.mark.slow
 def test_a_large_file_is_parsed_once_until_it_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -472,6 +474,7 @@ def _packages_nobody_cannot_read() -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_a_links_folder_the_service_cannot_write_is_503_and_degraded() -> None:
     if unreadable := _packages_nobody_cannot_read():
         pytest.skip(f"nobody, whom root's service runs as here, cannot read {unreadable}")
@@ -766,6 +769,7 @@ def _put_links(base_url: str, service: int) -> list[int]:
 
 
 @pytest.mark.parametrize("second_path", ["same", "symlink"])
+@pytest.mark.slow
 def test_backend_processes_and_two_services_writing_at_once_lose_nothing(
     tree: AirTree, tmp_path: Path, second_path: str
 ) -> None:

@@ -29,7 +29,7 @@ from export_service.obs.logs import (
     TextFormatter,
     request_id,
 )
-from tests.conftest import AirTree
+from tests.helpers import AirTree
 from tests.live import live_service
 
 
@@ -89,6 +89,7 @@ def _lowest_free_descriptor(pid: int) -> int:
     return next(number for number in range(len(used) + 1) if number not in used)
 
 
+@pytest.mark.slow
 def test_a_service_out_of_descriptors_logs_the_accept_error_once(
     tree: AirTree, tmp_path: Path
 ) -> None:

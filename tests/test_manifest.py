@@ -11,7 +11,7 @@ from typing import Any
 from export_service.core.manifest import Export, ListedFile, Step, StepFiles, manifest_json
 from export_service.core.scanning import FolderScan, scan_run_folder
 from export_service.exports import Services, build_export
-from tests.conftest import AirTree, write
+from tests.helpers import AirTree, write
 
 
 def _step(step: Step, root: Path, folder: str, prefix: str, base: str = "") -> StepFiles:

@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from export_service.zip.names import ArcnameAllocator, sanitize_arcname
-from tests.conftest import AirTree, write
+from tests.helpers import AirTree, write
 from tests.zips import EXTRACTORS, extract_with, java_read_zip, read_zip
 
 HOSTILE = {
@@ -132,6 +132,7 @@ def test_names_equal_but_for_letter_case_are_taken() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_the_allocator_is_deterministic_and_handles_any_depth() -> None:
     deep = "/".join(["d"] * 5000) + "/x.wav"
     names = [deep, deep.upper(), "a/b.wav", "A/B.wav"]
@@ -190,6 +191,7 @@ async def test_hostile_names_give_valid_json_and_safe_zip_names(
 
 
 @pytest.mark.parametrize("reader", [*EXTRACTORS, "java ZipInputStream"])
+@pytest.mark.slow
 async def test_every_reader_extracts_the_hostile_names_as_zipfile_reads_them(
     tree: AirTree, client: TestClient[Any, Any], tmp_path: Path, reader: str
 ) -> None:

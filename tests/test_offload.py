@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from export_service.aio.offload import open_off_loop, run_blocking, run_stoppable
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 
 class Opened:

@@ -19,7 +19,7 @@ from export_service.core.manifest import ExportManifest
 from export_service.http.openapi import OPENAPI_PATH, Readiness, Status, openapi_document
 from export_service.schemas import ErrorBody, Link, LinkUpdate
 from export_service.signed_urls import sign_url
-from tests.conftest import AirTree, ClientFactory, write
+from tests.helpers import AirTree, ClientFactory, write
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}

@@ -8,6 +8,7 @@ that pytest 9 removed.
 
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.core.result import Ok
@@ -31,6 +32,7 @@ def excluded(operation: Any) -> list[Any]:
     return []
 
 
+@pytest.mark.slow
 def test_every_operation_answers_as_documented() -> None:
     with live_service() as service:
         schema = schemathesis.openapi.from_url(f"{service.base_url}/api/air/export/openapi.json")

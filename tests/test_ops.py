@@ -14,7 +14,7 @@ from export_service.http import ops
 from export_service.http.keys import METRICS
 from export_service.http.ops import OPEN_PATHS, descriptor_problem, readiness_problems
 from export_service.links.store import LinkStore
-from tests.conftest import AirTree, ClientFactory, wait_until, write
+from tests.helpers import AirTree, ClientFactory, wait_until, write
 
 _LIST_422 = {"route": "/api/air/export/list/{render_run_id}", "method": "GET", "status": "422"}
 

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from export_service.core.descriptors import descriptor_headroom
-from tests.conftest import AirTree, ClientFactory, content_length, degraded, write
+from tests.helpers import AirTree, ClientFactory, content_length, degraded, write
 from tests.zips import read_zip
 
 

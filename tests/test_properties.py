@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -52,6 +53,7 @@ def _controls(text: str) -> bool:
 
 @given(TRICKY)
 @settings(max_examples=500)
+@pytest.mark.slow
 def test_an_accepted_run_id_cannot_leave_its_root(value: str) -> None:
     accepted = run_id_problem(value) is None
     if accepted:
@@ -71,6 +73,7 @@ def test_an_accepted_run_id_cannot_leave_its_root(value: str) -> None:
 
 @given(st.one_of(TRICKY, PLAIN_LOOKING))
 @settings(max_examples=500)
+@pytest.mark.slow
 def test_sanitized_names_are_safe_and_stable(name: str) -> None:
     safe = sanitize_arcname(name)
     assert safe and not safe.startswith("/") and "\\" not in safe
@@ -83,12 +86,14 @@ def test_sanitized_names_are_safe_and_stable(name: str) -> None:
 
 @given(st.one_of(TRICKY, PLAIN_LOOKING))
 @settings(max_examples=500)
+@pytest.mark.slow
 def test_the_shortcut_for_plain_names_changes_nothing(name: str) -> None:
     assert sanitize_arcname(name) == sanitize_arcname_fully(name)
 
 
 @given(st.lists(TRICKY, max_size=30))
 @settings(max_examples=300)
+@pytest.mark.slow
 def test_allocated_names_are_unique_never_clash_with_folders_and_are_stable(
     names: list[str],
 ) -> None:

@@ -13,7 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import AirTree
+import pytest
+
+from tests.helpers import AirTree
+
+pytestmark = pytest.mark.slow  # each test runs processes (the CLI, writers)
 
 # The backend's own helper before the switch, as it wrote step_links.json:
 # read, modify, write a temp file, rename; no lock. It writes links until the

@@ -20,7 +20,7 @@ from export_service.core import scanning
 from export_service.http import routes
 from export_service.http.keys import ZIP_SLOTS
 from export_service.zip.archive import ExportArchive
-from tests.conftest import (
+from tests.helpers import (
     AirTree,
     ClientFactory,
     error_detail,

@@ -9,7 +9,7 @@ import pytest
 
 from export_service.core.safe_files import FolderFiles, is_within, open_root_file
 from export_service.errors import NotFound, SourceChanged
-from tests.conftest import CANARY, AirTree, open_paths_under, write
+from tests.helpers import CANARY, AirTree, open_paths_under, write
 
 
 def test_is_within_is_strict() -> None:

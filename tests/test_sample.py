@@ -11,7 +11,7 @@ from pathlib import Path
 from export_service.config import settings_from_mapping
 from export_service.exports import Services, export_manifest_json
 from export_service.sample import SAMPLE_PARAM_RUN_ID, SAMPLE_RENDER_RUN_ID, create_sample_tree
-from tests.conftest import open_paths_under
+from tests.helpers import open_paths_under
 
 RUN = SAMPLE_RENDER_RUN_ID
 

@@ -19,7 +19,7 @@ from export_service.core.scanning import (
     scan_run_folder,
 )
 from export_service.errors import ExportTooLarge
-from tests.conftest import (
+from tests.helpers import (
     DEEP,
     AirTree,
     link_beyond_path_max,
@@ -258,6 +258,7 @@ def test_more_files_than_allowed_are_refused_while_listing(
     assert open_paths_under(tree.render) == []
 
 
+@pytest.mark.slow
 def test_a_link_whose_target_is_too_long_to_resolve_is_counted_as_unlisted(
     tree: AirTree, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -377,6 +378,7 @@ def test_a_scan_stops_at_its_next_folder_once_its_stop_flag_is_set(
     assert "stopped scanning r after 10 folder(s)" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_huge_single_folder_checks_its_stop_flag_while_it_is_listed(tree: AirTree) -> None:
     for index in range(3000):
         write(tree.render / "r" / f"{index:04d}.wav")

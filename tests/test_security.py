@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import CANARY, AirTree, raw_get, write
+from tests.helpers import CANARY, AirTree, raw_get, write
 from tests.zips import read_zip
 
 # Ids the run-id rule refuses (422) once the URL is decoded: "." or "..", a

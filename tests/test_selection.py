@@ -26,7 +26,7 @@ from export_service.core.selection import (
     parse_steps,
 )
 from export_service.errors import ExportTooLarge, InvalidPrefix, InvalidSteps
-from tests.conftest import write
+from tests.helpers import write
 from tests.test_scanning import scanned_files
 
 
@@ -215,6 +215,7 @@ def _listing(root: Path, selection: Selection | None) -> list[tuple[tuple[str, .
 
 @given(_TREES, _PREFIXES)
 @settings(max_examples=300, deadline=None)
+@pytest.mark.slow
 def test_a_selective_scan_is_the_full_scan_filtered(
     nodes: list[tuple[tuple[str, ...], tuple[str, object]]], prefixes: list[tuple[str, ...]]
 ) -> None:
@@ -289,6 +290,7 @@ def _parser_accepts(parse: Callable[[str], object], value: str) -> bool:
 
 @given(_TRICKY_PATHS)
 @settings(max_examples=1000)
+@pytest.mark.slow
 def test_the_prefix_schema_is_the_parser(value: str) -> None:
     assert _schema_accepts(PREFIX_JSON_SCHEMA, value) == _parser_accepts(parse_prefix, value)
 

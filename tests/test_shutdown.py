@@ -22,8 +22,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from export_service.http.shutdown import CANCEL_WAIT_SECONDS, RequestsInFlight, tracking_middleware
-from tests.conftest import AirTree, poll_until, write
+from tests.helpers import AirTree, poll_until, write
 from tests.live import live_service
+
+pytestmark = pytest.mark.slow  # real processes, stopped as an orchestrator stops them
 
 GRACE = 2.0
 
@@ -107,12 +109,15 @@ def test_a_connection_left_with_an_unread_body_does_not_hold_up_the_exit(
             b"Content-Length: 100000\r\n\r\nthe first bytes of a body"
         )
         assert sock.recv(64 * 1024).startswith(b"HTTP/1.1 200")
-        started = time.monotonic()
+        signalled = time.time()
         code, output = service.stop()
-        exited_after = time.monotonic() - started
         sock.close()
     assert code == 0, output
-    assert exited_after < 0.8 * CANCEL_WAIT_SECONDS, (exited_after, output)
+    # Timed to the service's last line, written once aiohttp's shutdown is
+    # over: the interpreter's own exit after it, slow on a busy machine, is
+    # not what this is about.
+    (stopped,) = _log_times(output, "stopped listening on")
+    assert stopped - signalled < 0.8 * CANCEL_WAIT_SECONDS, (stopped - signalled, output)
 
 
 def test_a_crc_pass_stops_at_the_shutdown(tree: AirTree, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from export_service.signed_urls import (
     sign_url,
     verify,
 )
-from tests.conftest import AirTree, error_detail, first_answer, wait_until, write
+from tests.helpers import AirTree, error_detail, first_answer, wait_until, write
 from tests.live import live_service
 
 SECRET = "s" * 32
@@ -477,6 +477,7 @@ def _sign(*arguments: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
     )
 
 
+@pytest.mark.slow
 def test_sign_url_prints_a_url_the_service_takes_without_the_token(tree: AirTree) -> None:
     """The CLI's URL, fetched with curl from a real ``serve``; the secret from
     the environment (no config file for sign-url), the service's from its file."""
@@ -531,6 +532,7 @@ def test_sign_url_prints_a_url_the_service_takes_without_the_token(tree: AirTree
         ),
     ],
 )
+@pytest.mark.slow
 def test_sign_url_fails_on_one_line_with_exit_2(
     arguments: list[str], env: dict[str, str], message: str
 ) -> None:

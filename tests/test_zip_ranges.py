@@ -22,7 +22,7 @@ from export_service.errors import SourceChanged
 from export_service.exports import Services, plan_export_archive
 from export_service.zip.archive import ExportArchive
 from export_service.zip.crcs import CrcCache
-from tests.conftest import AirTree, rewrite_in_place, write
+from tests.helpers import AirTree, rewrite_in_place, write
 from tests.zips import EXTRACTORS, extract_with, java_read_zip, read_zip, unzip_test
 
 
@@ -230,6 +230,7 @@ async def test_curl_resumes_a_download_cut_in_the_middle(
     unzip_test(partial.read_bytes(), tmp_path)
 
 
+@pytest.mark.slow
 async def test_curl_resumes_a_selected_zip_cut_in_the_middle(
     tree: AirTree, client: Any, tmp_path: Path
 ) -> None:
@@ -269,6 +270,7 @@ async def test_curl_resumes_a_selected_zip_cut_in_the_middle(
     assert java_read_zip(resumed, tmp_path) == expected
 
 
+@pytest.mark.slow
 def test_zip64_records_scaled_down(
     tree: AirTree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -314,6 +316,7 @@ def test_zip64_records_scaled_down(
     assert java_read_zip(full, tmp_path) == contents
 
 
+@pytest.mark.slow
 def test_more_than_65535_entries_for_real(tree: AirTree, tmp_path: Path) -> None:
     """The entry-count ZIP64 boundary at its real value (a few seconds)."""
     run = tree.render / "r"

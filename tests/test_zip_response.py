@@ -18,7 +18,7 @@ from export_service.core.selection import Selection
 from export_service.errors import SourceChanged
 from export_service.http.keys import METRICS
 from export_service.http.zip_response import ZipResponse, content_disposition
-from tests.conftest import (
+from tests.helpers import (
     DEEP,
     AirTree,
     ClientFactory,
@@ -207,6 +207,7 @@ async def test_clients_that_hang_up_leave_no_file_open(
     assert response.status == 200
 
 
+@pytest.mark.slow
 async def test_folders_1000_levels_deep_zip(tree: AirTree, client: TestClient[Any, Any]) -> None:
     write(tree.render / "r" / "top.wav", b"top")
     levels = [Path(tree.render / "r", *["d"] * depth) for depth in range(1, 1001)]
@@ -226,6 +227,7 @@ async def test_folders_1000_levels_deep_zip(tree: AirTree, client: TestClient[An
             folder.rmdir()
 
 
+@pytest.mark.slow
 async def test_the_zip_counts_what_could_not_be_listed(
     tree: AirTree, client: TestClient[Any, Any]
 ) -> None:
@@ -243,6 +245,7 @@ async def test_the_zip_counts_what_could_not_be_listed(
     assert read_zip(body) == {"render/r/own.wav": b"o"}
 
 
+@pytest.mark.slow
 async def test_a_zip_holds_a_file_1100_folders_deep(
     tree: AirTree, client: TestClient[Any, Any]
 ) -> None:
@@ -333,6 +336,7 @@ async def test_a_disk_read_error_cuts_the_zip_short(
     await wait_until(lambda: not open_paths_under(failing_disk.big.parent))
 
 
+@pytest.mark.slow
 async def test_a_name_longer_than_a_zip_can_hold_is_left_out_when_planned(
     tree: AirTree, client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
