@@ -369,7 +369,7 @@ def test_a_crc_that_does_not_match_the_data_sent_cuts_the_download(tree: AirTree
 def test_planned_names_are_the_allocators_for_the_full_sanitized_names(tree: AirTree) -> None:
     """Planning sanitizes a folder once and a plain base name alone; the names
     must be those of sanitizing and allocating each full name in order."""
-    from tests.test_names import HOSTILE
+    from tests.test_entry_names import HOSTILE
 
     for name, content in HOSTILE.items():
         write(tree.render / "r" / name, content)

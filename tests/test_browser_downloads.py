@@ -313,7 +313,7 @@ async def test_a_backend_minted_link_to_the_stems_is_cut_and_resumed_by_a_page(
     from fastapi.middleware.cors import CORSMiddleware
 
     from export_service.fastapi_proxy import signed_url_router
-    from tests.test_fastapi_proxy import uvicorn_app
+    from tests.http_apps import uvicorn_app
 
     write(tree.render / "r" / "stems" / "drums.wav", os.urandom(2 * 1024 * 1024))
     secret = "browser-test-signing-secret-32chars"

@@ -307,7 +307,7 @@ def test_check_config_prints_the_zip_threads_zero_resolves_to(
     zip_threads: int,
     resolved: int,
 ) -> None:
-    # Three CPUs usable (a container's quota, tests/test_cpus.py), whatever this machine has.
+    # Three CPUs usable (a container's quota, tests/test_config.py), whatever this machine has.
     monkeypatch.setattr(config_module, "usable_cpus", lambda: 3)
     config = _config(tree, tmp_path / "config.toml", f"[limits]\nzip_threads = {zip_threads}\n")
     assert main(["check-config", "--config", str(config)]) == 0

@@ -17,9 +17,8 @@ import threading
 import time
 import zipfile
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ import pytest
 pytest.importorskip("fastapi", reason="the 'fastapi' extra is not installed")
 pytest.importorskip("uvicorn", reason="uvicorn (dev extra) is not installed")
 
-import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException
 
 from export_service.fastapi_proxy import (
@@ -39,56 +37,12 @@ from export_service.fastapi_proxy import (
     signed_url_router,
 )
 from tests.helpers import AirTree, write
+from tests.http_apps import Answer, request, uvicorn_app
 from tests.live import LiveService, free_port, live_service
 
 TOKEN = "s3cret-token"
 SIGNING_SECRET = "signing-secret-of-32-characters!"
 REPO = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: Message  # case-insensitive, as header names are
-    body: bytes
-
-    def json(self) -> object:
-        return json.loads(self.body)
-
-
-def request(
-    base_url: str, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
-) -> Answer:
-    """One request with the path sent exactly as given (http.client does not
-    normalise ``..`` or percent-escapes)."""
-    host, port = base_url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        connection.request(method, path, body=body or None, headers=headers or {})
-        response = connection.getresponse()
-        return Answer(response.status, response.headers, response.read())
-    finally:
-        connection.close()
-
-
-@contextmanager
-def uvicorn_app(app: FastAPI, **config: Any) -> Iterator[str]:
-    """``app`` served by uvicorn on a free port, in a thread."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def backend(service_url: str, token: str | None = TOKEN, **options: Any) -> FastAPI:

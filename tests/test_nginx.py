@@ -27,8 +27,8 @@ from bench.harness import nginx_server
 from export_service.fastapi_proxy import export_proxy_router, signed_url_router
 from export_service.http.cors import EXPOSED_HEADERS
 from tests.helpers import AirTree, write
+from tests.http_apps import Answer, request, uvicorn_app
 from tests.live import LiveService, live_service
-from tests.test_fastapi_proxy import Answer, request, uvicorn_app
 
 pytestmark = pytest.mark.slow  # each test starts nginx
 

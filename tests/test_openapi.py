@@ -1,7 +1,7 @@
 """The OpenAPI document: exactly the routes the app serves, each with its
-methods, path parameters and guard; schemas generated from the pydantic
-models; the same bytes on every request. (Whether every answer matches it is
-tests/test_openapi_fuzz.py's.)"""
+methods, path parameters and guard; schemas generated from the pydantic models
+(the links routes' bodies among them); the same bytes on every request.
+(Whether every answer matches it is tests/test_openapi_fuzz.py.)"""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from export_service import __version__
 from export_service.core.manifest import ExportManifest
+from export_service.core.run_ids import RUN_ID_JSON_SCHEMA
 from export_service.http.openapi import OPENAPI_PATH, Readiness, Status, openapi_document
 from export_service.schemas import ErrorBody, Link, LinkUpdate
 from export_service.signed_urls import sign_url
@@ -203,3 +204,17 @@ async def test_the_document_says_where_signed_urls_are_taken(
     assert signed_operations == 2 + 2 + 1 + 1 + 2 * 3  # list, zip, links, openapi, files
     unsigned = json.dumps(openapi_document(tree.settings(**VARIANTS["token"])))
     assert '"signature"' not in unsigned and '"410"' not in unsigned
+
+
+def test_a_link_update_takes_only_a_param_run_id() -> None:
+    assert LinkUpdate.model_validate_json('{"param_run_id": "p"}').param_run_id == "p"
+    with pytest.raises(ValidationError):
+        LinkUpdate.model_validate_json('{"param_run_id": "p", "extra": 1}')
+    schema = LinkUpdate.model_json_schema()
+    assert schema["properties"]["param_run_id"].items() >= RUN_ID_JSON_SCHEMA.items()
+    assert schema["additionalProperties"] is False
+
+
+def test_a_link_renders_compactly_in_field_order() -> None:
+    link = Link(render_run_id="r", param_run_id="p", updated_at=None)
+    assert link.model_dump_json() == '{"render_run_id":"r","param_run_id":"p","updated_at":null}'

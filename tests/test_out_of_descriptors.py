@@ -1,5 +1,6 @@
-"""At its descriptor limit the service answers a JSON 503 and /readyz says so,
-instead of a 200 with an empty manifest or ZIP, or a 404 for a file that is there."""
+"""Out of descriptors: the headroom (the soft limit minus what is open), and at
+its limit the service answers a JSON 503 and /readyz says so, instead of a 200
+with an empty manifest or ZIP, or a 404 for a file that is there."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import resource
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
-from export_service.core.descriptors import descriptor_headroom
+from export_service.core.descriptors import descriptor_headroom, require_descriptors
+from export_service.errors import OutOfDescriptors
 from tests.helpers import AirTree, ClientFactory, content_length, degraded, write
 from tests.zips import read_zip
 
@@ -133,3 +136,23 @@ async def test_planning_holds_a_few_folders_open_not_one_per_folder(
     assert read_zip(body) == {
         f"render/r/take{index:02d}/mix.wav": b"%d" % index for index in range(40)
     }
+
+
+def test_the_headroom_counts_open_descriptors() -> None:
+    free, limit = descriptor_headroom()
+    opened = [os.open(os.devnull, os.O_RDONLY) for _ in range(5)]
+    try:
+        assert descriptor_headroom() == (free - 5, limit)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    assert descriptor_headroom() == (free, limit)
+
+
+def test_at_the_limit_there_is_no_headroom_and_nothing_is_required() -> None:
+    with no_descriptor_left():
+        assert descriptor_headroom()[0] == 0
+        with pytest.raises(OutOfDescriptors) as error:
+            require_descriptors(1)
+    assert error.value.status == 503 and "0 free" in error.value.message
+    require_descriptors(1)

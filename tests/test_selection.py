@@ -1,7 +1,7 @@
 """selection: the ``steps`` and ``prefix`` query as one canonical selection,
 and a selective scan, which must equal the full scan filtered on every tree
 (a property test over random trees with links). What the routes answer with
-a selection: test_routes.py; the exports: test_exports.py."""
+a selection: test_export_api.py; the exports: test_exports.py."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ does not parse or names another unit. Pure functions of header values; no
 input makes them fail but a range outside the body (416).
 
 aiohttp's ``request.http_range`` and ``request.if_range`` are not used: they
-answer some requests otherwise (tests/test_byte_ranges.py checks the cases
+answer some requests otherwise (tests/test_ranges.py checks the cases
 of every version, and fails once aiohttp agrees):
 
 - ``bytes=-0`` (the last zero bytes: 416 here) and ``bytes=0-`` (the whole

@@ -11,7 +11,7 @@ it, so it fails.
 The headers are read here, not from aiohttp's parsed ``request.if_match``,
 ``if_none_match``, ``if_unmodified_since`` and ``if_modified_since``, because
 these answer some requests otherwise (aiohttp 3.11.0 and 3.14 alike;
-tests/test_conditional.py checks each case, and fails once aiohttp agrees):
+tests/test_preconditions.py checks each case, and fails once aiohttp agrees):
 
 - an entity-tag list stops at the first thing that is not a tag
   (``junk, "v1"``, ``"v0" "v1"``, ``W/ "v1"``: aiohttp finds no ``"v1"``,

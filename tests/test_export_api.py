@@ -1,6 +1,6 @@
 """routes: the export API's handlers (manifest, ZIP, links) as the app serves
 them. What an export holds: test_exports.py; how a ZIP is sent once planned:
-test_zip_response.py; the JSON error shape: test_app.py."""
+test_zip_downloads.py; the JSON error shape: test_app.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """zip_response: how a planned ZIP is answered (headers, body, HEAD, how a
-download ends). What the ZIP route refuses before it sends: test_routes.py."""
+download ends). What the ZIP route refuses before it sends: test_export_api.py."""
 
 import asyncio
 import logging
