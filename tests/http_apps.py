@@ -16,8 +16,6 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from tests.live import free_port
-
 
 @dataclass
 class Answer:
@@ -46,17 +44,18 @@ def request(
 
 @contextmanager
 def uvicorn_app(app: FastAPI, **config: Any) -> Iterator[str]:
-    """``app`` served by uvicorn on a free port, in a thread."""
-    port = free_port()
+    """``app`` served by uvicorn in a thread, on the port the kernel gives it
+    (a port picked free beforehand could be taken by another test worker)."""
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", **config)
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

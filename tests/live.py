@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -54,13 +55,21 @@ def live_service(
     """The service on a free port until the block ends, then stopped as an
     orchestrator stops it: SIGTERM, so that it removes its sample tree
     (SIGKILL only if it has not exited 10 s later, which leaves the tree for
-    conftest's temp_folder_left_empty to report)."""
+    conftest's temp_folder_left_empty to report).
+
+    Without ``port`` the service binds port 0 and the URL is taken from its
+    "listening on" line: a port picked free beforehand could be taken by
+    another test worker's service first, whose /healthz would then answer
+    for this one."""
     with tempfile.TemporaryFile("w+") as log:
-        yield from _run(arguments, env, port or free_port(), log)
+        yield from _run(arguments, env, port, log)
+
+
+_LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
 
 def _run(
-    arguments: Sequence[str], env: dict[str, str] | None, port: int, log: IO[str]
+    arguments: Sequence[str], env: dict[str, str] | None, port: int | None, log: IO[str]
 ) -> Iterator[LiveService]:
     process = subprocess.Popen(
         [
@@ -71,7 +80,7 @@ def _run(
             "--host",
             "127.0.0.1",
             "--port",
-            str(port),
+            str(port or 0),
             *arguments,
         ],
         stdout=log,
@@ -84,6 +93,13 @@ def _run(
         deadline = time.monotonic() + 30
         while True:
             try:
+                if port is None:
+                    # pread: the child writes through the same file offset
+                    written = os.pread(log.fileno(), 1 << 20, 0).decode(errors="replace")
+                    bound = _LISTENING.search(written)
+                    if bound is None:
+                        raise ConnectionRefusedError("not listening yet")
+                    service.base_url = f"http://127.0.0.1:{bound[1]}"
                 urllib.request.urlopen(f"{service.base_url}/healthz", timeout=5).close()
                 break
             except OSError:

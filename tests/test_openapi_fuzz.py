@@ -7,10 +7,11 @@ that pytest 9 removed.
 """
 
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from schemathesis.core.result import Ok
 
 from tests.live import live_service
@@ -21,6 +22,19 @@ EXAMPLES_PER_OPERATION = 40
 def _unwrap(result: Any) -> Any:
     assert isinstance(result, Ok), result
     return result.ok()
+
+
+# aiohttp's HTTP parser refuses a request line over 8,190 bytes with its own
+# 400 before any route sees it (docs/explanation/safety.md); no OpenAPI schema
+# can state a limit on the whole line, so a generated case whose target would
+# not fit is not a valid request to this server. The margin leaves room for
+# the method and "HTTP/1.1".
+MAX_REQUEST_LINE_TARGET = 8_000
+
+
+def _request_target_length(case: Any) -> int:
+    query = urlencode(case.query or {}, doseq=True, quote_via=quote)
+    return len(quote(case.formatted_path, safe="/%")) + 1 + len(query)
 
 
 def excluded(operation: Any) -> list[Any]:
@@ -48,6 +62,7 @@ def test_every_operation_answers_as_documented() -> None:
                 suppress_health_check=list(HealthCheck),
             )
             def answers_as_documented(case: Any) -> None:
+                assume(_request_target_length(case) <= MAX_REQUEST_LINE_TARGET)
                 case.call_and_validate(excluded_checks=excluded(case.operation))
 
             answers_as_documented()
