@@ -229,7 +229,7 @@ def test_text_lines_carry_the_json_fields_readably() -> None:
         "empty": "",
     }
     assert TextFormatter().format(record) == (
-        "2026-12-07T08:30:00.025+00:00 INFO export_service.http.access GET /a 200 request_id=r-1 "
+        "2026-12-07T08:30:00.025+00:00 INFO export_service.access GET /a 200 request_id=r-1 "
         'duration_ms=1.5 remote=::1 error="Bad status line" empty=""'
     )
     entry = json.loads(JsonFormatter().format(record))
