@@ -48,6 +48,10 @@ $(LOWEST): pyproject.toml clients/backend/pyproject.toml tests/lowest_versions.p
 	mv $@.new $@
 	rm -f $(LOWEST_VENV)/.installed
 
+# VENV set on make's command line would reach the suite's environment: a make
+# the suite starts (the docs' quick start) would take .venv-lowest for .venv.
+unexport VENV
+
 test-lowest: $(LOWEST)
 	PIP_CONSTRAINT=$(abspath $(LOWEST)) $(MAKE) --no-print-directory test VENV=$(LOWEST_VENV)
 
