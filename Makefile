@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt bench docs
+.PHONY: run test test-lowest lint fmt bench docs
 
 BENCHMARKS := crc32 throughput small_files concurrency big_runs huge_runs per_file_costs crowded_roots memory resume links_reload abandoned_requests proxies backend_proxy crc_passes slow_readers signed_urls cors selective_exports
 
@@ -35,6 +35,27 @@ run: $(RUN_STAMP)
 TEST_WORKERS ?= 2
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+
+## test-lowest: the suite again, with the lowest version of each dependency that the
+## pyproject files allow (make test installs the newest they allow), in .venv-lowest
+LOWEST_VENV := .venv-lowest
+LOWEST := $(LOWEST_VENV)/constraints.txt
+
+# The constraints come from the bounds themselves (tests/lowest_versions.py);
+# new ones mean installing again. PIP_CONSTRAINT, unlike pip's -c, holds for
+# the build's own install (setuptools) and for the suite's (the light install).
+$(LOWEST): pyproject.toml clients/backend/pyproject.toml tests/lowest_versions.py
+	mkdir -p $(LOWEST_VENV)
+	$(PYTHON) tests/lowest_versions.py pyproject.toml clients/backend/pyproject.toml >$@.new
+	mv $@.new $@
+	rm -f $(LOWEST_VENV)/.installed
+
+# VENV set on make's command line would reach the suite's environment: a make
+# the suite starts (the docs' quick start) would take .venv-lowest for .venv.
+unexport VENV
+
+test-lowest: $(LOWEST)
+	PIP_CONSTRAINT=$(abspath $(LOWEST)) $(MAKE) --no-print-directory test VENV=$(LOWEST_VENV)
 
 ## lint: ruff, mypy, import-linter (the layers), hadolint and kubernetes-validate, as CI runs them
 lint: $(DEV_STAMP)

