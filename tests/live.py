@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -57,15 +57,32 @@ def live_service(
     (SIGKILL only if it has not exited 10 s later, which leaves the tree for
     conftest's temp_folder_left_empty to report).
 
-    Without ``port`` the service binds port 0 and the URL is taken from its
-    "listening on" line: a port picked free beforehand could be taken by
+    Without ``port`` the service binds port 0 and the URL has the port its
+    process listens on: a port picked free beforehand could be taken by
     another test worker's service first, whose /healthz would then answer
     for this one."""
     with tempfile.TemporaryFile("w+") as log:
         yield from _run(arguments, env, port, log)
 
 
-_LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+def listening_port(pid: int) -> int | None:
+    """The TCP port process ``pid`` listens on (its sockets' inodes looked up
+    in the kernel's table), or None while it listens on none."""
+    inodes = set()
+    with contextlib.suppress(FileNotFoundError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:[") : -1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)  # the header
+            for row in rows:
+                fields = row.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    return int(fields[1].rpartition(":")[2], 16)
+    return None
 
 
 def _run(
@@ -94,12 +111,10 @@ def _run(
         while True:
             try:
                 if port is None:
-                    # pread: the child writes through the same file offset
-                    written = os.pread(log.fileno(), 1 << 20, 0).decode(errors="replace")
-                    bound = _LISTENING.search(written)
+                    bound = listening_port(process.pid)
                     if bound is None:
                         raise ConnectionRefusedError("not listening yet")
-                    service.base_url = f"http://127.0.0.1:{bound[1]}"
+                    service.base_url = f"http://127.0.0.1:{bound}"
                 urllib.request.urlopen(f"{service.base_url}/healthz", timeout=5).close()
                 break
             except OSError:
