@@ -56,7 +56,7 @@ from pydantic import (
 )
 
 from .core.cpus import usable_cpus
-from .errors import ConfigError
+from .errors import RETRY_AFTER_SECONDS, ConfigError
 from .signed_urls import MIN_SECRET_LENGTH
 
 ENV_PREFIX = "EXPORT_SERVICE_"
@@ -256,7 +256,7 @@ class LimitsSettings(_Section):
         ge=1,
         le=10_000,
         description="ZIP downloads (GET or HEAD: both plan the whole ZIP) planned or streaming "
-        "at once; one more gets 503 too_many_downloads with Retry-After: 5.",
+        f"at once; one more gets 503 too_many_downloads with Retry-After: {RETRY_AFTER_SECONDS}.",
     )
     send_timeout_seconds: float = Field(
         default=60.0,

@@ -23,9 +23,6 @@ class DownloadSlots:
         self.in_use = 0
         self._held: Counter[str] = Counter()
 
-    def held_by(self, client: str) -> int:
-        return self._held[client]
-
     def try_acquire(self, client: str = "") -> bool:
         if self.in_use >= self.limit or self._held[client] >= self.per_client:
             return False

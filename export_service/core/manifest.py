@@ -1,7 +1,7 @@
 """The export manifest: which files of a project exist, with their URLs.
 
 An :class:`Export` is what one lookup of a project's run folders found (made
-by :func:`.exports.build_export`, off the event loop). The JSON is byte for
+by :func:`export_service.exports.build_export`, off the event loop). The JSON is byte for
 byte the original AIR export module's: same field order, compact separators,
 UTF-8, as FastAPI renders it. An export keeps its scans' compact records (one
 small tuple per scanned file) and makes its listed files from them slice by

@@ -24,13 +24,14 @@ CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # The same rule as a JSON Schema, for the OpenAPI document: no separator or
 # control character, at least one non-space, not "." or "..", 1-200
 # characters. (Lone surrogates, also refused, cannot travel in a URL or JSON
-# text.) tests/test_properties.py checks the two agree.
-_ALLOWED = r"[^/\\\x00-\x1f\x7f-\x9f]"
+# text.) tests/test_properties.py checks the two agree. A selection's prefix
+# segments (core/selection.py) allow the same characters.
+SCHEMA_NAME_CHARACTER = r"[^/\\\x00-\x1f\x7f-\x9f]"
 RUN_ID_JSON_SCHEMA = {
     "type": "string",
     "minLength": 1,
     "maxLength": MAX_RUN_ID_LENGTH,
-    "pattern": rf"^{_ALLOWED}*[^\s/\\\x00-\x1f\x7f-\x9f]{_ALLOWED}*$",
+    "pattern": rf"^{SCHEMA_NAME_CHARACTER}*[^\s/\\\x00-\x1f\x7f-\x9f]{SCHEMA_NAME_CHARACTER}*$",
     "not": {"enum": [".", ".."]},
 }
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from ..errors import InvalidPrefix, InvalidSteps
 from .manifest import Step
+from .run_ids import SCHEMA_NAME_CHARACTER
 
 # The one fixed order of the steps (the contract's, that of ``missing``).
 STEPS: tuple[Step, ...] = ("render", "midi_generation", "param_generation")
@@ -46,7 +47,7 @@ _NAME_PREFIX_CHARS = 40
 # that they accept exactly what parse_steps and parse_prefix accept).
 _ONE_STEP = "(" + "|".join(STEPS) + ")"
 STEPS_JSON_SCHEMA = {"type": "string", "pattern": f"^{_ONE_STEP}(,{_ONE_STEP})*$"}
-_SEGMENT = r"[^/\\\x00-\x1f\x7f-\x9f]+"
+_SEGMENT = SCHEMA_NAME_CHARACTER + "+"
 PREFIX_JSON_SCHEMA = {
     "type": "string",
     "maxLength": MAX_PREFIX_CHARS,

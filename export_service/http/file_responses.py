@@ -21,7 +21,7 @@ stamp times with the server's clock).
 The file is opened and checked in one hop off the event loop (closed there
 if the client is gone by then), then sent from that very descriptor with
 ``sendfile`` in 1 MiB pieces, under one send deadline that moves while the
-client takes bytes (:mod:`.send_progress`): a slow but steady reader is
+client takes bytes (:mod:`..aio.send_progress`): a slow but steady reader is
 served to the end, one that stops taking bytes is cut after
 ``limits.send_timeout_seconds``. The body bytes sent are counted for the
 access log.

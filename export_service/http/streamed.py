@@ -6,7 +6,7 @@ As aiohttp's ``FileResponse`` is a ``StreamResponse`` that knows how to send
 its body, :class:`StreamedResponse` holds what the ZIP and the file URLs do
 alike: the byte range of ``Range`` and ``If-Range`` (a 416 raised before any
 header goes out), the headers that describe the body, and the send loop under
-one deadline that moves while the client takes bytes (:mod:`.send_progress`).
+one deadline that moves while the client takes bytes (:mod:`..aio.send_progress`).
 A subclass writes the body (:meth:`StreamedResponse._send_body`) and says, in
 its own log lines and metrics, how a download that did not finish ended.
 

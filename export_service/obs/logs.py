@@ -197,8 +197,6 @@ class RepeatLimiter(logging.Filter):
         return True
 
 
-# asyncio's accept loop and its transports log through this logger.
-
 # The names of the service's loggers: what operators filter on. They are the
 # module names of the flat layout the package had until it was split into
 # subpackages, kept as they were so that filters keep working; each module
@@ -219,6 +217,7 @@ LOGGER_NAMES = {
     "export_service.fastapi_proxy": "the backend's proxy: a relay that failed or was cut short",
 }
 
+# asyncio's accept loop and its transports log through this logger.
 _ASYNCIO = logging.getLogger("asyncio")
 _repeat_limiter: RepeatLimiter | None = None
 
