@@ -31,8 +31,8 @@ run: $(RUN_STAMP)
 	$(BIN)/export-service serve $(if $(CONFIG),--config $(CONFIG))
 
 ## test: run the whole test suite, on TEST_WORKERS processes (TEST_WORKERS=0: in
-## this one): 2 measured as fast as 3 with less CPU, and 4 slower, on 2 busy cores
-TEST_WORKERS ?= 2
+## this one): on 2 idle cores, 3 workers took about 0.9 of the time of 2 (docs/development.md)
+TEST_WORKERS ?= 3
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 

@@ -215,7 +215,7 @@ def test_the_quick_start_runs() -> None:
     dry = subprocess.run(
         ["make", "-n", "test"], cwd=REPO, env=_clean_env(), capture_output=True, text=True
     )
-    assert dry.stdout.strip() == ".venv/bin/python -m pytest -n 2 --dist loadgroup"
+    assert dry.stdout.strip() == ".venv/bin/python -m pytest -n 3 --dist loadgroup"
     port = free_port()
     env = {**_clean_env(), "EXPORT_SERVICE_SERVER_PORT": str(port)}
     # Its output through a pipe, read once make and the service it runs have
