@@ -631,17 +631,10 @@ def signed_url_router(
             "description": "zip (default): the ZIP's URL; list: the manifest's.",
             "schema": {"type": "string", "enum": list(SIGNED_URL_KINDS), "default": "zip"},
         },
+        # Carried into the signed URL as sent: the export routes' own parameters.
         PARAM_RUN_ID,
-        *(
-            {
-                "name": name,
-                "in": "query",
-                "required": False,
-                "description": f"Carried into the signed URL as the service's `{name}`.",
-                "schema": {"type": "string"},
-            }
-            for name in SIGNED_URL_PASSED[1:]
-        ),
+        STEPS,
+        PREFIX,
     ]
     router.add_api_route(
         SIGNED_EXPORT_PATH + "{render_run_id:path}",
